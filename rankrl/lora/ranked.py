@@ -1,0 +1,458 @@
+"""``RankedLoRA``: a PEFT LoRA model whose per-module ranks change during training and free memory.
+
+PEFT can create a LoRA adapter at any rank but cannot change the rank of a live one, and AdaLoRA only masks
+singular values, so its tensors keep their full size. ``RankedLoRA`` replaces the adapter tensors of a
+module by tensors of the new size (see :mod:`rankrl.lora.factors` for the algebra and
+:mod:`rankrl.lora.optim` for the optimizer), and at rank 0 takes the LoRA wrapper out of the model
+entirely, so the memory is really released. After every change the PEFT config (``r``, ``rank_pattern``,
+``alpha_pattern``, ``exclude_modules``) describes the model exactly, so ``save_pretrained`` writes an
+adapter that vanilla ``PeftModel.from_pretrained`` loads with identical logits.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft.tuners.lora import LoraLayer
+from torch import nn
+
+from rankrl.lora.factors import grow_factors, lora_scaling, shrink_factors
+from rankrl.lora.groups import assign_groups
+from rankrl.lora.optim import ParamChange, apply_param_changes, optimizer_state_bytes
+from rankrl.memory import (
+    MemoryReport,
+    SavedActivationMeter,
+    device_figures,
+    gradient_bytes,
+    parameter_bytes,
+)
+
+_UNSUPPORTED_OPTIONS = {
+    "use_dora": "DoRA adds a magnitude vector that a rank change would have to re-derive",
+    "lora_bias": "a LoRA bias on B cannot be split between kept and new rank",
+}
+_SUPPORTED_INITS = (True, False, "gaussian")
+
+
+class RankedLoRAError(ValueError):
+    """Invalid use of :class:`RankedLoRA`; the model is left unchanged when it is raised."""
+
+
+class RankedLoRA:
+    """A PEFT LoRA model with live, memory-freeing rank changes per module and per layer group.
+
+    Build one with :meth:`attach`. Module names are those of the wrapped transformers model (the keys PEFT
+    uses in ``rank_pattern``), e.g. ``"bert.encoder.layer.0.attention.self.query"``.
+
+    Attributes:
+        model: The ``PeftModel``.
+        adapter_name: The adapter being resized.
+        num_groups: Number of layer groups G.
+    """
+
+    def __init__(self, peft_model: PeftModel, num_groups: int = 4, split_by_kind: bool = False,
+                 adapter_name: str = "default") -> None:
+        if not isinstance(peft_model, PeftModel):
+            raise RankedLoRAError(f"RankedLoRA wraps a peft.PeftModel, got {type(peft_model).__name__}; use RankedLoRA.attach(model).")
+        config = peft_model.peft_config.get(adapter_name)
+        if not isinstance(config, LoraConfig):
+            raise RankedLoRAError(f"Adapter '{adapter_name}' is not a LoRA adapter.")
+        _check_supported(config)
+        self.model = peft_model
+        self.adapter_name = adapter_name
+        self._config = config
+        self._root: nn.Module = peft_model.base_model.model
+        ranks: dict[str, int] = {}
+        self._alphas: dict[str, float] = {}
+        for name, module in self._root.named_modules():
+            if isinstance(module, LoraLayer) and adapter_name in module.lora_A:
+                ranks[name] = module.r[adapter_name]
+                self._alphas[name] = module.lora_alpha[adapter_name]
+        for name in config.exclude_modules or []:
+            if name not in ranks and _has_module(self._root, name):
+                ranks[name] = 0
+                self._alphas[name] = _pattern_value(config.alpha_pattern, name, config.lora_alpha)
+        if not ranks:
+            raise RankedLoRAError("The PEFT model has no LoRA modules to resize.")
+        order = {n: i for i, (n, _) in enumerate(self._root.named_modules())}
+        self._ranks = dict(sorted(ranks.items(), key=lambda item: order.get(item[0], len(order))))
+        self._groups = assign_groups(list(self._ranks), num_groups, split_by_kind)
+        self.num_groups = num_groups * (2 if split_by_kind else 1)
+        self.split_by_kind = split_by_kind
+        self._last_activations: int | None = None
+        self._sync_config()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def attach(
+        cls,
+        model: nn.Module,
+        rank: int = 8,
+        num_groups: int = 4,
+        *,
+        split_by_kind: bool = False,
+        target_modules: list[str] | str | None = None,
+        adapter_name: str = "default",
+        **lora_options,
+    ) -> RankedLoRA:
+        """Inject LoRA into ``model`` with PEFT and return it wrapped for resizing.
+
+        Args:
+            model: A transformers model (sequence classification gets its head trained and saved).
+            rank: Initial rank of every targeted module (at least 1).
+            num_groups: Number of depth groups G.
+            split_by_kind: Split each depth group into attention and MLP groups (2G groups).
+            target_modules: PEFT ``target_modules``; default: every linear layer inside the numbered
+                transformer blocks (attention and MLP projections).
+            adapter_name: PEFT adapter name.
+            **lora_options: Further ``LoraConfig`` fields (``lora_alpha``, ``lora_dropout``, ``use_rslora``,
+                ``init_lora_weights``, ``modules_to_save``, ...). ``use_dora`` and ``lora_bias`` are refused.
+
+        Raises:
+            RankedLoRAError: bad rank, unsupported option, or targets that match no module. The model is
+                not modified in that case.
+        """
+        from rankrl.models import linear_module_names
+
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise RankedLoRAError(f"The initial rank must be a positive integer, got {rank!r}.")
+        for key, why in _UNSUPPORTED_OPTIONS.items():
+            if lora_options.get(key):
+                raise RankedLoRAError(f"{key}=True is not supported by RankedLoRA: {why}. Drop {key} to resize ranks.")
+        init = lora_options.get("init_lora_weights", True)
+        if init not in _SUPPORTED_INITS:
+            raise RankedLoRAError(
+                f"init_lora_weights={init!r} is not supported: it changes the base weights, which a rank change "
+                f"cannot undo. Use one of {_SUPPORTED_INITS}."
+            )
+        names = [name for name, _ in model.named_modules()]
+        targets = _resolve_targets(model, names, target_modules, linear_module_names)
+        exclude = lora_options.pop("exclude_modules", None)
+        if exclude:
+            probe = LoraConfig(target_modules=targets, exclude_modules=exclude)
+            targets = [t for t in targets if not _excluded(probe, t)]
+            if not targets:
+                raise RankedLoRAError(f"exclude_modules={exclude!r} excludes every target module.")
+        task_type = lora_options.pop("task_type", None)
+        if task_type is None and type(model).__name__.endswith("ForSequenceClassification"):
+            task_type = TaskType.SEQ_CLS
+        lora_options.setdefault("lora_alpha", 8)
+        config = LoraConfig(r=rank, target_modules=targets, task_type=task_type, **lora_options)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecation chatter inside PEFT
+            peft_model = get_peft_model(model, config, adapter_name=adapter_name)
+        return cls(peft_model, num_groups=num_groups, split_by_kind=split_by_kind, adapter_name=adapter_name)
+
+    # ------------------------------------------------------------------ views
+    @property
+    def ranks(self) -> dict[str, int]:
+        """Module name -> current rank (0 where the adapter is detached)."""
+        return dict(self._ranks)
+
+    @property
+    def groups(self) -> dict[str, int]:
+        """Module name -> layer group index."""
+        return dict(self._groups)
+
+    @property
+    def group_ranks(self) -> list[int]:
+        """Largest rank in each group (all modules of a group share it after :meth:`set_group_ranks`)."""
+        out = [0] * self.num_groups
+        for name, rank in self._ranks.items():
+            out[self._groups[name]] = max(out[self._groups[name]], rank)
+        return out
+
+    def group_modules(self, group: int) -> list[str]:
+        """Names of the modules in ``group``."""
+        self._check_group(group)
+        return [name for name, g in self._groups.items() if g == group]
+
+    def lora_layer(self, name: str) -> LoraLayer | None:
+        """The PEFT ``LoraLayer`` of a module, or ``None`` while the module is at rank 0."""
+        module = self._root.get_submodule(name)
+        return module if isinstance(module, LoraLayer) else None
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters that require grad (LoRA factors and saved heads)."""
+        return (p for p in self.model.parameters() if p.requires_grad)
+
+    def scaling(self, name: str) -> float | None:
+        """Current PEFT scaling of a module, ``None`` at rank 0."""
+        rank = self._ranks[name]
+        return lora_scaling(self._alphas[name], rank, self._config.use_rslora) if rank else None
+
+    # ------------------------------------------------------------------ resizing
+    def set_group_ranks(self, ranks: list[int], optimizer=None) -> dict[str, int]:
+        """Give every module of group ``g`` the rank ``ranks[g]``; see :meth:`resize`."""
+        if len(ranks) != self.num_groups:
+            raise RankedLoRAError(f"Expected {self.num_groups} group ranks, got {len(ranks)}.")
+        return self.resize({name: ranks[g] for name, g in self._groups.items()}, optimizer=optimizer)
+
+    def set_group_rank(self, group: int, rank: int, optimizer=None) -> dict[str, int]:
+        """Give every module of one group the same rank."""
+        self._check_group(group)
+        return self.resize({name: rank for name in self.group_modules(group)}, optimizer=optimizer)
+
+    def resize(self, new_ranks: dict[str, int], optimizer=None) -> dict[str, int]:
+        """Change module ranks in place, mid-training.
+
+        Growing keeps the function exactly; shrinking keeps the best low-rank approximation; rank 0 removes
+        the module's adapter from the model; growth from 0 restores a fresh one (B = 0). When ``optimizer``
+        is given, replaced tensors leave it and new ones enter it, with Adam moments carried on growth and
+        reset on shrink (:mod:`rankrl.lora.optim`).
+
+        Args:
+            new_ranks: Module name -> new rank (non-negative int). Modules not named keep their rank.
+            optimizer: The optimizer training the model (a torch optimizer or HF Trainer's wrapped one).
+
+        Returns:
+            The modules whose rank changed, name -> new rank.
+
+        Raises:
+            RankedLoRAError: unknown module or invalid rank; nothing is changed.
+        """
+        for name, rank in new_ranks.items():
+            if name not in self._ranks:
+                raise RankedLoRAError(f"Unknown LoRA module '{name}'. Known modules are the keys of .ranks, e.g. {next(iter(self._ranks))!r}.")
+            if isinstance(rank, bool) or not isinstance(rank, (int,)) and not (hasattr(rank, "__index__")):
+                raise RankedLoRAError(f"Rank of '{name}' must be an integer, got {rank!r}.")
+            if int(rank) < 0:
+                raise RankedLoRAError(f"Rank of '{name}' must be >= 0, got {rank}.")
+        changes: list[ParamChange] = []
+        changed = {}
+        for name, rank in new_ranks.items():
+            rank = int(rank)
+            old = self._ranks[name]
+            if rank == old:
+                continue
+            if old == 0:
+                changes += self._restore(name, rank)
+            elif rank == 0:
+                changes += self._detach(name)
+            else:
+                changes += self._resize_live(name, old, rank)
+            self._ranks[name] = rank
+            changed[name] = rank
+        if changed:
+            self._sync_config()
+            if optimizer is not None:
+                apply_param_changes(optimizer, changes)
+        return changed
+
+    def _resize_live(self, name: str, old: int, rank: int) -> list[ParamChange]:
+        layer = self.lora_layer(name)
+        adapter = self.adapter_name
+        old_A, old_B = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+        old_scaling = layer.scaling[adapter]
+        new_scaling = lora_scaling(self._alphas[name], rank, self._config.use_rslora)
+        with torch.no_grad():
+            if rank > old:
+                new_rows = torch.empty(rank - old, old_A.shape[1], dtype=old_A.dtype, device=old_A.device)
+                _init_like_peft(new_rows, self._config.init_lora_weights, rank)
+                A, B = grow_factors(old_A, old_B, rank, old_scaling, new_scaling, new_rows)
+            else:
+                A, B = shrink_factors(old_A, old_B, rank, old_scaling, new_scaling)
+        new_A = _linear_from(A, old_A)
+        new_B = _linear_from(B, old_B)
+        layer.lora_A[adapter] = new_A
+        layer.lora_B[adapter] = new_B
+        layer.r[adapter] = rank
+        layer.scaling[adapter] = new_scaling
+        if rank > old:
+            ratio = new_scaling / old_scaling  # gradient of the kept part of B scales by s_new / s_old
+            return [
+                ParamChange(old_A, new_A.weight, "grow", dim=0),
+                ParamChange(old_B, new_B.weight, "grow", dim=1, moment_scale=ratio),
+            ]
+        return [ParamChange(old_A, new_A.weight, "shrink"), ParamChange(old_B, new_B.weight, "shrink")]
+
+    def _detach(self, name: str) -> list[ParamChange]:
+        layer = self.lora_layer(name)
+        adapter = self.adapter_name
+        params = [layer.lora_A[adapter].weight, layer.lora_B[adapter].weight]
+        parent, child = _parent_of(self._root, name)
+        setattr(parent, child, layer.get_base_layer())
+        return [ParamChange(p, None, "remove") for p in params]
+
+    def _restore(self, name: str, rank: int) -> list[ParamChange]:
+        parent, child = _parent_of(self._root, name)
+        target = getattr(parent, child)
+        config = copy.deepcopy(self._config)
+        config.r, config.lora_alpha = rank, self._alphas[name]
+        config.rank_pattern, config.alpha_pattern, config.exclude_modules = {}, {}, None
+        self.model.base_model._create_and_replace(config, self.adapter_name, target, child, parent, current_key=name)
+        layer = self.lora_layer(name)
+        adapter = self.adapter_name
+        layer.lora_A[adapter].requires_grad_(True)
+        layer.lora_B[adapter].requires_grad_(True)
+        return [ParamChange(None, layer.lora_A[adapter].weight, "add"), ParamChange(None, layer.lora_B[adapter].weight, "add")]
+
+    def _sync_config(self) -> None:
+        """Make PEFT's config describe the live model: explicit targets, per-module ranks, detached modules."""
+        config = self._config
+        active = {name: r for name, r in self._ranks.items() if r > 0}
+        config.target_modules = sorted(self._ranks)
+        config.exclude_modules = sorted(name for name, r in self._ranks.items() if r == 0) or None
+        if active:
+            config.r = max(set(active.values()), key=list(active.values()).count)
+        config.rank_pattern = {name: r for name, r in active.items() if r != config.r}
+
+    def _check_group(self, group: int) -> None:
+        if isinstance(group, bool) or not isinstance(group, int) or not 0 <= group < self.num_groups:
+            raise RankedLoRAError(f"Group index {group!r} is out of range: there are {self.num_groups} groups (0..{self.num_groups - 1}).")
+
+    # ------------------------------------------------------------------ memory
+    @contextmanager
+    def measure_activations(self) -> Iterator[SavedActivationMeter]:
+        """Count the bytes autograd saves inside the block (wrap a real training forward pass).
+
+        The figure is kept and reported by :meth:`memory` until the next measurement.
+        """
+        meter = SavedActivationMeter(exclude=[*self.model.parameters(), *self.model.buffers()])
+        with meter:
+            yield meter
+        self._last_activations = meter.bytes
+
+    def measure_step(self, batch: dict) -> tuple[int, int]:
+        """Run one forward and backward on ``batch`` without disturbing training; return (activation, grad) bytes.
+
+        Gradients already held are put back afterwards and the RNG state is restored, so training
+        continues exactly as if this had not run.
+        """
+        params = list(self.trainable_parameters())
+        held = [p.grad for p in params]
+        for p in params:
+            p.grad = None
+        was_training = self.model.training
+        self.model.train()
+        try:
+            with torch.random.fork_rng(devices=[]), self.measure_activations():
+                outputs = self.model(**batch)
+            if outputs.loss is None:
+                raise RankedLoRAError("measure_step needs a batch with labels so that the model returns a loss.")
+            outputs.loss.backward()
+            grads = gradient_bytes(self.model)
+        finally:
+            for p, g in zip(params, held, strict=True):
+                p.grad = g
+            self.model.train(was_training)
+        return self._last_activations, grads
+
+    def memory(self, optimizer=None, batch: dict | None = None) -> MemoryReport:
+        """Measured training memory in bytes.
+
+        Args:
+            optimizer: Counts its state tensors when given.
+            batch: When given, activations and gradients are measured by a real forward/backward pass on it
+                (:meth:`measure_step`); otherwise activations are those of the last
+                :meth:`measure_activations` block (0 if none) and gradients those held now.
+        """
+        trainable, frozen, count = parameter_bytes(self.model)
+        if batch is not None:
+            activations, grads = self.measure_step(batch)
+        else:
+            activations, grads = (self._last_activations or 0), gradient_bytes(self.model)
+        device = next(self.model.parameters()).device
+        return MemoryReport(
+            trainable_parameters=trainable,
+            frozen_parameters=frozen,
+            gradients=grads,
+            optimizer_state=optimizer_state_bytes(optimizer),
+            activations=activations,
+            trainable_count=count,
+            activations_measured=self._last_activations is not None,
+            **device_figures(device),
+        )
+
+    # ------------------------------------------------------------------ export
+    def save_pretrained(self, directory: str | Path, **kwargs) -> Path:
+        """Write a standard PEFT adapter (``adapter_config.json`` with ``rank_pattern``) to ``directory``."""
+        if not any(self._ranks.values()):
+            raise RankedLoRAError(
+                "Every module is at rank 0, so there is no LoRA adapter to save: vanilla PEFT cannot load an adapter "
+                "that targets nothing. Grow at least one module before saving."
+            )
+        self._sync_config()
+        directory = Path(directory)
+        self.model.save_pretrained(str(directory), **kwargs)
+        return directory
+
+    def __repr__(self) -> str:
+        return f"RankedLoRA(modules={len(self._ranks)}, groups={self.num_groups}, group_ranks={self.group_ranks})"
+
+
+# ---------------------------------------------------------------------- helpers
+def _check_supported(config: LoraConfig) -> None:
+    for key, why in _UNSUPPORTED_OPTIONS.items():
+        if getattr(config, key, False):
+            raise RankedLoRAError(f"{key}=True is not supported by RankedLoRA: {why}.")
+
+
+def _resolve_targets(model, names, target_modules, default_finder) -> list[str]:
+    if target_modules is None:
+        targets = default_finder(model)
+        if not targets:
+            raise RankedLoRAError("Found no linear layers inside numbered transformer blocks; pass target_modules explicitly.")
+        return targets
+    probe = LoraConfig(target_modules=target_modules)
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    matched = [name for name in names if name and check_target_module_exists(probe, name)]
+    if isinstance(target_modules, str):
+        missing = [] if matched else [target_modules]
+    else:
+        missing = [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in matched)]
+    if missing:
+        raise RankedLoRAError(
+            f"target_modules {missing} match no module of {type(model).__name__}. "
+            f"Module names look like {[n for n in names if n][:3]}...; use names or suffixes of those."
+        )
+    return matched
+
+
+def _excluded(probe: LoraConfig, name: str) -> bool:
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    return not check_target_module_exists(probe, name)
+
+
+def _has_module(root: nn.Module, name: str) -> bool:
+    try:
+        root.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
+def _pattern_value(pattern: dict, name: str, default):
+    from peft.utils.other import get_pattern_key
+
+    return pattern.get(get_pattern_key(pattern.keys(), name), default)
+
+
+def _parent_of(root: nn.Module, name: str) -> tuple[nn.Module, str]:
+    parent_name, _, child = name.rpartition(".")
+    return (root.get_submodule(parent_name) if parent_name else root), child
+
+
+def _linear_from(weight: torch.Tensor, like: torch.Tensor) -> nn.Linear:
+    """An ``nn.Linear`` without bias holding ``weight`` (a new Parameter on ``like``'s device and dtype)."""
+    out_features, in_features = weight.shape
+    layer = nn.Linear(in_features, out_features, bias=False, device="meta")
+    layer.weight = nn.Parameter(weight.to(device=like.device, dtype=like.dtype).contiguous(), requires_grad=True)
+    return layer
+
+
+def _init_like_peft(rows: torch.Tensor, init_lora_weights, rank: int) -> None:
+    """Initialise new rows of A as PEFT's ``reset_lora_parameters`` does for the whole of A."""
+    if init_lora_weights == "gaussian":
+        nn.init.normal_(rows, std=1 / rank)
+    else:
+        nn.init.kaiming_uniform_(rows, a=math.sqrt(5))
