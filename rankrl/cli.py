@@ -1,0 +1,84 @@
+"""The ``rankrl`` command line. Each command is a thin shell over a library function of the same name."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learn how to spend LoRA rank.",
+                  pretty_exceptions_enable=False)
+
+
+def _fail(err: Exception) -> None:
+    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def demo(
+    model: str = typer.Option("default", help="'default' (MiniLM-L6), 'tiny', a model directory or hub name."),
+    task: str = typer.Option("synthetic:negation", help="Task source, e.g. synthetic:negation or train.tsv."),
+    steps_per_phase: int = typer.Option(40, "--steps-per-phase", help="Optimizer steps in each phase."),
+    out: str = typer.Option("runs/demo", help="Parent directory of the run directory."),
+    seed: int = typer.Option(0, help="Seed."),
+) -> None:
+    """Fine-tune with live rank reallocation and show the memory it frees."""
+    from rankrl.demo import run_resize_demo
+
+    try:
+        run_resize_demo(model=model, task=task, steps_per_phase=steps_per_phase, out=out, seed=seed)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+
+
+@app.command()
+def tasks(
+    preview: str = typer.Option(None, help="Show examples of this synthetic task."),
+    k: int = typer.Option(5, "-k", help="Number of examples to preview."),
+    difficulty: float = typer.Option(0.5, help="Difficulty in [0, 1] for the preview."),
+    seed: int = typer.Option(0, help="Seed for the preview."),
+) -> None:
+    """List the built-in synthetic tasks, or preview one."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rankrl.data import get_task, list_tasks
+    from rankrl.data import preview as preview_task
+
+    console = Console()
+    try:
+        if preview:
+            spec = get_task(preview)
+            table = Table(title=f"synthetic:{spec.name} (difficulty {difficulty})")
+            columns = ["text", "text_pair", "label"] if spec.is_pair else ["text", "label"]
+            for column in columns:
+                table.add_column(column)
+            for row in preview_task(preview, k=k, seed=seed, difficulty=difficulty):
+                table.add_row(*[str(spec.label_names[row[c]] if c == "label" else row[c]) for c in columns])
+            console.print(table)
+            return
+        table = Table(title="Built-in synthetic tasks (use as --task synthetic:NAME[?difficulty=0.7])")
+        for column in ("name", "classes", "pair", "what the model must do"):
+            table.add_column(column)
+        for spec in list_tasks():
+            table.add_row(spec.name, ", ".join(spec.label_names), "yes" if spec.is_pair else "", spec.description)
+        console.print(table)
+    except ValueError as err:
+        _fail(err)
+
+
+def main() -> None:
+    """Entry point of the ``rankrl`` script."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.secho("interrupted: nothing was overwritten; finished runs and checkpoints are on disk.", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

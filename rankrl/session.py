@@ -1,0 +1,317 @@
+"""A steppable LoRA fine-tuning run: model + data + optimizer + schedule + :class:`RankedLoRA`.
+
+The RL environment and the deployed controllers both drive one of these. It exists because neither the HF
+``Trainer`` nor a plain loop can be advanced K steps at a time, inspected, resized, checkpointed in memory
+and reset to fresh adapters hundreds of times per process.
+
+Resetting is cheap: the frozen base model is loaded once (per number of labels) and each reset takes a
+copy of it, attaches fresh adapters and a fresh optimizer. Data order is a pure function of
+``(seed, step)``, so a checkpoint needs no iterator state and a restored run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import get_scheduler
+
+from rankrl.data import TaskData, load_task_data, tokenize_task
+from rankrl.lora import RankedLoRA
+from rankrl.memory import MemoryReport
+from rankrl.models import LoadedModel, load_model
+
+
+@dataclass
+class SessionConfig:
+    """Everything that defines a fine-tuning run (saved with every run directory)."""
+
+    model: str = field(default="default", metadata={"help": "'default' (MiniLM-L6), 'tiny', a directory or a hub name."})
+    num_hidden_layers: int | None = field(default=None, metadata={"help": "Keep only the first N layers."})
+    task: str = field(default="synthetic:keyword", metadata={"help": "Train data source (see rankrl.data)."})
+    eval_task: str | None = field(default=None, metadata={"help": "Eval data source; None uses the task's own."})
+    max_length: int = field(default=64, metadata={"help": "Tokens per example (truncation)."})
+    batch_size: int = field(default=16, metadata={"help": "Examples per optimizer step."})
+    eval_size: int = field(default=256, metadata={"help": "Size of the fixed held-out evaluation subset."})
+    train_size: int | None = field(default=None, metadata={"help": "Cap on training examples (None: all)."})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    scheduler: str = field(default="constant", metadata={"help": "transformers scheduler name (constant, linear, cosine)."})
+    warmup_steps: int = field(default=0, metadata={"help": "Scheduler warm-up steps."})
+    total_steps: int = field(default=1000, metadata={"help": "Scheduler horizon."})
+    rank: int = field(default=8, metadata={"help": "Initial LoRA rank of every module."})
+    num_groups: int = field(default=4, metadata={"help": "Layer groups G."})
+    split_by_kind: bool = field(default=False, metadata={"help": "Split groups into attention and MLP."})
+    lora_alpha: float = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    use_rslora: bool = field(default=False, metadata={"help": "rsLoRA scaling alpha/sqrt(r)."})
+    seed: int = field(default=0, metadata={"help": "Seed of adapters, head, data order and dropout."})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :meth:`FineTuneSession.train`: the per-step losses and whether the run diverged."""
+
+    losses: list[float]
+    diverged: bool = False
+
+    @property
+    def mean_loss(self) -> float:
+        return float(np.mean(self.losses)) if self.losses else float("nan")
+
+
+@dataclass
+class EvalResult:
+    """Accuracy, macro-F1 and mean loss on the fixed held-out subset."""
+
+    accuracy: float
+    macro_f1: float
+    loss: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class DivergedError(RuntimeError):
+    """Training produced a non-finite loss."""
+
+
+def macro_f1(predictions: torch.Tensor, labels: torch.Tensor, num_labels: int) -> float:
+    """Unweighted mean of per-class F1 over the classes present in labels or predictions."""
+    index = labels * num_labels + predictions
+    confusion = torch.bincount(index, minlength=num_labels * num_labels).reshape(num_labels, num_labels).double()
+    true_positive = confusion.diag()
+    support, predicted = confusion.sum(1), confusion.sum(0)
+    present = (support + predicted) > 0
+    f1 = 2 * true_positive / (support + predicted).clamp_min(1)
+    return float(f1[present].mean()) if present.any() else 0.0
+
+
+class FineTuneSession:
+    """A LoRA fine-tuning run that can be stepped, evaluated, resized, checkpointed and reset.
+
+    Args:
+        config: The run's definition.
+        task: A prepared :class:`TaskData`; default: load ``config.task``.
+
+    Attributes:
+        rl: The :class:`RankedLoRA` being trained (replaced by :meth:`reset`).
+        optimizer: AdamW over the trainable parameters.
+        step: Optimizer steps taken since the last reset.
+        after_backward: Callables ``f(session)`` run between backward and the optimizer step, when
+            gradients exist (importance signals read them there).
+    """
+
+    def __init__(self, config: SessionConfig, task: TaskData | None = None) -> None:
+        self.config = config
+        self._bases: dict[int, LoadedModel] = {}
+        self.after_backward: list = []
+        self.rl: RankedLoRA | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler = None
+        self.step = 0
+        self.set_task(task if task is not None else self._load_task(config.task, config.eval_task, config.seed))
+        self.reset(seed=config.seed)
+
+    # ------------------------------------------------------------------ set-up
+    def _load_task(self, source, eval_source, seed: int) -> TaskData:
+        return load_task_data(source, eval_source, seed=seed, max_train=self.config.train_size)
+
+    def set_task(self, task: TaskData) -> None:
+        """Switch data (tokenised once, cached); takes effect at the next :meth:`reset`."""
+        self.task = task
+        self.tokenizer = self._base(task.num_labels).tokenizer
+        self._train, self._eval = tokenize_task(task, self.tokenizer, self.config.max_length)
+        eval_order = np.random.default_rng(0).permutation(len(self._eval))[: self.config.eval_size]
+        self._eval_rows = self._eval.select(sorted(eval_order.tolist()))
+
+    def _base(self, num_labels: int) -> LoadedModel:
+        if num_labels not in self._bases:
+            # The base is part of the model's identity, not of the run: seed 0 whatever the run's seed
+            # (it matters only for the random weights of the tiny model; heads are re-drawn at every reset).
+            self._bases[num_labels] = load_model(
+                self.config.model, num_labels=num_labels, num_hidden_layers=self.config.num_hidden_layers, seed=0
+            )
+        return self._bases[num_labels]
+
+    def reset(self, seed: int | None = None, task: TaskData | None = None) -> None:
+        """Start over from the frozen base with fresh adapters, head, optimizer and schedule."""
+        if task is not None:
+            self.set_task(task)
+        self.seed = self.config.seed if seed is None else int(seed)
+        torch.manual_seed(self.seed)
+        model = copy.deepcopy(self._base(self.task.num_labels).model)
+        _reinit_head(model)
+        config = self.config
+        self.rl = RankedLoRA.attach(
+            model, rank=config.rank, num_groups=config.num_groups, split_by_kind=config.split_by_kind,
+            lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, use_rslora=config.use_rslora,
+        )
+        self.optimizer = torch.optim.AdamW(self.rl.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = get_scheduler(config.scheduler, self.optimizer, num_warmup_steps=config.warmup_steps,
+                                       num_training_steps=config.total_steps)
+        self.step = 0
+
+    # ------------------------------------------------------------------ data
+    def batch_indices(self, step: int) -> list[int]:
+        """Train rows of optimizer step ``step``: a seeded permutation per epoch, sliced in order."""
+        n, size = len(self._train), self.config.batch_size
+        per_epoch = max(1, n // size)
+        epoch, position = divmod(step, per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(n)
+        return order[position * size : (position + 1) * size].tolist()
+
+    def _collate(self, rows) -> dict:
+        return self.tokenizer.pad(rows, return_tensors="pt")
+
+    def train_batch(self, step: int) -> dict:
+        """The padded batch of optimizer step ``step``."""
+        return self._collate(self._train[self.batch_indices(step)])
+
+    # ------------------------------------------------------------------ stepping
+    def train(self, steps: int, measure_every: int = 0) -> TrainResult:
+        """Take ``steps`` optimizer steps. Stops early, without applying the update, on a non-finite loss.
+
+        Args:
+            steps: Optimizer steps.
+            measure_every: Measure saved-activation bytes on every n-th step (0: only on the first step
+                after a reset or when no measurement exists yet).
+        """
+        losses: list[float] = []
+        model = self.rl.model
+        model.train()
+        for _ in range(steps):
+            batch = self.train_batch(self.step)
+            measure = self.rl._last_activations is None or (measure_every and self.step % measure_every == 0)
+            if measure:
+                with self.rl.measure_activations():
+                    loss = model(**batch).loss
+            else:
+                loss = model(**batch).loss
+            value = loss.item()
+            if not math.isfinite(value):
+                self.optimizer.zero_grad(set_to_none=True)
+                return TrainResult(losses + [value], diverged=True)
+            loss.backward()
+            for hook in self.after_backward:
+                hook(self)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            losses.append(value)
+            self.step += 1
+        return TrainResult(losses)
+
+    @torch.no_grad()
+    def evaluate(self, batch_size: int = 64) -> EvalResult:
+        """Accuracy, macro-F1 and loss on the fixed held-out subset (``config.eval_size`` rows)."""
+        model = self.rl.model
+        was_training = model.training
+        model.eval()
+        predictions, labels, loss_sum = [], [], 0.0
+        for start in range(0, len(self._eval_rows), batch_size):
+            batch = self._collate(self._eval_rows[start : start + batch_size])
+            out = model(**batch)
+            loss_sum += out.loss.item() * len(batch["labels"])
+            predictions.append(out.logits.argmax(-1))
+            labels.append(batch["labels"])
+        model.train(was_training)
+        predicted, gold = torch.cat(predictions), torch.cat(labels)
+        return EvalResult(
+            accuracy=float((predicted == gold).double().mean()),
+            macro_f1=macro_f1(predicted, gold, self.task.num_labels),
+            loss=loss_sum / len(gold),
+        )
+
+    def set_group_ranks(self, ranks: list[int]) -> dict[str, int]:
+        """Resize every group and repair the optimizer; the next step measures activations anew."""
+        changed = self.rl.set_group_ranks(ranks, optimizer=self.optimizer)
+        if changed:
+            self.rl._last_activations = None
+        return changed
+
+    def memory(self) -> MemoryReport:
+        """Measured memory of the last training step (activations from the last measured forward)."""
+        report = self.rl.memory(optimizer=self.optimizer)
+        if report.gradients == 0:  # gradients are freed by zero_grad; a step holds one per trainable parameter
+            report.gradients = report.trainable_parameters
+        return report
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self) -> dict:
+        """An in-memory snapshot from which :meth:`restore` resumes identically."""
+        trainable = {name: p.detach().clone() for name, p in self.rl.model.named_parameters() if p.requires_grad}
+        names = {id(p): name for name, p in self.rl.model.named_parameters() if p.requires_grad}
+        state = self.optimizer.state_dict()
+        param_names = [[names[id(p)] for p in group["params"]] for group in self.optimizer.param_groups]
+        return {
+            "ranks": self.rl.ranks,
+            "weights": trainable,
+            "optimizer": copy.deepcopy(state),
+            "optimizer_param_names": param_names,
+            "scheduler": copy.deepcopy(self.scheduler.state_dict()),
+            "step": self.step,
+            "seed": self.seed,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def restore(self, snapshot: dict) -> None:
+        """Return to a snapshot from :meth:`checkpoint` (ranks, weights, optimizer, schedule, RNG, step)."""
+        if snapshot["seed"] != self.seed:
+            self.reset(seed=snapshot["seed"])
+        self.rl.resize(snapshot["ranks"])
+        named = dict(self.rl.model.named_parameters())
+        with torch.no_grad():
+            for name, value in snapshot["weights"].items():
+                named[name].copy_(value)
+        groups = [[named[name] for name in group] for group in snapshot["optimizer_param_names"]]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": params} for params in groups], lr=self.config.lr, weight_decay=self.config.weight_decay
+        )
+        self.optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
+        self.scheduler = get_scheduler(self.config.scheduler, self.optimizer, num_warmup_steps=self.config.warmup_steps,
+                                       num_training_steps=self.config.total_steps)
+        self.scheduler.load_state_dict(copy.deepcopy(snapshot["scheduler"]))
+        self.step = snapshot["step"]
+        torch.set_rng_state(snapshot["torch_rng"])
+        self.rl._last_activations = None
+
+    def save(self, path: str | Path) -> Path:
+        """Write :meth:`checkpoint` to a file (``torch.save``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"config": self.config.to_dict(), **self.checkpoint()}, path)
+        return path
+
+    def load(self, path: str | Path) -> None:
+        """Restore a file written by :meth:`save`; refuses a checkpoint of another model or task."""
+        snapshot = torch.load(Path(path), weights_only=False)
+        saved = snapshot.get("config", {})
+        for key in ("model", "num_hidden_layers", "task", "eval_task", "max_length", "train_size"):
+            if key in saved and saved[key] != getattr(self.config, key):
+                raise ValueError(
+                    f"Checkpoint {path} was made with {key}={saved[key]!r} but this session has "
+                    f"{key}={getattr(self.config, key)!r}; build the session from the checkpoint's config."
+                )
+        self.restore(snapshot)
+
+
+def _reinit_head(model) -> None:
+    """Re-initialise the classification head with the model's own init (seeded by the caller)."""
+    for name in ("classifier", "score"):
+        head = getattr(model, name, None)
+        if head is None:
+            continue
+        for module in head.modules():
+            init = getattr(model, "_init_weights", None)
+            if init is not None:
+                init(module)
+            elif hasattr(module, "reset_parameters"):
+                module.reset_parameters()

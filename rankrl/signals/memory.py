@@ -1,0 +1,311 @@
+"""Memory against a budget: used / budget, headroom, and what the next rank step of each group costs.
+
+``used`` is the peak a training step holds: the measured :class:`~rankrl.memory.MemoryReport` (parameters,
+optimizer state, activations of a measured pass, gradients) plus two *derived* parts the report cannot see
+when it is taken after ``zero_grad`` or before the first optimizer step:
+
+* gradients of trainable parameters that hold none: one tensor of the parameter's size each;
+* optimizer state of trainable parameters that have none: ``state_factor`` x their bytes plus the scalar
+  state (Adam's ``step``) per parameter. Both are *measured* from the optimizer's existing state (bytes of
+  state tensors shaped like their parameter / parameter bytes; 0-dim state bytes per parameter) and fall
+  back to ``state_factor`` (2.0, AdamW) and 0 when nothing can be measured.
+
+The cost of a rank change is split the same way:
+
+* parameters, gradients and optimizer state: ``(d_in + d_out) * e * (2 + state_factor)`` bytes per rank
+  unit of a module (exact shapes, element size ``e``), plus the scalar state of its two factors when the
+  module appears or disappears (rank 0);
+* activations of a live module: the ``r``-wide output of ``A`` that ``B`` saves, ``tokens * e`` per rank
+  unit, with ``tokens`` measured on the module's input during a :meth:`MemoryBudget.read` with a batch;
+* activations when a module crosses rank 0 are **measured**, because they are not local: if no parameter
+  below a layer trains, autograd records nothing there, so detaching the lowest live group frees whole
+  layers' activations, and growing it back costs them again. With a batch, a forward pass (no backward)
+  is measured with the factors of the modules going to 0 frozen, or with the base weights of the modules
+  leaving 0 made trainable (which records exactly what their ``A`` would save and everything downstream),
+  and compared with the measured pass at the current ranks. Growing with ``lora_dropout > 0`` adds the
+  dropped input and its mask, ``tokens * d_in * (e + 1)`` bytes (derived; it may count the module input
+  twice, erring on the safe side). Without any batch the crossing cost is the derived local figure
+  ``tokens * d_in * e`` per module, which misses those non-local effects.
+
+These figures are checked against measured differences in ``tests/signals/test_memory.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from rankrl.lora import RankedLoRA
+from rankrl.lora.optim import unwrap_optimizer
+from rankrl.memory import MemoryReport, SavedActivationMeter
+from rankrl.signals._modules import base_layer, factor_dtype, in_out_features, lora_factors, module_slots
+
+
+@dataclass
+class MemoryStatus:
+    """One reading of memory against the budget (bytes).
+
+    Attributes:
+        budget: The budget.
+        used: Measured + derived peak of a training step (in the budget's scope).
+        derived: The derived part of ``used`` (missing gradients and optimizer state).
+        grow_cost: Per group, bytes that ``+step`` rank on every module of the group adds.
+        shrink_free: Per group, bytes that ``-step`` rank (floored at 0) frees.
+        step: The rank step of ``grow_cost`` and ``shrink_free``.
+        ranks: Module ranks at the time of the reading.
+        state_factor: Optimizer-state bytes per parameter byte used for the figures.
+        state_scalar: Scalar optimizer-state bytes per parameter (Adam's ``step``).
+        activations_measured: Whether the activation figures come from a measured pass.
+        report: The underlying measured report.
+    """
+
+    budget: int
+    used: int
+    derived: int
+    grow_cost: list[int]
+    shrink_free: list[int]
+    step: int
+    ranks: dict[str, int]
+    state_factor: float
+    state_scalar: float
+    activations_measured: bool
+    report: MemoryReport = field(repr=False)
+
+    @property
+    def headroom(self) -> int:
+        """``budget - used`` (negative when over budget)."""
+        return self.budget - self.used
+
+    @property
+    def used_frac(self) -> float:
+        """``used / budget``."""
+        return self.used / self.budget
+
+    @property
+    def headroom_frac(self) -> float:
+        """``headroom / budget``."""
+        return self.headroom / self.budget
+
+    def to_dict(self) -> dict[str, float]:
+        """Named features: ``memory/*`` and ``group{g}/grow_cost_frac``, ``shrink_free_frac``, ``grow_fits``."""
+        out = {
+            "memory/used_frac": self.used_frac,
+            "memory/headroom_frac": self.headroom_frac,
+            "memory/headroom_bytes": float(self.headroom),
+            "memory/used_bytes": float(self.used),
+            "memory/budget_bytes": float(self.budget),
+            "memory/activations_measured": float(self.activations_measured),
+        }
+        for g, (grow, free) in enumerate(zip(self.grow_cost, self.shrink_free, strict=True)):
+            out[f"group{g}/grow_cost_frac"] = grow / self.budget
+            out[f"group{g}/shrink_free_frac"] = free / self.budget
+            out[f"group{g}/grow_fits"] = float(grow <= self.headroom)
+        return out
+
+
+class MemoryBudget:
+    """Compare the measured memory of a :class:`~rankrl.RankedLoRA` run with a hard budget.
+
+    Args:
+        rl: The model.
+        budget_bytes: The budget.
+        scope: ``"total"`` (everything, frozen base included) or ``"adapter"`` (what depends on ranks:
+            everything but the frozen base weights).
+        step: Rank step of the per-group costs.
+        state_factor: Optimizer-state bytes per parameter byte when it cannot be measured (2.0 = AdamW).
+    """
+
+    def __init__(self, rl: RankedLoRA, budget_bytes: int, *, scope: str = "total", step: int = 1,
+                 state_factor: float = 2.0) -> None:
+        if budget_bytes <= 0:
+            raise ValueError(f"budget_bytes must be positive, got {budget_bytes}.")
+        if scope not in ("total", "adapter"):
+            raise ValueError(f"scope must be 'total' or 'adapter', got {scope!r}.")
+        if step < 1:
+            raise ValueError(f"step must be >= 1, got {step}.")
+        self.rl = rl
+        self.budget = int(budget_bytes)
+        self.scope = scope
+        self.step = step
+        self.default_state_factor = state_factor
+        self._slots = {slot.name: slot for slot in module_slots(rl)}
+        self.tokens: dict[str, int] = {}
+        self.last: MemoryStatus | None = None
+        self._batch: dict | None = None
+        self._optimizer = None
+        self._crossings: dict[tuple[frozenset, frozenset], int] = {}
+
+    # ------------------------------------------------------------------ reading
+    def read(self, optimizer=None, batch: dict | None = None) -> MemoryStatus:
+        """Measure memory now and return the status against the budget.
+
+        Args:
+            optimizer: The training optimizer (its state is counted and its state factor measured).
+            batch: A training batch (with labels). A real forward/backward on it measures activations,
+                gradients and each module's token count (:meth:`RankedLoRA.measure_step`, which leaves
+                training undisturbed), and forward passes on it measure rank-0 crossings. It is kept for
+                later crossing measurements in :meth:`predict_used`.
+        """
+        self._optimizer = optimizer
+        self._crossings = {}
+        if batch is not None:
+            self._batch = batch
+            report = self._measure_with_tokens(optimizer, batch)
+        else:
+            report = self.rl.memory(optimizer)
+        factor, scalar = self.state_figures(optimizer)
+        derived = self._missing_bytes(optimizer, factor, scalar, grads_measured=batch is not None)
+        used = (report.total if self.scope == "total" else report.adapter_total) + derived
+        self.last = MemoryStatus(self.budget, used, derived, [], [], self.step, self.rl.ranks, factor,
+                                 scalar, report.activations_measured, report)
+        ranks, groups = self.last.ranks, self.rl.groups
+        for g in range(self.rl.num_groups):
+            members = [n for n in ranks if groups[n] == g]
+            self.last.grow_cost.append(self.delta_bytes({n: ranks[n] + self.step for n in members}))
+            self.last.shrink_free.append(-self.delta_bytes({n: max(ranks[n] - self.step, 0) for n in members}))
+        return self.last
+
+    def _measure_with_tokens(self, optimizer, batch: dict) -> MemoryReport:
+        tokens: dict[str, int] = {}
+        handles = []
+        for name, slot in self._slots.items():
+            base = base_layer(slot.current())
+            d_in = in_out_features(base)[0]
+
+            def hook(module, args, name=name, d_in=d_in):
+                if args and torch.is_tensor(args[0]):
+                    tokens[name] = args[0].numel() // d_in
+
+            handles.append(base.register_forward_pre_hook(hook))
+        try:
+            report = self.rl.memory(optimizer, batch=batch)
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.tokens = tokens
+        return report
+
+    def state_figures(self, optimizer=None) -> tuple[float, float]:
+        """``(state bytes per parameter byte, scalar state bytes per parameter)`` measured from ``optimizer``.
+
+        Falls back to ``(state_factor, 0.0)`` without an optimizer or before its first step.
+        """
+        if optimizer is None:
+            return self.default_state_factor, 0.0
+        param_bytes = state_bytes = scalar_bytes = count = 0
+        for param, state in unwrap_optimizer(optimizer).state.items():
+            if not state:
+                continue
+            tensors = [v for v in state.values() if torch.is_tensor(v)]
+            param_bytes += param.nbytes
+            state_bytes += sum(v.nbytes for v in tensors if v.dim() > 0 and v.shape == param.shape)
+            scalar_bytes += sum(v.nbytes for v in tensors if v.dim() == 0)
+            count += 1
+        if not param_bytes:
+            return self.default_state_factor, 0.0
+        return state_bytes / param_bytes, scalar_bytes / count
+
+    def _missing_bytes(self, optimizer, factor: float, scalar: float, grads_measured: bool) -> int:
+        trainable = [p for p in self.rl.model.parameters() if p.requires_grad]
+        missing = 0 if grads_measured else sum(p.nbytes for p in trainable if p.grad is None)
+        state = unwrap_optimizer(optimizer).state if optimizer is not None else {}
+        without = [p for p in trainable if not state.get(p)]
+        return missing + int(sum(factor * p.nbytes + scalar for p in without))
+
+    # ------------------------------------------------------------------ costs
+    def delta_bytes(self, new_ranks: dict[str, int]) -> int:
+        """Bytes that changing module ranks from those of the last reading to ``new_ranks`` adds.
+
+        Negative values are bytes freed; modules not in ``new_ranks`` keep their rank. Rank-0 crossings are
+        measured on the kept batch when there is one (see the module docstring).
+        """
+        status = self.last if self.last is not None else self.read()
+        factor, scalar = status.state_factor, status.state_scalar
+        dropout = float(self.rl.model.peft_config[self.rl.adapter_name].lora_dropout or 0.0)
+        total = 0
+        to_zero, from_zero = set(), set()
+        for name, new in new_ranks.items():
+            old = status.ranks[name]
+            if new == old:
+                continue
+            module = self._slots[name].current()
+            d_in, d_out = in_out_features(module)
+            elem = torch.empty(0, dtype=factor_dtype(module, self.rl.adapter_name)).element_size()
+            tokens = self.tokens.get(name, 0)
+            total += int((new - old) * (d_in + d_out) * elem * (2 + factor))
+            if old == 0:
+                from_zero.add(name)
+                total += int(2 * scalar) + new * tokens * elem
+                total += tokens * d_in * (elem + 1) if dropout > 0 else 0
+            elif new == 0:
+                to_zero.add(name)
+                total -= int(2 * scalar)  # B's saved input leaves with the frozen factors: in the measurement
+            else:
+                total += (new - old) * tokens * elem
+        if to_zero or from_zero:
+            total += self._crossing_activations(frozenset(to_zero), frozenset(from_zero))
+        return total
+
+    def _crossing_activations(self, to_zero: frozenset, from_zero: frozenset) -> int:
+        """Activation bytes added (negative: freed) by modules crossing rank 0."""
+        key = (to_zero, from_zero)
+        if key in self._crossings:
+            return self._crossings[key]
+        if self._batch is None or not self.last.activations_measured:
+            delta = 0
+            for name in to_zero | from_zero:
+                module = self._slots[name].current()
+                elem = torch.empty(0, dtype=factor_dtype(module, self.rl.adapter_name)).element_size()
+                local = self.tokens.get(name, 0) * in_out_features(module)[0] * elem
+                delta += local if name in from_zero else -local - self.last.ranks[name] * self.tokens.get(name, 0) * elem
+        else:
+            delta = self._what_if_activations(to_zero, from_zero) - self.last.report.activations
+        self._crossings[key] = delta
+        return delta
+
+    def _what_if_activations(self, to_zero: frozenset, from_zero: frozenset) -> int:
+        """Saved-activation bytes of one training-mode forward on the kept batch with gradient flags changed."""
+        adapter = self.rl.adapter_name
+        flags: list[torch.Tensor] = []
+        for name in to_zero:
+            flags += list(lora_factors(self._slots[name].current(), adapter) or ())
+        for name in from_zero:
+            flags.append(base_layer(self._slots[name].current()).weight)
+        saved = [(p, p.requires_grad) for p in flags]
+        model = self.rl.model
+        was_training = model.training
+        device = next(model.parameters()).device
+        try:
+            for p in flags:
+                p.requires_grad_(not p.requires_grad)
+            model.train()
+            meter = SavedActivationMeter(exclude=[*model.parameters(), *model.buffers()])
+            devices = [device] if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices), torch.enable_grad(), meter:
+                model(**self._batch)
+        finally:
+            for p, flag in saved:
+                p.requires_grad_(flag)
+            model.train(was_training)
+        return meter.bytes
+
+    def predict_used(self, group_ranks: list[int] | dict[str, int]) -> int:
+        """Predicted ``used`` at other ranks (a list per group, or module name -> rank).
+
+        It is the last reading's ``used`` plus :meth:`delta_bytes`; the reading is refreshed first (with the
+        same optimizer and batch) when the model's ranks changed since.
+        """
+        if self.last is None or self.last.ranks != self.rl.ranks:
+            self.read(self._optimizer, self._batch)
+        if isinstance(group_ranks, dict):
+            new_ranks = group_ranks
+        else:
+            if len(group_ranks) != self.rl.num_groups:
+                raise ValueError(f"Expected {self.rl.num_groups} group ranks, got {len(group_ranks)}.")
+            new_ranks = {name: group_ranks[g] for name, g in self.rl.groups.items()}
+        return self.last.used + self.delta_bytes(new_ranks)
+
+    def would_fit(self, group_ranks: list[int] | dict[str, int]) -> bool:
+        """Whether those ranks keep ``used`` within the budget (the hard wall a controller must respect)."""
+        return self.predict_used(group_ranks) <= self.budget
