@@ -71,12 +71,58 @@ def tasks(
         _fail(err)
 
 
+@app.command()
+def train(
+    env: str = typer.Option("default", "--env", help="Environment preset name or YAML path (see `rankrl presets`)."),
+    agent: str = typer.Option("ppo", "--agent", help="Agent preset name or YAML path."),
+    timesteps: int = typer.Option(20_000, "--timesteps", help="Total environment steps (rank decisions)."),
+    n_envs: int = typer.Option(1, "--n-envs", help="Parallel environments (subprocesses, 1 torch thread each)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the policy and environments."),
+    out: str = typer.Option("runs", "--out", help="Root of run directories: <out>/<env>/<agent>_<seed>_<n>/."),
+    resume: str = typer.Option(None, "--resume", help="Continue this run directory from its last checkpoint."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train a rank-allocation policy with stable-baselines3."""
+    from rankrl.train import train_policy
+
+    try:
+        run_dir = train_policy(env=env, agent=agent, timesteps=timesteps, n_envs=n_envs, seed=seed, out=out,
+                               resume=resume, progress=progress)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    typer.echo(f"policy: {run_dir / 'policy.zip'}")
+    typer.echo(f"learning curve: {run_dir / 'learning_curve.png'}; TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
+
+
+@app.command()
+def presets() -> None:
+    """List the shipped environment and agent presets."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rankrl.env import env_id, load_env_config
+    from rankrl.presets import list_presets
+
+    table = Table(title="Environment presets (gymnasium.make(ID) or --env NAME)")
+    for column in ("name", "id", "model", "groups", "K", "episode", "description"):
+        table.add_column(column)
+    for name in list_presets("envs"):
+        config = load_env_config(name)
+        model = config.model + (f" ({config.num_hidden_layers} layers)" if config.num_hidden_layers else "")
+        table.add_row(name, env_id(name), model, str(config.num_action_groups), str(config.steps_per_action),
+                      str(config.episode_length), config.description)
+    console = Console()
+    console.print(table)
+    console.print("Agent presets (--agent NAME): " + ", ".join(list_presets("agents")))
+
+
 def main() -> None:
     """Entry point of the ``rankrl`` script."""
     try:
         app()
-    except KeyboardInterrupt:
-        typer.secho("interrupted: nothing was overwritten; finished runs and checkpoints are on disk.", err=True)
+    except KeyboardInterrupt as err:
+        detail = str(err) or "nothing was overwritten; finished runs and checkpoints are on disk."
+        typer.secho(f"interrupted: {detail}", err=True)
         sys.exit(130)
 
 

@@ -54,23 +54,20 @@ def keyword(rng: random.Random, label: int, difficulty: float) -> Example:
 def order(rng: random.Random, label: int, difficulty: float) -> Example:
     """Label 1 iff the (single) animal comes before the (single) food (word order).
 
-    Both words are in every sentence, so a bag of words carries no signal. Harder levels put more
-    words between them and add food- and animal-related distractors.
+    Both words are in every sentence and the two slots they fill are chosen before the label is used
+    (the animal takes the earlier slot for label 1, the later one for label 0), so the sentence shape and
+    the bag of words carry no signal. Harder levels put more words between them and add food- and
+    animal-related distractors.
     """
     while True:
         skeleton = build_skeleton(
             rng, max_clauses=_clauses(difficulty), adj_prob=_adj_prob(difficulty), min_slots=2
         )
-        kinds = skeleton.kinds()
-        n = len(kinds)
-        # A food never acts (it is not an agent); an animal can fill any slot.
-        if label == 1:
-            pairs = [(i, j) for i in range(n) for j in range(i + 1, n) if kinds[j] != AGENT]
-        else:
-            pairs = [(i, j) for i in range(n) for j in range(i + 1, n) if kinds[i] != AGENT]
-        if pairs:
+        # A food never acts (it is not an agent), so both words go to non-agent slots.
+        slots = [i for i, kind in enumerate(skeleton.kinds()) if kind != AGENT]
+        if len(slots) >= 2:
             break
-    first, second = rng.choice(pairs)
+    first, second = sorted(rng.sample(slots, 2))
     animal_at, food_at = (first, second) if label == 1 else (second, first)
     nouns = _fill_with_distractors(rng, skeleton, W.ANIMAL_RELATED + W.FOOD_RELATED, 0.5 * difficulty)
     nouns[animal_at] = rng.choice(W.ANIMALS)
@@ -142,9 +139,11 @@ def _agent_phrase(rng: random.Random, noun: str, adj_prob: float) -> str:
 def pair(rng: random.Random, label: int, difficulty: float) -> Example:
     """Label 1 iff sentence 2 states who did what to whom in sentence 1 (two sentences).
 
-    Negatives change the subject, the verb or the object, or swap the two roles. Harder levels
-    paraphrase with the passive, swap roles more often (same words, different meaning) and take the
-    substitute noun from a distractor clause of sentence 1, so word overlap alone fails.
+    Negatives change the subject, the verb and/or the object, or swap the two roles. At difficulty 0 a
+    negative changes all three, so word overlap between the sentences decides the label; harder levels
+    change fewer words (one, at difficulty 1), swap roles more often (same words, different meaning),
+    paraphrase with the passive and take the substitute noun from a distractor clause of sentence 1,
+    so word overlap alone fails.
     """
     animate = W.PEOPLE + W.ANIMALS
     subject, obj, other = rng.sample(animate, 3)
@@ -159,16 +158,25 @@ def pair(rng: random.Random, label: int, difficulty: float) -> Example:
 
     s, v, o = subject, verb, obj
     if label == 0:
-        if rng.random() < 0.1 + 0.6 * difficulty:
+        if rng.random() < 0.6 * difficulty:
             s, o = o, s
         else:
-            part = rng.choice(("subject", "verb", "object"))
-            if part == "verb":
+            # Each part beyond the first changes with probability 1 - difficulty: all three at 0, one at 1.
+            extra = sum(rng.random() >= difficulty for _ in range(2))
+            parts = rng.sample(("subject", "verb", "object"), 1 + extra)
+            unused = [x for x in animate if x not in (subject, obj, other)]
+            swap_ins = rng.sample(unused, 2)
+            if "verb" in parts:
                 v = rng.choice([x for x in W.ANIMATE_VERBS if x != verb])
-            else:
-                unused = [x for x in animate if x not in (subject, obj, other)]
-                swap_in = other if has_other and rng.random() < difficulty else rng.choice(unused)
-                s, o = (swap_in, o) if part == "subject" else (s, swap_in)
+            for part, swap_in in zip(("subject", "object"), swap_ins, strict=True):
+                if part not in parts:
+                    continue
+                if has_other and other not in (s, o) and rng.random() < difficulty:
+                    swap_in = other
+                if part == "subject":
+                    s = swap_in
+                else:
+                    o = swap_in
     if rng.random() < 0.5 * difficulty:
         second = f"the {o} was {v[1]} by the {s}"
     else:

@@ -12,7 +12,6 @@ import contextlib
 from collections.abc import Iterator
 
 import datasets
-from datasets.utils import tqdm as hf_tqdm
 
 PROGRESS_MIN_ROWS = 50_000
 """Datasets with at most this many rows are mapped without a progress bar."""
@@ -25,12 +24,12 @@ def progress_for(num_rows: int) -> Iterator[None]:
     if (
         not quiet
         or datasets.config.HF_DATASETS_DISABLE_PROGRESS_BARS is not None
-        or hf_tqdm.are_progress_bars_disabled()
+        or datasets.are_progress_bars_disabled()
     ):
         yield
         return
-    hf_tqdm.disable_progress_bars()
+    datasets.disable_progress_bars()
     try:
         yield
     finally:
-        hf_tqdm.enable_progress_bars()
+        datasets.enable_progress_bars()

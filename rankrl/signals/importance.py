@@ -40,6 +40,7 @@ from rankrl.signals._modules import ModuleSlot, lora_factors, module_slots
 
 @dataclass
 class _State:
+    layer: torch.nn.Module
     A: torch.nn.Parameter
     B: torch.nn.Parameter
     ipt: list[torch.Tensor] = field(default_factory=list)  # Ī for A, B
@@ -89,7 +90,8 @@ class ImportanceTracker:
         changed = False
         adapter = self.rl.adapter_name
         for index, slot in enumerate(self._slots):
-            factors = lora_factors(slot.current(), adapter)
+            module = slot.current()
+            factors = lora_factors(module, adapter)
             state = self._states.get(slot.name)
             if factors is None:
                 if state is not None:
@@ -102,14 +104,17 @@ class ImportanceTracker:
             if state is not None and state.A is A and state.B is B:
                 continue
             self._flush_norms()
-            self._states[slot.name] = self._new_state(index, state, A, B)
+            if state is not None and state.layer is not module:  # detached and regrown since the last sync
+                state = None
+            self._states[slot.name] = self._new_state(index, module, state, A, B)
             changed = True
         if changed:
             self._rebuild()
         return changed
 
-    def _new_state(self, index: int, old: _State | None, A: torch.nn.Parameter, B: torch.nn.Parameter) -> _State:
-        state = _State(A, B)
+    def _new_state(self, index: int, layer: torch.nn.Module, old: _State | None, A: torch.nn.Parameter,
+                   B: torch.nn.Parameter) -> _State:
+        state = _State(layer, A, B)
         rank_old = old.A.shape[0] if old is not None else 0
         grown = (
             old is not None and A.shape[0] >= rank_old and A.shape[1] == old.A.shape[1]

@@ -114,10 +114,12 @@ class MemoryBudget:
             everything but the frozen base weights).
         step: Rank step of the per-group costs.
         state_factor: Optimizer-state bytes per parameter byte when it cannot be measured (2.0 = AdamW).
+        state_scalar: Scalar optimizer-state bytes per parameter when it cannot be measured (4.0 = AdamW's
+            float32 ``step`` tensor).
     """
 
     def __init__(self, rl: RankedLoRA, budget_bytes: int, *, scope: str = "total", step: int = 1,
-                 state_factor: float = 2.0) -> None:
+                 state_factor: float = 2.0, state_scalar: float = 4.0) -> None:
         if budget_bytes <= 0:
             raise ValueError(f"budget_bytes must be positive, got {budget_bytes}.")
         if scope not in ("total", "adapter"):
@@ -129,6 +131,7 @@ class MemoryBudget:
         self.scope = scope
         self.step = step
         self.default_state_factor = state_factor
+        self.default_state_scalar = state_scalar
         self._slots = {slot.name: slot for slot in module_slots(rl)}
         self.tokens: dict[str, int] = {}
         self.last: MemoryStatus | None = None
@@ -189,10 +192,10 @@ class MemoryBudget:
     def state_figures(self, optimizer=None) -> tuple[float, float]:
         """``(state bytes per parameter byte, scalar state bytes per parameter)`` measured from ``optimizer``.
 
-        Falls back to ``(state_factor, 0.0)`` without an optimizer or before its first step.
+        Falls back to ``(state_factor, state_scalar)`` without an optimizer or before its first step.
         """
         if optimizer is None:
-            return self.default_state_factor, 0.0
+            return self.default_state_factor, self.default_state_scalar
         param_bytes = state_bytes = scalar_bytes = count = 0
         for param, state in unwrap_optimizer(optimizer).state.items():
             if not state:
@@ -203,7 +206,7 @@ class MemoryBudget:
             scalar_bytes += sum(v.nbytes for v in tensors if v.dim() == 0)
             count += 1
         if not param_bytes:
-            return self.default_state_factor, 0.0
+            return self.default_state_factor, self.default_state_scalar
         return state_bytes / param_bytes, scalar_bytes / count
 
     def _missing_bytes(self, optimizer, factor: float, scalar: float, grads_measured: bool) -> int:
@@ -299,6 +302,9 @@ class MemoryBudget:
         if self.last is None or self.last.ranks != self.rl.ranks:
             self.read(self._optimizer, self._batch)
         if isinstance(group_ranks, dict):
+            unknown = set(group_ranks) - set(self.last.ranks)
+            if unknown:
+                raise ValueError(f"Unknown LoRA modules {sorted(unknown)[:3]}; use the keys of rl.ranks.")
             new_ranks = group_ranks
         else:
             if len(group_ranks) != self.rl.num_groups:

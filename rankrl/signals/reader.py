@@ -139,7 +139,7 @@ class SignalReader:
             features.update(spectral_table.get(name, self._zero_spectral()))
             features["input_variance"] = variances.get(name, 0.0)
             features["rank"] = float(ranks[name])
-        status = self.budget.read(self.optimizer, memory_batch) if self.budget is not None else None
+        status = self._read_memory(memory_batch) if self.budget is not None else None
         groups = self._aggregate(modules, status)
         scalars = self.loss.features()
         scalars["importance/total"] = sum(f["importance"] for f in modules.values())
@@ -147,6 +147,17 @@ class SignalReader:
         if status is not None:
             scalars.update({k: v for k, v in status.to_dict().items() if k.startswith("memory/")})
         return Signals(modules=modules, groups=groups, scalars=scalars, memory=status)
+
+    def _read_memory(self, batch: dict | None) -> MemoryStatus:
+        """Budget reading; the input-variance hooks are paused so that measuring passes are not sampled."""
+        hooks = self.variance is not None and self.variance.hooks_installed > 0
+        if hooks and batch is not None:
+            self.variance.close()
+        try:
+            return self.budget.read(self.optimizer, batch)
+        finally:
+            if hooks and batch is not None:
+                self.variance.open()
 
     def _zero_spectral(self) -> dict[str, float]:
         out = dict.fromkeys(SPECTRAL_FEATURES, 0.0)

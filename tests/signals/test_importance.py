@@ -126,3 +126,13 @@ def test_first_step_of_fresh_lora_is_zero(rl):
     features = tracker.module_features()
     assert all(f["importance"] == 0.0 for f in features.values())  # B = 0: w*g vanishes on A and B
     assert all(f["grad_norm"] > 0.0 for f in features.values())  # but B has gradient
+
+
+def test_detach_and_regrow_between_reads_starts_afresh(rl, optimizer):
+    tracker = ImportanceTracker(rl)
+    train_steps(rl, optimizer, 3, tracker)
+    rl.set_group_ranks([0, 4], optimizer)
+    rl.set_group_ranks([4, 4], optimizer)  # same shapes, new layers, never seen at rank 0 by the tracker
+    features = tracker.module_features()
+    assert all(features[n] == {"importance": 0.0, "sensitivity": 0.0, "grad_norm": 0.0} for n in rl.group_modules(0))
+    assert all(features[n]["importance"] > 0 for n in rl.group_modules(1))

@@ -91,3 +91,16 @@ def test_trainer_callback_reads_gradients_before_they_are_zeroed(rl, tmp_path):
     assert flat["importance/total"] > 0  # B moved off zero after the first step, gradients were live
     assert flat["loss/steps"] == 4
     assert reader.optimizer is not None
+
+
+def test_memory_measurement_passes_are_not_sampled_as_inputs(rl, optimizer):
+    with SignalReader(rl, optimizer=optimizer, budget_bytes=64 * 2**20, variance_every=1) as reader:
+        run(rl, optimizer, reader, 2)
+        before = dict(reader.variance.samples)
+        hooks = reader.variance.hooks_installed
+        reader.read(memory_batch=make_batch(5))
+        assert reader.variance.samples == before
+        assert reader.variance.hooks_installed == hooks
+        run(rl, optimizer, reader, 1, seed=9)
+        assert all(reader.variance.samples[n] == before[n] + 1 for n in before)
+    assert reader.variance.hooks_installed == 0

@@ -1,0 +1,104 @@
+"""The named, normalised observation shared by the environment and the deployed controllers.
+
+Its size depends only on the number of groups G, never on the model, so a policy trained on a small model
+can drive a larger one with the same G. Every feature has a name and fixed bounds; values are clipped into
+them. The layout (G and the ordered names) is saved with every policy and checked when one is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rankrl.signals import Signals
+
+# (name, low, high, source key in Signals.to_dict() / computed here)
+GROUP_FEATURES: tuple[tuple[str, float, float], ...] = (
+    ("rank_frac", 0.0, 1.0),
+    ("importance_share", 0.0, 1.0),
+    ("grad_norm_share", 0.0, 1.0),
+    ("input_variance_share", 0.0, 1.0),
+    ("rank_utilization", 0.0, 1.0),
+    ("grow_cost_frac", 0.0, 1.0),
+    ("last_change", -1.0, 1.0),
+)
+GLOBAL_FEATURES: tuple[tuple[str, float, float], ...] = (
+    ("loss/ema_rel", 0.0, 3.0),
+    ("loss/slope_x100", -1.0, 1.0),
+    ("eval/accuracy", 0.0, 1.0),
+    ("eval/accuracy_delta", -1.0, 1.0),
+    ("memory/used_frac", 0.0, 2.0),
+    ("progress", 0.0, 1.0),
+)
+
+
+class ObservationMismatchError(ValueError):
+    """A policy was built for another observation layout or number of groups."""
+
+
+@dataclass(frozen=True)
+class ObservationLayout:
+    """Ordered feature names and bounds for G groups."""
+
+    num_groups: int
+
+    @property
+    def names(self) -> list[str]:
+        """Feature names in vector order: run-level features, then ``group{g}/<feature>``."""
+        return [n for n, _, _ in GLOBAL_FEATURES] + [
+            f"group{g}/{n}" for g in range(self.num_groups) for n, _, _ in GROUP_FEATURES
+        ]
+
+    @property
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        lows = [lo for _, lo, _ in GLOBAL_FEATURES] + [lo for _ in range(self.num_groups) for _, lo, _ in GROUP_FEATURES]
+        highs = [hi for _, _, hi in GLOBAL_FEATURES] + [hi for _ in range(self.num_groups) for _, _, hi in GROUP_FEATURES]
+        return np.asarray(lows, dtype=np.float32), np.asarray(highs, dtype=np.float32)
+
+    def build(self, signals: Signals, *, r_max: int, last_change: list[float], progress: float) -> dict[str, float]:
+        """Named feature values (unclipped) from one signal reading."""
+        flat = signals.to_dict()
+        values = {
+            "loss/ema_rel": flat.get("loss/ema_rel", 1.0),
+            "loss/slope_x100": 100.0 * flat.get("loss/slope_rel", 0.0),
+            "eval/accuracy": flat.get("eval/accuracy", 0.0),
+            "eval/accuracy_delta": flat.get("eval/accuracy_delta", 0.0),
+            "memory/used_frac": flat.get("memory/used_frac", 0.0),
+            "progress": progress,
+        }
+        for g, group in enumerate(signals.groups):
+            values[f"group{g}/rank_frac"] = group["rank"] / r_max
+            values[f"group{g}/last_change"] = last_change[g]
+            for name, _, _ in GROUP_FEATURES:
+                if name not in ("rank_frac", "last_change"):
+                    values[f"group{g}/{name}"] = group.get(name, 0.0)
+        return values
+
+    def vector(self, values: dict[str, float]) -> np.ndarray:
+        """The observation array: values in :attr:`names` order, NaN-safe, clipped into the bounds."""
+        low, high = self.bounds
+        array = np.asarray([values[name] for name in self.names], dtype=np.float64)
+        array = np.nan_to_num(array, nan=0.0, posinf=high.max(), neginf=low.min())
+        return np.clip(array, low, high).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        """What is saved with a policy."""
+        return {"num_groups": self.num_groups, "features": self.names}
+
+    def check(self, saved: dict, source: str = "the policy") -> None:
+        """Raise :class:`ObservationMismatchError` unless ``saved`` (from :meth:`to_dict`) matches."""
+        if saved.get("num_groups") != self.num_groups:
+            raise ObservationMismatchError(
+                f"{source} was trained for {saved.get('num_groups')} layer groups but this run has {self.num_groups}. "
+                f"Use a policy trained with num_groups={self.num_groups}, or set the run's number of groups to "
+                f"{saved.get('num_groups')}."
+            )
+        if list(saved.get("features", [])) != self.names:
+            theirs, ours = set(saved.get("features", [])), set(self.names)
+            detail = (f"missing {sorted(ours - theirs)[:4]}, unexpected {sorted(theirs - ours)[:4]}"
+                      if theirs != ours else "same features in another order")
+            raise ObservationMismatchError(
+                f"{source} expects another observation layout ({detail}). It was trained with a different rankrl "
+                "version or preset; retrain it with `rankrl train` on this version."
+            )

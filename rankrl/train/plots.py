@@ -1,0 +1,53 @@
+"""Learning-curve PNG of a training run: episode returns (monitor) and held-out evaluations."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+
+def plot_learning_curve(run_dir: str | Path) -> Path | None:
+    """Draw ``learning_curve.png`` from ``monitor/*.csv`` and ``evaluations.jsonl``; ``None`` if no data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    episodes = []
+    for path in sorted((run_dir / "monitor").glob("*.csv")):
+        with path.open() as handle:
+            next(handle, None)  # SB3's JSON header line
+            episodes += [(float(row["t"]), float(row["r"])) for row in csv.DictReader(handle)]
+    evaluations = []
+    if (run_dir / "evaluations.jsonl").exists():
+        evaluations = [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines() if line]
+    if not episodes and not evaluations:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    if episodes:
+        episodes.sort()
+        returns = [r for _, r in episodes]
+        window = max(1, len(returns) // 20)
+        smooth = [sum(returns[max(0, i - window + 1): i + 1]) / len(returns[max(0, i - window + 1): i + 1])
+                  for i in range(len(returns))]
+        axes[0].plot(range(1, len(returns) + 1), returns, ".", alpha=0.3, label="episode return")
+        axes[0].plot(range(1, len(returns) + 1), smooth, "-", label=f"moving mean ({window})")
+        axes[0].set_xlabel("training episode")
+        axes[0].set_ylabel("return")
+        axes[0].legend()
+        axes[0].set_title("Training episodes")
+    if evaluations:
+        steps = [e["timesteps"] for e in evaluations]
+        axes[1].plot(steps, [e["policy_return"] for e in evaluations], "o-", label="policy (held-out seeds)")
+        axes[1].plot(steps, [e["fixed_return"] for e in evaluations], "s--", label="fixed rank baseline")
+        axes[1].set_xlabel("environment steps")
+        axes[1].set_ylabel("mean return")
+        axes[1].legend()
+        axes[1].set_title("Evaluation against fixed rank")
+    fig.tight_layout()
+    path = run_dir / "learning_curve.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

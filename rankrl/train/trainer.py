@@ -1,0 +1,148 @@
+"""``rankrl train``: learn a rank-allocation policy with stable-baselines3 on a registered environment."""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+from pathlib import Path
+
+import gymnasium as gym
+from gymnasium.wrappers import TimeLimit
+
+from rankrl.env import LoRARankEnv, env_id, load_env_config
+from rankrl.presets import to_mapping
+from rankrl.runs import new_run_dir, read_config, write_config
+from rankrl.train.agent_config import load_agent_config
+from rankrl.train.callbacks import BaselineEvalCallback, RankLoggingCallback
+
+POLICY_FILE = "policy.zip"
+FEATURES_FILE = "features.json"
+METADATA_FILE = "metadata.json"
+
+
+def make_limited_env(config, torch_threads: int | None = None) -> gym.Env:
+    """A ``LoRARankEnv`` under the episode limit its registration gives (works for preset files too)."""
+    return TimeLimit(LoRARankEnv(config=config, torch_threads=torch_threads), max_episode_steps=config.episode_length)
+
+
+def _vec_env(config, n_envs: int, seed: int, monitor_dir: Path):
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    if n_envs > 1:
+        return make_vec_env(make_limited_env, n_envs=n_envs, seed=seed, monitor_dir=str(monitor_dir),
+                            env_kwargs={"config": config, "torch_threads": 1}, vec_env_cls=SubprocVecEnv,
+                            vec_env_kwargs={"start_method": "forkserver"})
+    return make_vec_env(make_limited_env, n_envs=1, seed=seed, monitor_dir=str(monitor_dir),
+                        env_kwargs={"config": config}, vec_env_cls=DummyVecEnv)
+
+
+def _latest_checkpoint(run_dir: Path) -> Path | None:
+    checkpoints = []
+    for path in (run_dir / "checkpoints").glob("*.zip"):
+        match = re.search(r"_(\d+)_steps\.zip$", path.name)
+        if match:
+            checkpoints.append((int(match.group(1)), path))
+    return max(checkpoints)[1] if checkpoints else None
+
+
+def train_policy(env: str = "default", agent: str = "ppo", timesteps: int = 20_000, n_envs: int = 1,
+                 seed: int = 0, out: str | Path = "runs", resume: str | Path | None = None,
+                 progress: bool = True, device: str = "cpu") -> Path:
+    """Train a rank-allocation policy and write a run directory ``<out>/<env>/<agent>_<seed>_<n>/``.
+
+    The run directory holds ``config.json`` (everything resolved), ``policy.zip`` (SB3), ``features.json``
+    (the observation layout the policy expects), ``metadata.json`` (groups, rank bounds, deltas, the
+    baseline comparison), ``best_policy.zip``, ``checkpoints/``, ``monitor/``, ``tb/`` (TensorBoard) and
+    ``learning_curve.png``.
+
+    Args:
+        env: Environment preset name or YAML path.
+        agent: Agent preset name or YAML path.
+        timesteps: Total environment steps (decisions) to train for.
+        n_envs: Parallel environments (subprocess workers, one torch thread each, when > 1).
+        seed: Seed of the policy and of the environments.
+        out: Root of run directories.
+        resume: A run directory to continue from its last checkpoint (up to ``timesteps`` in total).
+        progress: Show a progress bar.
+        device: Torch device of the policy.
+
+    Raises:
+        ValueError: ``timesteps`` or ``n_envs`` < 1, unknown presets, a resume directory without checkpoints.
+    """
+    if timesteps < 1:
+        raise ValueError(f"--timesteps must be a positive number of environment steps, got {timesteps}.")
+    if n_envs < 1:
+        raise ValueError(f"--n-envs must be >= 1, got {n_envs}.")
+    if resume is not None:
+        run_dir = Path(resume)
+        saved = read_config(run_dir)
+        env, agent, seed = saved["env_preset"], saved["agent_preset"], saved["seed"]
+        checkpoint = _latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise ValueError(f"{run_dir} has no checkpoints to resume from (checkpoints/*_steps.zip).")
+    env_config = load_env_config(env)
+    agent_config = load_agent_config(agent, env_name=env_config.name)
+    if resume is None:
+        run_dir = new_run_dir(Path(out) / env_config.name, f"{agent_config.name}_{seed}")
+        write_config(run_dir, {
+            "command": "train", "env_preset": str(env), "agent_preset": str(agent), "env_id": env_id(env_config.name),
+            "timesteps": timesteps, "n_envs": n_envs, "seed": seed, "device": device,
+            "env": to_mapping(env_config), "agent": agent_config.to_dict(), "python": platform.python_version(),
+        })
+    (run_dir / FEATURES_FILE).write_text(json.dumps(LoRARankEnv(config=env_config).layout.to_dict(), indent=2) + "\n")
+
+    from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
+
+    vec_env = _vec_env(env_config, n_envs, seed, run_dir / "monitor")
+    algorithm = agent_config.algorithm_class()
+    if resume is not None:
+        model = algorithm.load(checkpoint, env=vec_env, device=device, tensorboard_log=str(run_dir / "tb"))
+    else:
+        model = algorithm(agent_config.policy, vec_env, seed=seed, device=device, verbose=0,
+                          tensorboard_log=str(run_dir / "tb"), policy_kwargs={"net_arch": agent_config.net_arch},
+                          **to_mapping(agent_config.hyperparams))
+    evaluation = BaselineEvalCallback(env_config, run_dir, agent_config.eval_freq, agent_config.eval_episodes)
+    callbacks = CallbackList([
+        RankLoggingCallback(),
+        CheckpointCallback(save_freq=max(agent_config.checkpoint_freq // n_envs, 1),
+                           save_path=str(run_dir / "checkpoints"), name_prefix="policy"),
+        evaluation,
+    ])
+    remaining = timesteps - model.num_timesteps
+    try:
+        if remaining > 0:
+            model.learn(remaining, callback=callbacks, progress_bar=progress, tb_log_name=agent_config.name,
+                        reset_num_timesteps=resume is None)
+    except KeyboardInterrupt:
+        path = run_dir / "checkpoints" / f"policy_{model.num_timesteps}_steps.zip"
+        model.save(path)
+        vec_env.close()
+        raise KeyboardInterrupt(
+            f"Interrupted at {model.num_timesteps} steps; saved {path}. Continue with: "
+            f"rankrl train --resume {run_dir} --timesteps {timesteps}"
+        ) from None
+    model.save(run_dir / POLICY_FILE)
+    vec_env.close()
+    _write_metadata(run_dir, env_config, agent_config, evaluation, model.num_timesteps)
+    from rankrl.train.plots import plot_learning_curve
+
+    plot_learning_curve(run_dir)
+    return run_dir
+
+
+def _write_metadata(run_dir: Path, env_config, agent_config, evaluation, steps: int) -> None:
+    deltas = [int(d) for d in LoRARankEnv(config=env_config).deltas]
+    metadata = {
+        "algo": agent_config.algo, "timesteps": steps, "env": env_config.name,
+        "num_groups": env_config.num_action_groups, "split_by_kind": env_config.split_by_kind,
+        "r_max": env_config.r_max, "rank_init": env_config.rank_init, "rank_step": env_config.rank_step,
+        "deltas": deltas, "memory_scope": env_config.memory_scope,
+        "group_definition": "group g holds transformer layers [g*L/G, (g+1)*L/G); with split_by_kind each depth "
+                            "group is split into attention (2g) and MLP (2g+1) modules",
+        "rank_pattern_note": "rank per group -> rank_pattern: every LoRA module of group g gets the group's rank "
+                             "(RankedLoRA.groups maps module names to groups on any model)",
+        "last_evaluation": getattr(evaluation, "last", None),
+    }
+    (run_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")

@@ -1,0 +1,167 @@
+"""LoRARankEnv: Gymnasium and SB3 API checks, determinism, the memory wall, divergence, registration."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import rankrl  # noqa: F401  (registers the presets)
+from rankrl.env import LoRARankEnv, load_env_config
+from rankrl.presets import PresetError, list_presets
+
+
+@pytest.fixture(scope="module")
+def env():
+    environment = gym.make("rankrl/tiny-v0")
+    yield environment
+    environment.close()
+
+
+def test_gymnasium_env_checker_passes():
+    from gymnasium.utils.env_checker import check_env
+
+    environment = LoRARankEnv(preset="tiny")
+    check_env(environment, skip_render_check=True)
+    environment.close()
+
+
+def test_sb3_env_checker_passes():
+    from stable_baselines3.common.env_checker import check_env
+
+    environment = LoRARankEnv(preset="tiny")
+    check_env(environment, warn=True)
+    environment.close()
+
+
+def test_same_seed_same_actions_same_trajectory():
+    def rollout(seed: int) -> tuple[list[np.ndarray], list[float]]:
+        environment = LoRARankEnv(preset="tiny")
+        obs, _ = environment.reset(seed=seed)
+        observations, rewards = [obs], []
+        for action in ([2, 0], [1, 2], [0, 0]):
+            obs, reward, *_ = environment.step(np.array(action))
+            observations.append(obs)
+            rewards.append(reward)
+        environment.close()
+        return observations, rewards
+
+    (obs_a, rew_a), (obs_b, rew_b) = rollout(3), rollout(3)
+    assert all(np.array_equal(a, b) for a, b in zip(obs_a, obs_b, strict=True)) and rew_a == rew_b
+    obs_c, _ = rollout(4)
+    assert not all(np.array_equal(a, b) for a, b in zip(obs_a, obs_c, strict=True))
+
+
+def test_episode_truncates_at_preset_length_and_reward_parts_add_up(env):
+    _, info = env.reset(seed=0)
+    config = env.unwrapped.config
+    steps, total, parts = 0, 0.0, 0.0
+    first_accuracy = info["accuracy"]
+    while True:
+        obs, reward, terminated, truncated, info = env.step(np.ones(config.num_groups, dtype=np.int64))
+        assert env.observation_space.contains(obs)
+        steps, total = steps + 1, total + reward
+        parts += info["reward/accuracy"] + info["reward/memory"] + info["reward/wall"]
+        if terminated or truncated:
+            break
+    assert truncated and not terminated and steps == config.episode_length
+    assert total == pytest.approx(parts)
+    accuracy_gain = info["accuracy"] - first_accuracy
+    memory_integral = total - config.reward.accuracy * accuracy_gain
+    assert memory_integral < 0  # the memory penalty is paid at every step
+
+
+def test_growth_is_clipped_at_the_memory_wall():
+    environment = LoRARankEnv(preset="tiny", budget_frac=1.0)
+    environment.reset(seed=0)
+    _, _, _, _, info = environment.step(np.array([2, 2]))  # +step everywhere from the budget-defining ranks
+    assert info["wall_hit"] and info["clipped_groups"]
+    assert info["reward/wall"] < 0
+    assert info["memory_used_bytes"] <= info["budget_bytes"]
+    assert all(a <= r for a, r in zip(info["ranks"], info["requested_ranks"], strict=True))
+    _, _, _, _, info = environment.step(np.array([0, 0]))  # shrinking is always allowed
+    assert not info["wall_hit"] and info["ranks"] == [2, 2]
+    environment.close()
+
+
+def test_rank_bounds_and_zero():
+    environment = LoRARankEnv(preset="tiny", budget_frac=3.0)
+    environment.reset(seed=0)
+    for _ in range(3):
+        _, _, _, _, info = environment.step(np.array([0, 2]))
+    assert info["ranks"] == [0, 8]  # clipped into [0, r_max]
+    assert environment.session.rl.lora_layer(environment.session.rl.group_modules(0)[0]) is None
+    environment.close()
+
+
+def test_divergence_terminates_with_the_penalty():
+    environment = LoRARankEnv(preset="tiny")
+    environment.reset(seed=0)
+    head = environment.session.rl.model.base_model.model.classifier.modules_to_save["default"]
+    with torch.no_grad():
+        head.weight.fill_(float("nan"))
+    _, reward, terminated, truncated, info = environment.step(np.array([1, 1]))
+    assert terminated and not truncated and info["diverged"]
+    assert reward == -environment.config.reward.divergence
+    environment.close()
+
+
+def test_feature_names_match_the_observation(env):
+    obs, _ = env.reset(seed=1)
+    names = env.unwrapped.feature_names
+    assert len(names) == obs.shape[0] == 6 + 7 * env.unwrapped.config.num_groups
+    assert len(set(names)) == len(names) and "group1/importance_share" in names
+
+
+def test_invalid_action_is_refused(env):
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="not in MultiDiscrete"):
+        env.unwrapped.step(np.array([5, 0]))
+
+
+def test_budget_below_starting_memory_is_refused():
+    environment = LoRARankEnv(preset="tiny", budget_mb=0.01)
+    with pytest.raises(ValueError, match="Raise budget_mb"):
+        environment.reset(seed=0)
+
+
+def test_vectorised_with_sb3_make_vec_env():
+    from stable_baselines3.common.env_util import make_vec_env
+
+    vec = make_vec_env("rankrl/tiny-v0", n_envs=2, seed=0)
+    obs = vec.reset()
+    assert obs.shape == (2, vec.observation_space.shape[0])
+    obs, rewards, dones, infos = vec.step(np.array([[1, 1], [2, 0]]))
+    assert rewards.shape == (2,) and len(infos) == 2
+    vec.close()
+
+
+# ---------------------------------------------------------------- presets
+@pytest.mark.parametrize("name", list_presets("envs"))
+def test_every_shipped_preset_loads_and_is_registered(name):
+    config = load_env_config(name)
+    assert config.name == name
+    spec = gym.spec(f"rankrl/{name}-v0")
+    assert spec.max_episode_steps == config.episode_length
+    environment = LoRARankEnv(preset=name)  # cheap: builds the spaces only
+    assert environment.observation_space.shape == (6 + 7 * config.num_action_groups,)
+    assert environment.session is None
+
+
+def test_unknown_key_and_wrong_type_name_the_file_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: tiny\nrank_step: 2\nrnak_init: 4\n")
+    with pytest.raises(PresetError, match=r"bad.yaml: unknown key rnak_init"):
+        load_env_config(bad)
+    bad.write_text("model: tiny\nreward:\n  memory: lots\n")
+    with pytest.raises(PresetError, match=r"bad.yaml: key reward.memory must be a float"):
+        load_env_config(bad)
+    bad.write_text("model: tiny\nrank_init: 40\nr_max: 8\n")
+    with pytest.raises(PresetError, match=r"bad.yaml: rank_init must be in"):
+        load_env_config(bad)
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(PresetError, match="Known presets: .*tiny"):
+        load_env_config("nope")

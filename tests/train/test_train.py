@@ -1,0 +1,117 @@
+"""`rankrl train`: run directories, resolved config, policy files, resume, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from stable_baselines3 import PPO
+
+from rankrl.env import LoRARankEnv
+from rankrl.presets import PresetError
+from rankrl.train import load_agent_config, train_policy
+
+AGENT = """\
+algo: PPO
+net_arch: [16]
+hyperparams:
+  n_steps: 10
+  batch_size: 10
+  n_epochs: 2
+eval_freq: 20
+eval_episodes: 1
+checkpoint_freq: 10
+"""
+
+
+@pytest.fixture(scope="module")
+def agent_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("agents") / "quick.yaml"
+    path.write_text(AGENT)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, agent_file):
+    out = tmp_path_factory.mktemp("runs")
+    return train_policy(env="tiny", agent=str(agent_file), timesteps=20, seed=3, out=out, progress=False), out
+
+
+def test_run_directory_layout_and_contents(run):
+    run_dir, out = run
+    assert run_dir == out / "tiny" / "quick_3_1"
+    for name in ("config.json", "policy.zip", "best_policy.zip", "features.json", "metadata.json",
+                 "evaluations.jsonl", "learning_curve.png"):
+        assert (run_dir / name).stat().st_size > 0, name
+    assert list((run_dir / "tb").rglob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.zip")) == ["policy_10_steps.zip", "policy_20_steps.zip"]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["env"]["rank_init"] == 4 and config["agent"]["hyperparams"]["n_steps"] == 10
+    features = json.loads((run_dir / "features.json").read_text())
+    assert features == LoRARankEnv(preset="tiny").layout.to_dict()
+    metadata = json.loads((run_dir / "metadata.json").read_text())
+    assert metadata["num_groups"] == 2 and metadata["deltas"] == [-2, 0, 2] and metadata["timesteps"] == 20
+    evaluation = json.loads((run_dir / "evaluations.jsonl").read_text().splitlines()[-1])
+    assert evaluation["advantage"] == pytest.approx(evaluation["policy_return"] - evaluation["fixed_return"])
+
+
+def test_policy_zip_is_a_plain_sb3_model(run):
+    run_dir, _ = run
+    model = PPO.load(run_dir / "policy.zip", device="cpu")
+    env = LoRARankEnv(preset="tiny")
+    obs, _ = env.reset(seed=0)
+    action, _ = model.predict(obs, deterministic=True)
+    assert env.action_space.contains(action)
+    assert model.num_timesteps == 20
+
+
+def test_a_second_run_never_overwrites_the_first(run, agent_file):
+    run_dir, out = run
+    before = (run_dir / "policy.zip").read_bytes()
+    second = train_policy(env="tiny", agent=str(agent_file), timesteps=10, seed=3, out=out, progress=False)
+    assert second == out / "tiny" / "quick_3_2"
+    assert (run_dir / "policy.zip").read_bytes() == before
+
+
+def test_resume_continues_from_the_last_checkpoint(run, agent_file, tmp_path):
+    import shutil
+
+    run_dir, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    (copy / "policy.zip").unlink()
+    resumed = train_policy(timesteps=30, resume=copy, progress=False)
+    assert resumed == copy
+    assert PPO.load(copy / "policy.zip", device="cpu").num_timesteps == 30
+    assert (copy / "checkpoints" / "policy_30_steps.zip").exists()
+
+
+def test_bad_input_is_refused_before_anything_is_written(tmp_path, agent_file):
+    with pytest.raises(ValueError, match="--timesteps must be a positive"):
+        train_policy(env="tiny", agent=str(agent_file), timesteps=0, out=tmp_path)
+    with pytest.raises(PresetError, match="Known presets: .*ppo"):
+        train_policy(env="tiny", agent="nope", timesteps=10, out=tmp_path)
+    with pytest.raises(PresetError, match="Known presets: .*tiny"):
+        train_policy(env="nope", timesteps=10, out=tmp_path)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text(json.dumps({"env_preset": "tiny", "agent_preset": "ppo", "seed": 0}))
+    with pytest.raises(ValueError, match="no checkpoints"):
+        train_policy(timesteps=10, resume=tmp_path / "empty")
+    assert not (tmp_path / "tiny").exists()
+
+
+def test_agent_presets_load_with_env_overrides():
+    ppo = load_agent_config("ppo", env_name="tiny")
+    assert ppo.algo == "PPO" and ppo.hyperparams.n_steps == 20
+    assert load_agent_config("ppo", env_name="default").hyperparams.n_steps == 128
+    assert load_agent_config("a2c").algo == "A2C"
+
+
+def test_agent_preset_with_a_mistyped_hyperparameter(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("algo: PPO\nhyperparams:\n  n_stpes: 10\n")
+    with pytest.raises(PresetError, match="bad.yaml: unknown key hyperparams.n_stpes"):
+        load_agent_config(bad)
+    bad.write_text("algo: DQN\n")
+    with pytest.raises(PresetError, match="algo must be one of PPO, A2C"):
+        load_agent_config(bad)
