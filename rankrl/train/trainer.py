@@ -11,14 +11,12 @@ import gymnasium as gym
 from gymnasium.wrappers import TimeLimit
 
 from rankrl.env import LoRARankEnv, env_id, load_env_config
+from rankrl.policy import FEATURES_FILE, METADATA_FILE, POLICY_FILE
 from rankrl.presets import to_mapping
 from rankrl.runs import new_run_dir, read_config, write_config
 from rankrl.train.agent_config import load_agent_config
 from rankrl.train.callbacks import BaselineEvalCallback, RankLoggingCallback
 
-POLICY_FILE = "policy.zip"
-FEATURES_FILE = "features.json"
-METADATA_FILE = "metadata.json"
 
 
 def make_limited_env(config, torch_threads: int | None = None) -> gym.Env:

@@ -115,3 +115,30 @@ def test_agent_preset_with_a_mistyped_hyperparameter(tmp_path):
     bad.write_text("algo: DQN\n")
     with pytest.raises(PresetError, match="algo must be one of PPO, A2C"):
         load_agent_config(bad)
+
+
+def test_policy_for_another_layout_is_refused_with_the_fix(run, tmp_path):
+    from rankrl.env import ObservationLayout, ObservationMismatchError
+    from rankrl.policy import PolicyFileError, load_policy
+
+    run_dir, _ = run
+    loaded = load_policy(run_dir, ObservationLayout(2))
+    assert loaded.metadata["algo"] == "PPO"
+    with pytest.raises(ObservationMismatchError, match="trained for 2 layer groups but this run has 4"):
+        load_policy(run_dir, ObservationLayout(4))
+    features = json.loads((run_dir / "features.json").read_text())
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / "policy.zip").write_bytes((run_dir / "policy.zip").read_bytes())
+    features["features"] = list(reversed(features["features"]))
+    (moved / "features.json").write_text(json.dumps(features))
+    with pytest.raises(ObservationMismatchError, match="another order"):
+        load_policy(moved, ObservationLayout(2))
+    (moved / "features.json").unlink()
+    with pytest.raises(PolicyFileError, match="observes"):
+        load_policy(moved, ObservationLayout(3))
+    (moved / "policy.zip").write_bytes(b"not a zip")
+    with pytest.raises(PolicyFileError, match="not a stable-baselines3 zip"):
+        load_policy(moved / "policy.zip", ObservationLayout(2))
+    with pytest.raises(PolicyFileError, match="No policy at"):
+        load_policy(tmp_path / "nowhere", ObservationLayout(2))
