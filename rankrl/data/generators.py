@@ -61,7 +61,7 @@ def order(rng: random.Random, label: int, difficulty: float) -> Example:
     """
     while True:
         skeleton = build_skeleton(
-            rng, max_clauses=_clauses(difficulty), adj_prob=_adj_prob(difficulty), min_slots=2
+            rng, max_clauses=_clauses(difficulty**2), adj_prob=_adj_prob(difficulty), min_slots=2
         )
         # A food never acts (it is not an agent), so both words go to non-agent slots.
         slots = [i for i, kind in enumerate(skeleton.kinds()) if kind != AGENT]
@@ -145,24 +145,32 @@ def pair(rng: random.Random, label: int, difficulty: float) -> Example:
     paraphrase with the passive and take the substitute noun from a distractor clause of sentence 1,
     so word overlap alone fails.
     """
+    import os
+    V = os.environ.get("PAIR_VARIANT", "")
     animate = W.PEOPLE + W.ANIMALS
+    if V == "pool":
+        animate = animate[: 20 + round(30 * difficulty)]
     subject, obj, other = rng.sample(animate, 3)
     verb = rng.choice(W.ANIMATE_VERBS)
     adj_prob = 0.1 + 0.4 * difficulty
+    prep_prob = 0.3 + 0.4 * difficulty
+    if V == "clean":
+        adj_prob, prep_prob = 0.5 * difficulty, 0.7 * difficulty
     first = f"{_agent_phrase(rng, subject, adj_prob)} {verb[0]} {_agent_phrase(rng, obj, adj_prob)}"
-    if rng.random() < 0.3 + 0.4 * difficulty:
+    if rng.random() < prep_prob:
         first += f" {rng.choice(W.PREPOSITIONS)} the {rng.choice(W.PLACES)}"
-    has_other = rng.random() < difficulty
+    hard = difficulty**2
+    has_other = rng.random() < hard
     if has_other:
         first += f" {rng.choice(W.CONJUNCTIONS)} the {other} {rng.choice(W.INTRANSITIVE_VERBS)}"
 
     s, v, o = subject, verb, obj
     if label == 0:
-        if rng.random() < 0.6 * difficulty:
+        if rng.random() < 0.6 * hard:
             s, o = o, s
         else:
             # Each part beyond the first changes with probability 1 - difficulty: all three at 0, one at 1.
-            extra = sum(rng.random() >= difficulty for _ in range(2))
+            extra = sum(rng.random() >= hard for _ in range(2))
             parts = rng.sample(("subject", "verb", "object"), 1 + extra)
             unused = [x for x in animate if x not in (subject, obj, other)]
             swap_ins = rng.sample(unused, 2)
@@ -171,13 +179,13 @@ def pair(rng: random.Random, label: int, difficulty: float) -> Example:
             for part, swap_in in zip(("subject", "object"), swap_ins, strict=True):
                 if part not in parts:
                     continue
-                if has_other and other not in (s, o) and rng.random() < difficulty:
+                if has_other and other not in (s, o) and rng.random() < hard:
                     swap_in = other
                 if part == "subject":
                     s = swap_in
                 else:
                     o = swap_in
-    if rng.random() < 0.5 * difficulty:
+    if rng.random() < 0.5 * hard:
         second = f"the {o} was {v[1]} by the {s}"
     else:
         second = f"the {s} {v[0]} the {o}"

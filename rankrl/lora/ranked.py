@@ -332,8 +332,9 @@ class RankedLoRA:
             p.grad = None
         was_training = self.model.training
         self.model.train()
+        device = params[0].device if params else torch.device("cpu")
         try:
-            with torch.random.fork_rng(devices=[]), self.measure_activations():
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), self.measure_activations():
                 outputs = self.model(**batch)
             if outputs.loss is None:
                 raise RankedLoRAError("measure_step needs a batch with labels so that the model returns a loss.")

@@ -8,7 +8,7 @@ when it is taken after ``zero_grad`` or before the first optimizer step:
 * optimizer state of trainable parameters that have none: ``state_factor`` x their bytes plus the scalar
   state (Adam's ``step``) per parameter. Both are *measured* from the optimizer's existing state (bytes of
   state tensors shaped like their parameter / parameter bytes; 0-dim state bytes per parameter) and fall
-  back to ``state_factor`` (2.0, AdamW) and 0 when nothing can be measured.
+  back to ``state_factor`` (2.0) and ``state_scalar`` (4.0), the AdamW figures, when nothing can be measured.
 
 The cost of a rank change is split the same way:
 
@@ -137,7 +137,7 @@ class MemoryBudget:
         self.last: MemoryStatus | None = None
         self._batch: dict | None = None
         self._optimizer = None
-        self._crossings: dict[tuple[frozenset, frozenset], int] = {}
+        self._crossings: dict[frozenset, int] = {}  # live module set -> what-if saved-activation bytes
 
     # ------------------------------------------------------------------ reading
     def read(self, optimizer=None, batch: dict | None = None) -> MemoryStatus:
@@ -151,9 +151,9 @@ class MemoryBudget:
                 later crossing measurements in :meth:`predict_used`.
         """
         self._optimizer = optimizer
-        self._crossings = {}
         if batch is not None:
             self._batch = batch
+            self._crossings = {}
             report = self._measure_with_tokens(optimizer, batch)
         else:
             report = self.rl.memory(optimizer)
@@ -251,10 +251,12 @@ class MemoryBudget:
         return total
 
     def _crossing_activations(self, to_zero: frozenset, from_zero: frozenset) -> int:
-        """Activation bytes added (negative: freed) by modules crossing rank 0."""
-        key = (to_zero, from_zero)
-        if key in self._crossings:
-            return self._crossings[key]
+        """Activation bytes added (negative: freed) by modules crossing rank 0.
+
+        Measured as the difference of two what-if forward passes on the kept batch: the live set after the
+        change against the live set now. Both are cached by live set until a new batch is read, so a rank
+        configuration seen before costs nothing (the environment revisits configurations constantly).
+        """
         if self._batch is None or not self.last.activations_measured:
             delta = 0
             for name in to_zero | from_zero:
@@ -262,10 +264,15 @@ class MemoryBudget:
                 elem = torch.empty(0, dtype=factor_dtype(module, self.rl.adapter_name)).element_size()
                 local = self.tokens.get(name, 0) * in_out_features(module)[0] * elem
                 delta += local if name in from_zero else -local - self.last.ranks[name] * self.tokens.get(name, 0) * elem
-        else:
-            delta = self._what_if_activations(to_zero, from_zero) - self.last.report.activations
-        self._crossings[key] = delta
-        return delta
+            return delta
+        live = frozenset(name for name, rank in self.last.ranks.items() if rank > 0)
+        return self._what_if_cached(live, to_zero, from_zero) - self._what_if_cached(live, frozenset(), frozenset())
+
+    def _what_if_cached(self, live: frozenset, to_zero: frozenset, from_zero: frozenset) -> int:
+        key = (live - to_zero) | from_zero
+        if key not in self._crossings:
+            self._crossings[key] = self._what_if_activations(to_zero, from_zero)
+        return self._crossings[key]
 
     def _what_if_activations(self, to_zero: frozenset, from_zero: frozenset) -> int:
         """Saved-activation bytes of one training-mode forward on the kept batch with gradient flags changed."""

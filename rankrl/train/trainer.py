@@ -18,21 +18,20 @@ from rankrl.train.agent_config import load_agent_config
 from rankrl.train.callbacks import BaselineEvalCallback, RankLoggingCallback
 
 
-
 def make_limited_env(config, torch_threads: int | None = None) -> gym.Env:
     """A ``LoRARankEnv`` under the episode limit its registration gives (works for preset files too)."""
     return TimeLimit(LoRARankEnv(config=config, torch_threads=torch_threads), max_episode_steps=config.episode_length)
 
 
-def _vec_env(config, n_envs: int, seed: int, monitor_dir: Path):
+def _vec_env(config, n_envs: int, seed: int, monitor_dir: Path | None):
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
     if n_envs > 1:
-        return make_vec_env(make_limited_env, n_envs=n_envs, seed=seed, monitor_dir=str(monitor_dir),
+        return make_vec_env(make_limited_env, n_envs=n_envs, seed=seed, monitor_dir=None if monitor_dir is None else str(monitor_dir),
                             env_kwargs={"config": config, "torch_threads": 1}, vec_env_cls=SubprocVecEnv,
                             vec_env_kwargs={"start_method": "forkserver"})
-    return make_vec_env(make_limited_env, n_envs=1, seed=seed, monitor_dir=str(monitor_dir),
+    return make_vec_env(make_limited_env, n_envs=1, seed=seed, monitor_dir=None if monitor_dir is None else str(monitor_dir),
                         env_kwargs={"config": config}, vec_env_cls=DummyVecEnv)
 
 
