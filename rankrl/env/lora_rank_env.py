@@ -14,6 +14,7 @@ from rankrl.env.config import EnvConfig, load_env_config
 from rankrl.env.observation import ObservationLayout
 from rankrl.session import FineTuneSession
 from rankrl.signals import SignalReader
+from rankrl.wall import clip_to_budget
 
 MB = 1024 * 1024
 
@@ -149,7 +150,8 @@ class LoRARankEnv(gym.Env):
             raise ValueError(f"Action {action.tolist()} is not in {self.action_space}.")
         before = session.rl.group_ranks
         requested = [int(np.clip(r + self.deltas[a], 0, config.r_max)) for r, a in zip(before, action, strict=True)]
-        applied, clipped = self._respect_wall(before, requested)
+        shares = [group.get("importance_share", 0.0) for group in self._signals.groups]
+        applied, clipped = clip_to_budget(self.reader.budget, before, requested, config.rank_step, shares)
         session.set_group_ranks(applied)
         self._last_change = [float(np.sign(a - b)) for a, b in zip(applied, before, strict=True)]
         train_started = time.perf_counter()
@@ -183,25 +185,6 @@ class LoRARankEnv(gym.Env):
         # Wall times stay out of ``info`` (which must be deterministic for a seed); benchmarks read them here.
         self.last_timing = {"train_eval": train_eval_time, "step": time.perf_counter() - started}
         return self._observation(), float(sum(parts.values())), False, False, info
-
-    def _respect_wall(self, before: list[int], requested: list[int]) -> tuple[list[int], list[int]]:
-        """Apply shrinks, then growths in order of importance while the predicted memory fits the budget."""
-        budget = self.reader.budget
-        ranks = [min(b, r) for b, r in zip(before, requested, strict=True)]
-        clipped = []
-        shares = [group.get("importance_share", 0.0) for group in self._signals.groups]
-        for g in sorted(range(len(ranks)), key=lambda g: (-shares[g], g)):
-            target = requested[g]
-            while target > ranks[g]:
-                trial = ranks.copy()
-                trial[g] = target
-                if budget.would_fit(trial):
-                    ranks[g] = target
-                    break
-                target -= self.config.rank_step if target - self.config.rank_step >= ranks[g] else target - ranks[g]
-            if ranks[g] < requested[g]:
-                clipped.append(g)
-        return ranks, clipped
 
     def _observation(self) -> np.ndarray:
         values = self.layout.build(self._signals, r_max=self.config.r_max, last_change=self._last_change,
