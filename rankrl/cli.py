@@ -25,12 +25,14 @@ def demo(
     steps_per_phase: int = typer.Option(40, "--steps-per-phase", help="Optimizer steps in each phase."),
     out: str = typer.Option("runs/demo", help="Parent directory of the run directory."),
     seed: int = typer.Option(0, help="Seed."),
+    num_groups: int = typer.Option(4, "--num-groups", help="Layer groups (at most the model's layers)."),
 ) -> None:
     """Fine-tune with live rank reallocation and show the memory it frees."""
     from rankrl.demo import run_resize_demo
 
     try:
-        run_resize_demo(model=model, task=task, steps_per_phase=steps_per_phase, out=out, seed=seed)
+        run_resize_demo(model=model, task=task, steps_per_phase=steps_per_phase, out=out, seed=seed,
+                        num_groups=num_groups)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
 
@@ -100,16 +102,16 @@ def presets() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from rankrl.env import env_id, load_env_config
+    from rankrl.env import load_env_config
     from rankrl.presets import list_presets
 
-    table = Table(title="Environment presets (gymnasium.make(ID) or --env NAME)")
-    for column in ("name", "id", "model", "groups", "K", "episode", "description"):
+    table = Table(title="Environment presets: --env NAME, or gymnasium.make('rankrl/NAME-v0')")
+    for column in ("name", "model", "groups", "K", "episode", "description"):
         table.add_column(column)
     for name in list_presets("envs"):
         config = load_env_config(name)
         model = config.model + (f" ({config.num_hidden_layers} layers)" if config.num_hidden_layers else "")
-        table.add_row(name, env_id(name), model, str(config.num_action_groups), str(config.steps_per_action),
+        table.add_row(name, model, str(config.num_action_groups), str(config.steps_per_action),
                       str(config.episode_length), config.description)
     console = Console()
     console.print(table)

@@ -30,19 +30,22 @@ def run_resize_demo(
     steps_per_phase: int = 40,
     out: str = "runs/demo",
     seed: int = 0,
+    num_groups: int = 4,
     console: Console | None = None,
 ) -> Path:
     """Run the three-phase live-resizing demo and return its run directory."""
     console = console or Console()
-    config = SessionConfig(model=model, task=task, rank=8, num_groups=4, lr=1e-3, max_length=48, eval_size=256,
-                           seed=seed, total_steps=3 * steps_per_phase)
+    config = SessionConfig(model=model, task=task, rank=8, num_groups=num_groups, lr=1e-3, max_length=48,
+                           eval_size=256, seed=seed, total_steps=3 * steps_per_phase)
     run_dir = new_run_dir(out, f"resize_{Path(model).name}_{task.replace(':', '-')}")
     write_config(run_dir, {"command": "demo", "session": config.to_dict(), "steps_per_phase": steps_per_phase})
     console.print(f"[bold]rankrl resize demo[/] model={model} task={task} -> {run_dir}")
     session = FineTuneSession(config)
     console.print(f"  {session.task.summary()}")
-    phases = [("all groups r=8", [8, 8, 8, 8]), ("bottom half r=0, top r=16", [0, 0, 16, 16]),
-              ("all groups r=4", [4, 4, 4, 4])]
+    half = num_groups // 2
+    phases = [("all groups r=8", [8] * num_groups),
+              ("bottom half r=0, top r=16", [0] * half + [16] * (num_groups - half)),
+              ("all groups r=4", [4] * num_groups)]
     table = Table(title="Live rank reallocation (one run, no restart)")
     for column in ("phase", "group ranks", "trainable params", "activations MiB", "adapter memory MiB",
                    "train loss", "eval acc"):

@@ -1,0 +1,46 @@
+"""The command line: commands run, errors are one readable line with exit code 2."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from rankrl.cli import app
+
+runner = CliRunner(env={"COLUMNS": "200"})
+
+
+def test_tasks_lists_and_previews():
+    result = runner.invoke(app, ["tasks"])
+    assert result.exit_code == 0 and "negation" in result.output and "pair" in result.output
+    result = runner.invoke(app, ["tasks", "--preview", "order", "-k", "3"])
+    assert result.exit_code == 0 and "synthetic:order" in result.output
+    result = runner.invoke(app, ["tasks", "--preview", "nope"])
+    assert result.exit_code == 2 and "keyword" in result.output
+
+
+def test_presets_lists_envs_and_agents():
+    result = runner.invoke(app, ["presets"])
+    assert result.exit_code == 0
+    assert "rankrl/NAME-v0" in result.output and "tiny" in result.output and "ppo" in result.output
+
+
+def test_train_bad_input_exits_cleanly(tmp_path):
+    result = runner.invoke(app, ["train", "--env", "nope", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "Known presets" in result.output
+    result = runner.invoke(app, ["train", "--env", "tiny", "--timesteps", "0", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--timesteps must be a positive" in result.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_demo_runs_end_to_end_on_the_tiny_model(tmp_path):
+    result = runner.invoke(app, ["demo", "--model", "tiny", "--num-groups", "2", "--steps-per-phase", "3",
+                                 "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "max |diff| = 0.00e+00" in result.output
+    run_dir = next(tmp_path.iterdir())
+    assert (run_dir / "config.json").exists() and (run_dir / "adapter" / "adapter_config.json").exists()
+
+
+def test_demo_unknown_model(tmp_path):
+    result = runner.invoke(app, ["demo", "--model", "./no/such/model", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "Unknown model" in result.output
