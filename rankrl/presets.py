@@ -1,7 +1,7 @@
 """Declarative preset files (YAML) loaded into typed dataclasses, strictly.
 
 Environment presets live in ``envs/`` and agent presets in ``agents/`` at the top of the repository; the
-wheel ships both inside the package (``rankrl/presets/envs``, ``rankrl/presets/agents``), so an installed
+wheel ships both inside the package (``rankrl/shipped/envs``, ``rankrl/shipped/agents``), so an installed
 rankrl finds them by name. A path to a file works everywhere a preset name does.
 
 Loading is strict: an unknown key or a value of the wrong type fails with the file and the key named.
@@ -28,7 +28,7 @@ class PresetError(ValueError):
 def preset_dirs(kind: str) -> list[Path]:
     """Folders searched for presets of ``kind`` (``"envs"`` or ``"agents"``): the checkout, then the wheel."""
     package = Path(__file__).resolve().parent
-    return [d for d in (package.parent / kind, package / "presets" / kind) if d.is_dir()]
+    return [d for d in (package.parent / kind, package / "shipped" / kind) if d.is_dir()]
 
 
 def list_presets(kind: str) -> list[str]:
