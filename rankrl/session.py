@@ -189,7 +189,7 @@ class FineTuneSession:
         model.train()
         for _ in range(steps):
             batch = self.train_batch(self.step)
-            measure = self.rl._last_activations is None or (measure_every and self.step % measure_every == 0)
+            measure = not self.rl.activations_measured or (measure_every and self.step % measure_every == 0)
             if measure:
                 with self.rl.measure_activations():
                     loss = model(**batch).loss
@@ -232,10 +232,7 @@ class FineTuneSession:
 
     def set_group_ranks(self, ranks: list[int]) -> dict[str, int]:
         """Resize every group and repair the optimizer; the next step measures activations anew."""
-        changed = self.rl.set_group_ranks(ranks, optimizer=self.optimizer)
-        if changed:
-            self.rl._last_activations = None
-        return changed
+        return self.rl.set_group_ranks(ranks, optimizer=self.optimizer)
 
     def memory(self) -> MemoryReport:
         """Measured memory of the last training step (activations from the last measured forward)."""
@@ -281,7 +278,7 @@ class FineTuneSession:
         self.scheduler.load_state_dict(copy.deepcopy(snapshot["scheduler"]))
         self.step = snapshot["step"]
         torch.set_rng_state(snapshot["torch_rng"])
-        self.rl._last_activations = None
+        self.rl.forget_activations()
 
     def save(self, path: str | Path) -> Path:
         """Write :meth:`checkpoint` to a file (``torch.save``)."""

@@ -242,6 +242,7 @@ class RankedLoRA:
             changed[name] = rank
         if changed:
             self._sync_config()
+            self._last_activations = None  # the measured figure described the old ranks
             if optimizer is not None:
                 apply_param_changes(optimizer, changes)
         return changed
@@ -309,6 +310,15 @@ class RankedLoRA:
             raise RankedLoRAError(f"Group index {group!r} is out of range: there are {self.num_groups} groups (0..{self.num_groups - 1}).")
 
     # ------------------------------------------------------------------ memory
+    @property
+    def activations_measured(self) -> bool:
+        """Whether a saved-activation figure for the current ranks exists (resizes invalidate it)."""
+        return self._last_activations is not None
+
+    def forget_activations(self) -> None:
+        """Drop the measured saved-activation figure (after anything that changes what autograd saves)."""
+        self._last_activations = None
+
     @contextmanager
     def measure_activations(self) -> Iterator[SavedActivationMeter]:
         """Count the bytes autograd saves inside the block (wrap a real training forward pass).
