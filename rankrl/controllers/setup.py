@@ -1,0 +1,79 @@
+"""Checks made before training starts, so that bad input fails with one clear error and no wasted steps."""
+
+from __future__ import annotations
+
+from rankrl.controllers.base import MIB, RankController
+from rankrl.signals import MemoryBudget
+
+
+class BudgetTooSmallError(ValueError):
+    """The memory budget is below the smallest configuration the controller can train in."""
+
+
+def check_budget_trainable(budget: MemoryBudget, candidates: list[list[int]], controller: str = "the controller") -> int:
+    """Raise :class:`BudgetTooSmallError` unless the cheapest candidate configuration fits the budget.
+
+    Call it after ``budget.read(optimizer, batch)`` with a training batch, so that activations (and the
+    activations freed or added by groups crossing rank 0) are measured rather than derived.
+
+    Args:
+        budget: The run's budget.
+        candidates: Group-rank configurations, e.g. from :meth:`RankController.minimum_ranks`.
+        controller: Name used in the message.
+
+    Returns:
+        Predicted bytes of the cheapest candidate.
+    """
+    if not candidates:
+        raise ValueError("No candidate configurations to check.")
+    costs = [(budget.predict_used(ranks), ranks) for ranks in candidates]
+    used, ranks = min(costs, key=lambda item: item[0])
+    if used > budget.budget:
+        raise BudgetTooSmallError(
+            f"The memory budget ({budget.budget / MIB:.2f} MiB, scope {budget.scope}) is below the smallest "
+            f"configuration {controller} can train in: group ranks {ranks} need {used / MIB:.2f} MiB. "
+            f"Raise the budget to at least {used / MIB:.2f} MiB"
+            + (" or choose a lower rank." if len(candidates) == 1 else ".")
+        )
+    return used
+
+
+def prepare_controller(controller: RankController, *, group_ranks: list[int], r_max: int, rank_step: int,
+                       split_by_kind: bool = False, budget: MemoryBudget | None = None,
+                       total_steps: int | None = None) -> int | None:
+    """Every check that can be made before training: run settings, the controller against the run, budget.
+
+    Args:
+        controller: The controller to deploy.
+        group_ranks: Group ranks at the start of the run.
+        r_max: Largest rank of a group.
+        rank_step: Rank granularity.
+        split_by_kind: Whether groups alternate attention (even) and MLP (odd).
+        budget: The memory budget (read with a batch), or ``None`` for an unbounded run.
+        total_steps: Planned optimizer steps, or ``None`` when unknown.
+
+    Returns:
+        Predicted bytes of the smallest configuration the controller can train in (``None`` without budget).
+
+    Raises:
+        ValueError: bad settings, a controller that needs a budget or a schedule it lacks, a controller that
+            does not fit the run (e.g. :class:`~rankrl.env.ObservationMismatchError`), or
+            :class:`BudgetTooSmallError`.
+    """
+    if r_max < 1 or rank_step < 1:
+        raise ValueError(f"r_max and rank_step must be >= 1, got r_max={r_max}, rank_step={rank_step}.")
+    if not group_ranks:
+        raise ValueError("The run has no layer groups.")
+    if total_steps is not None and total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}.")
+    if controller.requires_budget and budget is None:
+        raise ValueError(f"Controller '{controller.name}' needs a memory budget; set one (e.g. a budget in MiB).")
+    if controller.requires_total_steps and total_steps is None:
+        raise ValueError(f"Controller '{controller.name}' follows a schedule and needs the planned number of "
+                         "training steps (total_steps / max_steps).")
+    controller.bind(num_groups=len(group_ranks), split_by_kind=split_by_kind, r_max=r_max, rank_step=rank_step,
+                    total_steps=total_steps)
+    if budget is None:
+        return None
+    return check_budget_trainable(budget, controller.minimum_ranks(list(group_ranks), rank_step),
+                                  f"controller '{controller.name}'")
