@@ -100,3 +100,35 @@ def test_bad_max_length_and_missing_pad_token(tokenizer):
     no_pad.pad_token = None
     with pytest.raises(DataError, match="pad_token"):
         make_collator(no_pad)
+
+
+@pytest.fixture
+def _bars_enabled():
+    """Progress bars on (the data conftest turns them off), restored afterwards."""
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.enable_progress_bars()
+    yield
+    if was_disabled:
+        datasets.disable_progress_bars()
+
+
+@pytest.mark.usefixtures("_bars_enabled")
+def test_small_maps_show_no_progress_bar_large_ones_do(tokenizer, capsys, monkeypatch):
+    import datasets
+
+    from rankrl.data import progress
+
+    if datasets.config.HF_DATASETS_DISABLE_PROGRESS_BARS is not None:
+        pytest.skip("HF_DATASETS_DISABLE_PROGRESS_BARS is set and decides alone")
+    rows = [{"text": f"row {i}", "label": "ab"[i % 2]} for i in range(30)]
+    tokenize_task(load_task_data(rows, rows[:10]), tokenizer, max_length=16)
+    assert "rankrl:" not in capsys.readouterr().err
+    assert not datasets.are_progress_bars_disabled()  # the global setting is restored
+
+    monkeypatch.setattr(progress, "PROGRESS_MIN_ROWS", 5)
+    more = [{"text": f"other row {i}", "label": "ab"[i % 2]} for i in range(30)]
+    tokenize_task(load_task_data(more, more[:10]), tokenizer, max_length=16)
+    err = capsys.readouterr().err
+    assert "rankrl: encode labels" in err and "rankrl: tokenize" in err
