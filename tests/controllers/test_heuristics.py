@@ -53,7 +53,7 @@ def test_layerwise_sets_the_configured_ranks(make_loop):
     loop.assert_within_wall()
 
 
-def test_layerwise_by_kind_maps_even_groups_to_attention_and_odd_to_mlp(one_thread):
+def test_layerwise_by_kind_maps_even_groups_to_attention_and_odd_to_mlp():
     from dataclasses import replace
 
     session = FineTuneSession(replace(TINY, num_groups=1, split_by_kind=True))

@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 
 import pytest
-import torch
 
 from rankrl.data import get_task, list_tasks
 from rankrl.session import FineTuneSession, SessionConfig
@@ -31,14 +30,6 @@ from rankrl.session import FineTuneSession, SessionConfig
 STEPS = 300
 MARGIN_OVER_CHANCE = 0.25  # binary tasks need >= 0.75, the 3-class count task >= 0.58
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: deterministic results, and no stalls when other processes share the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @functools.cache

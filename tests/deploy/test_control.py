@@ -1,0 +1,129 @@
+"""``RankControl`` in a hand-written PyTorch loop: decisions every N steps, the wall, the log, the adapter."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from peft import PeftModel
+
+from rankrl.controllers import BudgetTooSmallError, DecisionLog, make_controller
+from rankrl.controllers.base import MIB
+from rankrl.deploy import RankControl
+from rankrl.models import load_model
+from rankrl.session import FineTuneSession
+
+from .conftest import TINY
+
+EVERY, STEPS = 4, 24
+
+
+@pytest.fixture(scope="module")
+def session() -> FineTuneSession:
+    return FineTuneSession(TINY)
+
+
+def start_memory(session: FineTuneSession) -> float:
+    """MiB measured at the start (scope total), as RankControl measures it."""
+    probe = RankControl(session.rl, make_controller("fixed"), every=1, r_max=8, rank_step=2)
+    try:
+        return probe.memory.read(session.optimizer, session.train_batch(0)).used / MIB
+    finally:
+        probe.close()
+
+
+def hand_loop(session: FineTuneSession, control: RankControl, steps: int = STEPS) -> list:
+    """The loop of the RankControl docstring, written out by hand (no FineTuneSession.train)."""
+    model, optimizer = session.rl.model, session.optimizer
+    control.setup(optimizer, session.train_batch(0))
+    model.train()
+    applied = []
+    for step in range(1, steps + 1):
+        loss = model(**session.train_batch(step - 1)).loss
+        loss.backward()
+        control.after_backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        applied.append(control.step(step, loss.item(), optimizer))
+    return applied
+
+
+@pytest.mark.parametrize("spec", ["fixed:2", "importance", "greedy-memory"])
+def test_plain_loop_decides_every_n_within_the_wall(session, tmp_path, spec):
+    session.reset(seed=0)
+    budget = start_memory(session) + 0.2 if spec == "greedy-memory" else None
+    control = RankControl(session.rl, make_controller(spec), every=EVERY, budget_mb=budget, total_steps=STEPS,
+                          log_dir=tmp_path, r_max=8, rank_step=2, spec=spec)
+    try:
+        applied = hand_loop(session, control)
+    finally:
+        control.close()
+    decided = [step for step, a in enumerate(applied, start=1) if a is not None]
+    assert decided == list(range(EVERY, STEPS + 1, EVERY))
+    records = DecisionLog.read(tmp_path)
+    assert [r["step"] for r in records] == decided and control.decisions == len(records)
+    assert records[-1]["ranks_after"] == session.rl.group_ranks
+    assert any(r["ranks_after"] != r["ranks_before"] for r in records), "the controller never changed a rank"
+    assert all(r["memory_after_measured"] for r in records)
+    if spec == "fixed:2":
+        assert records[0]["ranks_after"] == [2, 2] and all(r["ranks_after"] == [2, 2] for r in records)
+    if spec == "importance":
+        assert sum(records[-1]["ranks_after"]) < sum(records[0]["ranks_before"])  # the cubic schedule shrinks
+    if budget is not None:
+        assert records[-1]["budget"] == int(budget * MIB)
+        assert all(r["memory_after"] <= r["budget"] for r in records)
+        assert control.peak_used <= int(budget * MIB)
+        assert sum(records[-1]["ranks_after"]) > 8  # greedy filled the headroom
+    assert (tmp_path / "tb").is_dir() and any((tmp_path / "tb").iterdir())
+
+
+def test_too_small_budget_fails_at_setup_before_training(session, tmp_path):
+    session.reset(seed=0)
+    control = RankControl(session.rl, make_controller("greedy-memory"), every=EVERY, budget_mb=1.0,
+                          log_dir=tmp_path / "logs", r_max=8, rank_step=2)
+    weights = [p.detach().clone() for p in session.rl.trainable_parameters()]
+    try:
+        with pytest.raises(BudgetTooSmallError, match=r"budget \(1\.00 MiB.*Raise the budget to at least"):
+            control.setup(session.optimizer, session.train_batch(0))
+        with pytest.raises(RuntimeError, match="setup"):
+            control.step(1, 0.5)
+    finally:
+        control.close()
+    assert all(torch.equal(a, b) for a, b in zip(weights, session.rl.trainable_parameters(), strict=True))
+    assert not (tmp_path / "logs").exists()
+
+
+def test_start_above_the_budget_is_fitted_before_the_first_step(session):
+    session.reset(seed=0)
+    budget = start_memory(session) - 0.02
+    control = RankControl(session.rl, make_controller("importance"), every=EVERY, budget_mb=budget,
+                          total_steps=STEPS, r_max=8, rank_step=2)
+    try:
+        control.setup(session.optimizer, session.train_batch(0))
+        assert control.start_fit is not None and control.start_fit == session.rl.group_ranks
+        assert sum(control.start_fit) < 8 and control.last_used <= control.budget.budget
+    finally:
+        control.close()
+
+
+def test_vanilla_peft_reproduces_the_final_logits(tmp_path):
+    session = FineTuneSession(dataclasses.replace(TINY, split_by_kind=True))
+    control = RankControl(session.rl, make_controller("layerwise:0,2,6,4"), every=EVERY, total_steps=12,
+                          r_max=8, rank_step=2)
+    try:
+        hand_loop(session, control, steps=12)
+        adapter = control.finish(tmp_path / "adapter")
+    finally:
+        control.close()
+    assert session.rl.group_ranks == [0, 2, 6, 4]
+    config = session.rl.model.peft_config["default"]
+    assert config.exclude_modules and config.rank_pattern  # a rank-0 group and mixed ranks, both exported
+    base = load_model("tiny", num_labels=2).model
+    loaded = PeftModel.from_pretrained(base, str(adapter)).eval()
+    batch = session.train_batch(3)
+    batch.pop("labels")
+    session.rl.model.eval()
+    with torch.no_grad():
+        diff = (loaded(**batch).logits - session.rl.model(**batch).logits).abs().max().item()
+    assert diff <= 1e-6
