@@ -118,6 +118,66 @@ def presets() -> None:
     console.print("Agent presets (--agent NAME): " + ", ".join(list_presets("agents")))
 
 
+@app.command()
+def finetune(
+    model: str = typer.Option("default", "--model", help="'default' (MiniLM-L6), 'tiny', a model directory or hub name."),
+    data: str = typer.Option(..., "--data", help="Train data: a .tsv/.csv/.jsonl file, a hub id or synthetic:NAME."),
+    eval_data: str = typer.Option(None, "--eval-data", help="Eval data (default: held out from --data)."),
+    text_column: str = typer.Option(None, "--text-column", help="Text column (default: auto-detected)."),
+    label_column: str = typer.Option(None, "--label-column", help="Label column (default: auto-detected)."),
+    controller: str = typer.Option("fixed", "--controller", help="learned:PATH | fixed[:R] | layerwise:R,R,.. | "
+                                   "importance | complexity | variance | greedy-memory (options as NAME:key=value)."),
+    policy: str = typer.Option(None, "--policy", help="Policy for --controller learned (policy.zip or run dir)."),
+    budget_mb: float = typer.Option(None, "--budget-mb", help="Memory budget in MiB (the hard wall); none by default."),
+    memory_scope: str = typer.Option("total", "--memory-scope", help="'total' (with the frozen base) or 'adapter'."),
+    steps: int = typer.Option(300, "--steps", help="Optimizer steps."),
+    every: int = typer.Option(25, "--every", help="Optimizer steps between controller decisions."),
+    eval_every: int = typer.Option(None, "--eval-every", help="Evaluate every N steps (default: --every; 0: never)."),
+    eval_size: int = typer.Option(256, "--eval-size", help="Rows of the fixed evaluation subset."),
+    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Examples per optimizer step."),
+    max_length: int = typer.Option(64, "--max-length", help="Tokens per example."),
+    rank: int = typer.Option(8, "--rank", help="Initial LoRA rank of every module."),
+    r_max: int = typer.Option(None, "--r-max", help="Largest group rank (default: the policy's, else 2 x --rank)."),
+    rank_step: int = typer.Option(None, "--rank-step", help="Rank granularity (default: the policy's, else r_max/8)."),
+    num_groups: int = typer.Option(4, "--num-groups", help="Layer groups G (a learned policy fixes G)."),
+    num_hidden_layers: int = typer.Option(None, "--num-hidden-layers", help="Keep only the first N layers."),
+    seed: int = typer.Option(0, "--seed", help="Seed of adapters, head and data order."),
+    out: str = typer.Option(..., "--out", help="Run directory (must not exist or be empty)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Fine-tune with LoRA while a controller spends the rank; writes metrics, decisions, TensorBoard, adapter."""
+    from rankrl.deploy.finetune import FinetuneConfig, run_finetune
+
+    config = FinetuneConfig(
+        model=model, data=data, eval_data=eval_data, text_column=text_column, label_column=label_column,
+        controller=controller, policy=policy, budget_mb=budget_mb, memory_scope=memory_scope, steps=steps,
+        every=every, eval_every=eval_every, eval_size=eval_size, lr=lr, batch_size=batch_size,
+        max_length=max_length, rank=rank, r_max=r_max, rank_step=rank_step, num_groups=num_groups,
+        num_hidden_layers=num_hidden_layers, seed=seed, out=out)
+    try:
+        run_finetune(config, progress=progress)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        _fail(err)
+
+
+@app.command()
+def explain(
+    run_dir: str = typer.Argument(..., help="A run directory with decisions.jsonl (finetune, or a Trainer output_dir)."),
+    out: str = typer.Option(None, "--out", help="PNG path (default: RUN_DIR/explain.png)."),
+    policy: str = typer.Option(None, "--policy", help="Policy for the saliency panel (default: the run's own)."),
+    top_k: int = typer.Option(8, "--top-k", help="Features shown in the saliency panel."),
+) -> None:
+    """Draw a run's ranks, loss, accuracy, memory and (learned) policy saliency; print a summary."""
+    from rankrl.deploy.explain import explain_run
+
+    try:
+        result = explain_run(run_dir, out=out, policy=policy, top_k=top_k)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    typer.echo(result.summary)
+
+
 def main() -> None:
     """Entry point of the ``rankrl`` script."""
     try:

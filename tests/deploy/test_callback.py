@@ -12,7 +12,13 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from rankrl import RankedLoRA
 from rankrl.controllers import ControllerContext, Decision, DecisionLog, RankController, make_controller
 from rankrl.data import load_task_data, make_collator, tokenize_task
-from rankrl.deploy import CONTROL_FILE, RankControl, RankRLCallback, restore_ranks_from_checkpoint
+from rankrl.deploy import (
+    CONTROL_FILE,
+    RankControl,
+    RankRLCallback,
+    explain_run,
+    restore_ranks_from_checkpoint,
+)
 from rankrl.lora.optim import unwrap_optimizer
 from rankrl.models import load_model
 
@@ -94,6 +100,9 @@ def test_gradient_accumulation_decides_on_optimizer_steps_and_exports_plain_peft
     assert [e["step"] for e in trainer.state.log_history if "rankrl/group0_rank" in e] == [3, 6, 9, 12]
     assert records[-1]["ranks_after"] == rl.group_ranks != [4, 4]
     assert all(r["memory_after"] <= r["budget"] for r in records)
+    explained = explain_run(tmp_path)  # a Trainer output_dir: decisions under rankrl/
+    assert explained.png == tmp_path / "rankrl" / "explain.png" and explained.png.stat().st_size > 10_000
+    assert "4 decisions at steps 3..12" in explained.summary
     base = load_model("tiny", num_labels=2).model
     loaded = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
     batch = data[1]([data[0][i] for i in range(8)])

@@ -1,0 +1,213 @@
+"""``rankrl finetune``: a full LoRA fine-tuning run with a rank controller, from data files to a PEFT adapter.
+
+Every check runs before the first training step and before the run directory is created, so bad input
+(an unknown controller, a missing or corrupt ``policy.zip``, a policy for another observation layout or
+number of groups, a budget below the smallest trainable configuration, bad data) fails with one clear error
+and leaves nothing behind. An existing non-empty ``--out`` is refused, as everywhere in rankrl.
+
+The run directory holds ``config.json``, ``decisions.jsonl`` (one line per decision), ``metrics.json``
+(final accuracy and macro-F1, peak measured memory, trainable parameters), ``tb/`` (TensorBoard) and
+``adapter/`` (a plain PEFT adapter with ``rank_pattern``). ``rankrl explain RUN_DIR`` draws it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from rankrl.controllers import LearnedController, RankController, make_controller
+from rankrl.controllers.base import MIB
+from rankrl.data import load_task_data
+from rankrl.deploy.control import RankControl
+from rankrl.lora import RankedLoRA
+from rankrl.policy import METADATA_FILE
+from rankrl.runs import RunDirectoryExistsError, claim_run_dir, write_config
+from rankrl.session import FineTuneSession, SessionConfig
+
+METRICS_FILE = "metrics.json"
+ADAPTER_DIR = "adapter"
+
+
+@dataclass
+class FinetuneConfig:
+    """The flags of ``rankrl finetune`` (saved as ``config.json``)."""
+
+    model: str = "default"
+    data: str = "synthetic:keyword"
+    eval_data: str | None = None
+    text_column: str | None = None
+    label_column: str | None = None
+    controller: str = "fixed"
+    policy: str | None = None
+    budget_mb: float | None = None
+    memory_scope: str = "total"
+    steps: int = 300
+    every: int = 25
+    eval_every: int | None = None
+    eval_size: int = 256
+    lr: float = 1e-3
+    batch_size: int = 16
+    max_length: int = 64
+    rank: int = 8
+    r_max: int | None = None
+    rank_step: int | None = None
+    num_groups: int = 4
+    num_hidden_layers: int | None = None
+    seed: int = 0
+    out: str = "runs/finetune"
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the flag of the first bad setting."""
+        positive = {"--steps": self.steps, "--every": self.every, "--batch-size": self.batch_size,
+                    "--rank": self.rank, "--num-groups": self.num_groups, "--eval-size": self.eval_size,
+                    "--max-length": self.max_length}
+        for flag, value in positive.items():
+            if value < 1:
+                raise ValueError(f"{flag} must be a positive integer, got {value}.")
+        if self.budget_mb is not None and not self.budget_mb > 0:
+            raise ValueError(f"--budget-mb must be positive, got {self.budget_mb}.")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}.")
+        if self.eval_every is not None and self.eval_every < 0:
+            raise ValueError(f"--eval-every must be >= 0 (0: only at the start and the end), got {self.eval_every}.")
+        if self.memory_scope not in ("total", "adapter"):
+            raise ValueError(f"--memory-scope must be 'total' or 'adapter', got {self.memory_scope!r}.")
+
+
+def build_controller(spec: str, policy: str | None = None) -> tuple[RankController, str]:
+    """The controller of ``--controller`` (and ``--policy``) and its full spec; unknown names list the known ones."""
+    if policy is not None:
+        name = spec.partition(":")[0].strip().lower()
+        if name != "learned" or ":" in spec:
+            raise ValueError(f"--policy goes with --controller learned (got --controller {spec}).")
+        spec = f"learned:{policy}"
+    controller = make_controller(spec)
+    if isinstance(controller, LearnedController):
+        spec = f"learned:{controller.path.resolve()}"
+    return controller, spec
+
+
+def rank_grid(controller: RankController, rank: int, r_max: int | None, rank_step: int | None) -> tuple[int, int]:
+    """``(r_max, rank_step)``: the flags, else a learned policy's own grid, else ``2 * rank`` and ``r_max // 8``."""
+    if isinstance(controller, LearnedController):
+        path = controller.path.parent / METADATA_FILE
+        metadata = json.loads(path.read_text()) if path.exists() else {}
+        r_max = r_max if r_max is not None else metadata.get("r_max")
+        rank_step = rank_step if rank_step is not None else metadata.get("rank_step")
+    r_max = int(r_max) if r_max is not None else 2 * rank
+    rank_step = int(rank_step) if rank_step is not None else max(1, r_max // 8)
+    if rank > r_max:
+        raise ValueError(f"--rank {rank} is above --r-max {r_max}.")
+    return r_max, rank_step
+
+
+def check_out_free(out: str | Path) -> None:
+    """Refuse an existing non-empty ``--out`` before any work (``claim_run_dir`` checks again at creation)."""
+    path = Path(out)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise RunDirectoryExistsError(f"Run directory {path} already exists and is not empty; rankrl never "
+                                      "overwrites a run. Choose another --out or delete it yourself.")
+
+
+def run_finetune(config: FinetuneConfig, console: Console | None = None, progress: bool = True) -> Path:
+    """Fine-tune with a rank controller and return the run directory (see the module docstring).
+
+    Raises:
+        ValueError: bad settings, data, controller, policy or budget (before training; nothing is written).
+        RunDirectoryExistsError: ``--out`` exists and is not empty.
+    """
+    console = console or Console()
+    config.check()
+    controller, spec = build_controller(config.controller, config.policy)
+    r_max, rank_step = rank_grid(controller, config.rank, config.r_max, config.rank_step)
+    check_out_free(config.out)
+    task = load_task_data(config.data, config.eval_data, text_column=config.text_column,
+                          label_column=config.label_column, seed=config.seed)
+    session_config = SessionConfig(
+        model=config.model, num_hidden_layers=config.num_hidden_layers, task=config.data, eval_task=config.eval_data,
+        max_length=config.max_length, batch_size=config.batch_size, eval_size=config.eval_size, lr=config.lr,
+        total_steps=config.steps, rank=config.rank, num_groups=config.num_groups, seed=config.seed)
+    session = FineTuneSession(session_config, task=task)
+    control = RankControl(session.rl, controller, every=config.every, budget_mb=config.budget_mb,
+                          total_steps=config.steps, memory_scope=config.memory_scope, r_max=r_max,
+                          rank_step=rank_step, spec=spec)
+    try:
+        control.setup(session.optimizer, session.train_batch(0))
+        run_dir = claim_run_dir(config.out)
+        control.log_dir = run_dir
+        write_config(run_dir, {"command": "finetune", **asdict(config), "controller_spec": spec, "r_max": r_max,
+                               "rank_step": rank_step, "num_groups_effective": session.rl.num_groups,
+                               "task": task.summary(), "session": session_config.to_dict(),
+                               "start_ranks": session.rl.group_ranks, "start_fit": control.start_fit})
+        console.print(f"[bold]rankrl finetune[/] {config.model} on {task.summary()}\n  controller {spec}, "
+                      f"every {config.every} steps, budget {_mib(control.budget.budget if control.budget else None)}"
+                      f" -> {run_dir}")
+        metrics = _train(session, control, config, console, progress)
+        metrics["adapter"] = _save_adapter(session.rl, control, run_dir / ADAPTER_DIR, console)
+        (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    finally:
+        control.close()
+    console.print(f"  accuracy {metrics['accuracy']:.3f} (macro-F1 {metrics['macro_f1']:.3f}), peak memory "
+                  f"{metrics['peak_memory_mib']:.2f} MiB, final ranks {metrics['group_ranks']}, "
+                  f"{metrics['decisions']} decisions ({metrics['wall_hits']} at the wall)")
+    console.print(f"  adapter: {metrics['adapter']}; TensorBoard: tensorboard --logdir {run_dir / 'tb'}; "
+                  f"explain: rankrl explain {run_dir}")
+    return run_dir
+
+
+def _train(session: FineTuneSession, control: RankControl, config: FinetuneConfig, console: Console,
+           progress: bool) -> dict:
+    eval_every = config.every if config.eval_every is None else config.eval_every
+    session.after_backward = [lambda _session: control.after_backward()]
+    first = session.evaluate()
+    control.record_eval(first.accuracy, 0)
+    started, diverged, peak_params = time.perf_counter(), False, control.trainable_params()
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+               TextColumn("{task.fields[status]}")]
+    with Progress(*columns, console=console, transient=True, disable=not progress) as bar:
+        task = bar.add_task("fine-tuning", total=config.steps, status="")
+        for _ in range(config.steps):
+            result = session.train(1)
+            if result.diverged:
+                diverged = True
+                console.print(f"[red]training diverged at step {session.step + 1} (loss {result.losses[-1]}); "
+                              "stopping and saving what was learned.[/]")
+                break
+            step = session.step
+            accuracy = session.evaluate().accuracy if eval_every and step % eval_every == 0 else None
+            applied = control.step(step, result.losses[-1], session.optimizer, eval_accuracy=accuracy)
+            peak_params = max(peak_params, control.trainable_params())
+            if applied is not None or step == 1:
+                bar.update(task, status=f"loss {result.losses[-1]:.3f} ranks {session.rl.group_ranks}")
+            bar.advance(task)
+    final = session.evaluate()
+    control.record_eval(final.accuracy, session.step)
+    records = control.decisions_path.read_text().splitlines() if control.decisions_path.exists() else []
+    records = [json.loads(line) for line in records if line.strip()]
+    return {
+        "accuracy": final.accuracy, "macro_f1": final.macro_f1, "eval_loss": final.loss,
+        "initial_accuracy": first.accuracy, "steps": session.step, "diverged": diverged,
+        "decisions": control.decisions, "wall_hits": sum(bool(r["clipped_groups"]) for r in records),
+        "rank_changes": sum(r["ranks_after"] != r["ranks_before"] for r in records),
+        "group_ranks": session.rl.group_ranks, "peak_memory_bytes": control.peak_used,
+        "peak_memory_mib": control.peak_used / MIB, "memory_scope": config.memory_scope,
+        "budget_mib": control.budget.budget / MIB if control.budget is not None else None,
+        "trainable_params": control.trainable_params(), "peak_trainable_params": peak_params,
+        "train_seconds": time.perf_counter() - started,
+    }
+
+
+def _save_adapter(rl: RankedLoRA, control: RankControl, directory: Path, console: Console) -> str | None:
+    if not any(rl.group_ranks):
+        console.print("[yellow]every group ended at rank 0: there is no LoRA adapter to save.[/]")
+        return None
+    return str(control.finish(directory))
+
+
+def _mib(value: int | None) -> str:
+    return "none" if value is None else f"{value / MIB:.2f} MiB"

@@ -1,0 +1,130 @@
+"""``rankrl finetune`` end to end on the tiny model, its errors before training, and ``rankrl explain``."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from typer.testing import CliRunner
+
+from rankrl.cli import app
+from rankrl.controllers import DecisionLog
+from tests.controllers.test_learned import save_policy
+
+runner = CliRunner(env={"COLUMNS": "200"})
+WORDS = ["the", "a", "cat", "dog", "sat", "ran", "on", "under", "blue", "red", "small", "big", "house", "tree",
+         "quickly", "slowly"]
+TINY = ["--model", "tiny", "--rank", "4", "--num-groups", "2", "--batch-size", "8", "--max-length", "32",
+        "--eval-size", "48", "--lr", "3e-3", "--no-progress"]
+SYNTHETIC = ["--data", "synthetic:keyword?n_train=256&n_eval=64"]
+
+
+def write_tsv(path, rows: int, seed: int) -> None:
+    """Sentences labelled by whether they contain 'zebra' (a column named 'sentence', labels 'yes'/'no')."""
+    rng = random.Random(seed)
+    lines = ["sentence\tanswer"]
+    for i in range(rows):
+        words = rng.choices(WORDS, k=rng.randint(4, 9))
+        if i % 2:
+            words.insert(rng.randrange(len(words) + 1), "zebra")
+        lines.append(f"{' '.join(words)}\t{'yes' if i % 2 else 'no'}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def finetune(*args: str):
+    return runner.invoke(app, ["finetune", *TINY, *args])
+
+
+@pytest.fixture(scope="module")
+def learned_run(tmp_path_factory):
+    """A finetune run driven by an (untrained, random-weight) PPO policy for the tiny layout."""
+    root = tmp_path_factory.mktemp("learned")
+    policy = save_policy(root / "policy")
+    out = root / "run"
+    result = finetune(*SYNTHETIC, "--controller", f"learned:{policy}", "--budget-mb", "19.6", "--steps", "24",
+                      "--every", "4", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_finetune_on_local_tsv_files(tmp_path):
+    write_tsv(tmp_path / "train.tsv", 160, seed=0)
+    write_tsv(tmp_path / "dev.tsv", 48, seed=1)
+    out = tmp_path / "run"
+    result = finetune("--data", str(tmp_path / "train.tsv"), "--eval-data", str(tmp_path / "dev.tsv"),
+                      "--text-column", "sentence", "--label-column", "answer", "--controller", "importance",
+                      "--steps", "20", "--every", "5", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} >= {"config.json", "decisions.jsonl", "metrics.json", "tb", "adapter"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 20 and metrics["decisions"] == 4 and 0 <= metrics["accuracy"] <= 1
+    assert metrics["peak_memory_bytes"] > 0 and metrics["trainable_params"] > 0 and "macro_f1" in metrics
+    assert [r["step"] for r in DecisionLog.read(out)] == [5, 10, 15, 20]
+    config = json.loads((out / "config.json").read_text())
+    assert config["controller"] == "importance" and config["text_column"] == "sentence"
+    assert (out / "adapter" / "adapter_config.json").exists()
+    assert "accuracy" in result.output and "rankrl explain" in result.output
+
+
+def test_finetune_on_synthetic_data_with_a_budget(tmp_path):
+    out = tmp_path / "run"
+    result = finetune(*SYNTHETIC, "--controller", "greedy-memory", "--budget-mb", "19.7", "--steps", "20",
+                      "--every", "4", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    records = DecisionLog.read(out)
+    assert len(records) == 5 and all(r["memory_after"] <= r["budget"] for r in records)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["peak_memory_mib"] <= 19.7 and metrics["budget_mib"] == pytest.approx(19.7)
+
+
+def test_finetune_refuses_an_existing_out(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = finetune(*SYNTHETIC, "--steps", "4", "--out", str(out))
+    assert result.exit_code == 2 and "already exists and is not empty" in result.output
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--controller", "nope"], "Known controllers: fixed, layerwise, importance, complexity, variance, greedy-memory"),
+    (["--controller", "greedy-memory", "--budget-mb", "2"], "is below the smallest configuration"),
+    (["--controller", "learned:{tmp}/missing"], "No policy at"),
+    (["--controller", "learned:{tmp}/corrupt/policy.zip"], "is not a stable-baselines3 zip"),
+    (["--controller", "learned:{tmp}/g1"], "trained for 1 layer groups but this run has 2"),
+    (["--controller", "greedy-memory"], "needs a memory budget"),
+])
+def test_bad_input_fails_before_training_and_leaves_nothing(tmp_path, flags, message):
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "policy.zip").write_bytes(b"not a zip at all")
+    if "g1" in flags[-1]:
+        save_policy(tmp_path / "g1", num_groups=1)
+    out = tmp_path / "run"
+    result = finetune(*SYNTHETIC, *[f.format(tmp=tmp_path) for f in flags], "--steps", "8", "--every", "4",
+                      "--out", str(out))
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ") and message in " ".join(result.output.split())
+    assert not out.exists()
+
+
+def test_explain_draws_a_png_and_prints_a_summary(learned_run):
+    result = runner.invoke(app, ["explain", str(learned_run)])
+    assert result.exit_code == 0, result.output
+    png = learned_run / "explain.png"
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "controller learned:" in result.output and "6 decisions" in result.output
+    assert "policy saliency (mean |grad x input|" in result.output
+    assert "ranks per group: start [4, 4]" in result.output and str(png) in result.output
+
+
+def test_explain_of_a_heuristic_run_and_of_a_directory_without_decisions(tmp_path):
+    out = tmp_path / "run"
+    assert finetune(*SYNTHETIC, "--controller", "fixed:2", "--steps", "8", "--every", "4",
+                    "--out", str(out)).exit_code == 0
+    result = runner.invoke(app, ["explain", str(out), "--out", str(tmp_path / "pic.png")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "pic.png").stat().st_size > 10_000 and "saliency" not in result.output
+    assert "start [4, 4] -> end [2, 2]" in result.output
+    result = runner.invoke(app, ["explain", str(tmp_path / "nothing")])
+    assert result.exit_code == 2 and "No decisions.jsonl" in result.output
