@@ -43,13 +43,13 @@ def run_resize_demo(
     session = FineTuneSession(config)
     console.print(f"  {session.task.summary()}")
     half = num_groups // 2
-    phases = [("all groups r=8", [8] * num_groups),
-              ("bottom half r=0, top r=16", [0] * half + [16] * (num_groups - half)),
-              ("all groups r=4", [4] * num_groups)]
+    phases = [("all r=8", [8] * num_groups),
+              ("bottom 0, top 16", [0] * half + [16] * (num_groups - half)),
+              ("all r=4", [4] * num_groups)]
     table = Table(title="Live rank reallocation (one run, no restart)")
-    for column in ("phase", "group ranks", "trainable params", "activations MiB", "adapter memory MiB",
-                   "train loss", "eval acc"):
+    for column in ("phase", "ranks", "trainable", "activ. MiB", "adapter MiB", "loss", "acc"):
         table.add_column(column, justify="right" if column != "phase" else "left")
+    probe = session.train_batch(0)  # one fixed batch, so activation figures compare across phases
     with Progress(console=console, transient=True) as progress:
         bar = progress.add_task("fine-tuning", total=len(phases) * steps_per_phase)
         for label, ranks in phases:
@@ -58,7 +58,8 @@ def run_resize_demo(
             for _ in range(steps_per_phase):
                 losses += session.train(1).losses
                 progress.advance(bar)
-            memory, metrics = session.memory(), session.evaluate()
+            memory = session.rl.memory(optimizer=session.optimizer, batch=probe)
+            metrics = session.evaluate()
             table.add_row(label, str(session.rl.group_ranks), f"{memory.trainable_count:,}",
                           f"{memory.activations / MB:.1f}", f"{memory.adapter_total / MB:.1f}",
                           f"{sum(losses[-10:]) / len(losses[-10:]):.3f}", f"{metrics.accuracy:.3f}")
@@ -75,8 +76,12 @@ def _vanilla_peft_diff(session: FineTuneSession, adapter_dir: Path) -> float:
 
     from peft import PeftModel
 
-    base = copy.deepcopy(session._base(session.task.num_labels).model)
-    loaded = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    import warnings
+
+    base = copy.deepcopy(session.base_model(session.task.num_labels).model)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecation chatter in PEFT
+        loaded = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
     batch = session.train_batch(0)
     batch.pop("labels")
     session.rl.model.eval()

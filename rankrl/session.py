@@ -127,12 +127,13 @@ class FineTuneSession:
     def set_task(self, task: TaskData) -> None:
         """Switch data (tokenised once, cached); takes effect at the next :meth:`reset`."""
         self.task = task
-        self.tokenizer = self._base(task.num_labels).tokenizer
+        self.tokenizer = self.base_model(task.num_labels).tokenizer
         self._train, self._eval = tokenize_task(task, self.tokenizer, self.config.max_length)
         eval_order = np.random.default_rng(0).permutation(len(self._eval))[: self.config.eval_size]
         self._eval_rows = self._eval.select(sorted(eval_order.tolist()))
 
-    def _base(self, num_labels: int) -> LoadedModel:
+    def base_model(self, num_labels: int) -> LoadedModel:
+        """The frozen base for ``num_labels`` classes, loaded once per session (reset copies it)."""
         if num_labels not in self._bases:
             # The base is part of the model's identity, not of the run: seed 0 whatever the run's seed
             # (it matters only for the random weights of the tiny model; heads are re-drawn at every reset).
@@ -147,7 +148,7 @@ class FineTuneSession:
             self.set_task(task)
         self.seed = self.config.seed if seed is None else int(seed)
         torch.manual_seed(self.seed)
-        model = copy.deepcopy(self._base(self.task.num_labels).model)
+        model = copy.deepcopy(self.base_model(self.task.num_labels).model)
         _reinit_head(model)
         config = self.config
         self.rl = RankedLoRA.attach(
