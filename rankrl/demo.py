@@ -73,10 +73,9 @@ def run_resize_demo(
 
 def _vanilla_peft_diff(session: FineTuneSession, adapter_dir: Path) -> float:
     import copy
+    import warnings
 
     from peft import PeftModel
-
-    import warnings
 
     base = copy.deepcopy(session.base_model(session.task.num_labels).model)
     with warnings.catch_warnings():
