@@ -103,7 +103,8 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, agent_file):
 def test_agent_presets_load_with_env_overrides():
     ppo = load_agent_config("ppo", env_name="tiny")
     assert ppo.algo == "PPO" and ppo.hyperparams.n_steps == 20
-    assert load_agent_config("ppo", env_name="default").hyperparams.n_steps == 128
+    assert load_agent_config("ppo", env_name="default").hyperparams.n_steps == 64
+    assert load_agent_config("ppo", env_name="minilm").hyperparams.n_steps == 128
     assert load_agent_config("a2c").algo == "A2C"
 
 
