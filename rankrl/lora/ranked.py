@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -221,7 +222,7 @@ class RankedLoRA:
         for name, rank in new_ranks.items():
             if name not in self._ranks:
                 raise RankedLoRAError(f"Unknown LoRA module '{name}'. Known modules are the keys of .ranks, e.g. {next(iter(self._ranks))!r}.")
-            if isinstance(rank, bool) or not isinstance(rank, (int,)) and not (hasattr(rank, "__index__")):
+            if isinstance(rank, bool) or not isinstance(rank, numbers.Integral):
                 raise RankedLoRAError(f"Rank of '{name}' must be an integer, got {rank!r}.")
             if int(rank) < 0:
                 raise RankedLoRAError(f"Rank of '{name}' must be >= 0, got {rank}.")

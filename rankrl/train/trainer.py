@@ -88,7 +88,8 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int = 20_0
             "timesteps": timesteps, "n_envs": n_envs, "seed": seed, "device": device,
             "env": to_mapping(env_config), "agent": agent_config.to_dict(), "python": platform.python_version(),
         })
-    (run_dir / FEATURES_FILE).write_text(json.dumps(LoRARankEnv(config=env_config).layout.to_dict(), indent=2) + "\n")
+    spec_env = LoRARankEnv(config=env_config)  # cheap: builds the spaces, layout and deltas only
+    (run_dir / FEATURES_FILE).write_text(json.dumps(spec_env.layout.to_dict(), indent=2) + "\n")
 
     from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
 
@@ -122,15 +123,15 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int = 20_0
         ) from None
     model.save(run_dir / POLICY_FILE)
     vec_env.close()
-    _write_metadata(run_dir, env_config, agent_config, evaluation, model.num_timesteps)
+    _write_metadata(run_dir, env_config, spec_env.deltas, agent_config, evaluation, model.num_timesteps)
     from rankrl.train.plots import plot_learning_curve
 
     plot_learning_curve(run_dir)
     return run_dir
 
 
-def _write_metadata(run_dir: Path, env_config, agent_config, evaluation, steps: int) -> None:
-    deltas = [int(d) for d in LoRARankEnv(config=env_config).deltas]
+def _write_metadata(run_dir: Path, env_config, deltas, agent_config, evaluation, steps: int) -> None:
+    deltas = [int(d) for d in deltas]
     metadata = {
         "algo": agent_config.algo, "timesteps": steps, "env": env_config.name,
         "num_groups": env_config.num_action_groups, "split_by_kind": env_config.split_by_kind,
