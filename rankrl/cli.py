@@ -20,6 +20,34 @@ def _fail(err: Exception) -> None:
 
 @app.command()
 def demo(
+    timesteps: int = typer.Option(1536, "--timesteps", help="Decisions the policy trains for on the env preset."),
+    n_envs: int = typer.Option(2, "--n-envs", help="Parallel training environments."),
+    env: str = typer.Option("default", "--env", help="Environment preset the policy trains on."),
+    model: str = typer.Option("default", "--model", help="Model of the deployment runs ('default' = MiniLM-L6)."),
+    task: str = typer.Option(None, "--task", help="Held-out task of the deployment runs (default: a synthetic task "
+                             "at a difficulty and data seed the policy never trained on)."),
+    steps: int = typer.Option(150, "--steps", help="Optimizer steps of each deployment run."),
+    every: int = typer.Option(15, "--every", help="Optimizer steps between rank decisions."),
+    controllers: str = typer.Option("learned,learned:default,fixed,importance", "--controllers",
+                                    help="Comma-separated controllers to compare ('learned' = the policy just trained)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of training and of the deployment runs."),
+    out: str = typer.Option("runs/demo", "--out", help="Parent of the demo's run directory (<out>/demo_<n>)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """The main job: learn a rank policy, fine-tune with it next to fixed and importance, print the comparison."""
+    from rankrl.demo import HELD_OUT_TASK, DemoConfig, run_demo
+
+    config = DemoConfig(env=env, timesteps=timesteps, n_envs=n_envs, model=model, task=task or HELD_OUT_TASK,
+                        steps=steps, every=every, controllers=[c.strip() for c in controllers.split(",") if c.strip()],
+                        seed=seed, out=out)
+    try:
+        run_demo(config, progress=progress)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+
+
+@app.command("resize-demo")
+def resize_demo(
     model: str = typer.Option("default", help="'default' (MiniLM-L6), 'tiny', a model directory or hub name."),
     task: str = typer.Option("synthetic:negation", help="Task source, e.g. synthetic:negation or train.tsv."),
     steps_per_phase: int = typer.Option(40, "--steps-per-phase", help="Optimizer steps in each phase."),
@@ -27,8 +55,8 @@ def demo(
     seed: int = typer.Option(0, help="Seed."),
     num_groups: int = typer.Option(4, "--num-groups", help="Layer groups (at most the model's layers)."),
 ) -> None:
-    """Fine-tune with live rank reallocation and show the memory it frees."""
-    from rankrl.demo import run_resize_demo
+    """Live rank reallocation in one run (8 -> 0/16 -> 4): the memory it frees, and vanilla PEFT's reload."""
+    from rankrl.resize_demo import run_resize_demo
 
     try:
         run_resize_demo(model=model, task=task, steps_per_phase=steps_per_phase, out=out, seed=seed,
@@ -83,13 +111,15 @@ def train(
     out: str = typer.Option("runs", "--out", help="Root of run directories: <out>/<env>/<agent>_<seed>_<n>/."),
     resume: str = typer.Option(None, "--resume", help="Continue this run directory from its last checkpoint."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    init_policy: str = typer.Option(None, "--init-policy", help="Warm start from this policy.zip or run directory "
+                                    "(same observation layout and actions, e.g. trained on a cheaper preset)."),
 ) -> None:
     """Train a rank-allocation policy with stable-baselines3."""
     from rankrl.train import train_policy
 
     try:
         run_dir = train_policy(env=env, agent=agent, timesteps=timesteps, n_envs=n_envs, seed=seed, out=out,
-                               resume=resume, progress=progress)
+                               resume=resume, progress=progress, init_policy=init_policy)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     typer.echo(f"policy: {run_dir / 'policy.zip'}")
@@ -157,6 +187,56 @@ def finetune(
         num_hidden_layers=num_hidden_layers, seed=seed, out=out)
     try:
         run_finetune(config, progress=progress)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        _fail(err)
+
+
+@app.command()
+def bench(
+    model: str = typer.Option("default", "--model", help="'default' (MiniLM-L6), 'tiny', a model directory or hub name."),
+    tasks: str = typer.Option(..., "--tasks", help="Comma-separated tasks, each [NAME=]TRAIN[:EVAL]: synthetic:NAME[?..], "
+                              "a .tsv/.csv/.jsonl file (TRAIN:EVAL adds an eval file) or a hub dataset id."),
+    controllers: str = typer.Option("fixed,layerwise,importance,complexity,variance,adalora", "--controllers",
+                                    help="Comma-separated: fixed[:R] | layerwise[:R,R,..] | importance | complexity | "
+                                    "variance | greedy-memory | learned:PATH | adalora[:key=value,..] (PEFT AdaLoRA)."),
+    seeds: int = typer.Option(3, "--seeds", help="Seeds per arm (0..N-1)."),
+    budget_mb: str = typer.Option(None, "--budget-mb", help="Memory budget(s) in MiB for the adaptive controllers, "
+                                  "comma-separated (one arm per budget); none by default."),
+    fixed_ranks: str = typer.Option("2,4,8,16", "--fixed-ranks", help="Ranks of a bare 'fixed' (the fixed-rank front)."),
+    fixed_lrs: str = typer.Option(None, "--fixed-lrs", help="Learning rates of the fixed-rank runs, e.g. 5e-4,1e-3,2e-3 "
+                                  "(default: --lr only)."),
+    text_column: str = typer.Option(None, "--text-column", help="Text column of file / hub tasks (default: auto)."),
+    label_column: str = typer.Option(None, "--label-column", help="Label column of file / hub tasks (default: auto)."),
+    memory_scope: str = typer.Option("total", "--memory-scope", help="'total' or 'adapter': scope of budgets and comparisons."),
+    steps: int = typer.Option(300, "--steps", help="Optimizer steps per run."),
+    every: int = typer.Option(25, "--every", help="Steps between controller decisions (and AdaLoRA's deltaT)."),
+    eval_every: int = typer.Option(None, "--eval-every", help="Evaluate every N steps (default: --every; 0: never)."),
+    eval_size: int = typer.Option(256, "--eval-size", help="Rows of the fixed evaluation subset."),
+    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate of every run (fixed runs: see --fixed-lrs)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Examples per optimizer step."),
+    max_length: int = typer.Option(64, "--max-length", help="Tokens per example."),
+    rank: int = typer.Option(8, "--rank", help="Starting rank of the adaptive controllers; AdaLoRA's target_r."),
+    r_max: int = typer.Option(None, "--r-max", help="Largest group rank of the adaptive controllers (default 2 x --rank)."),
+    rank_step: int = typer.Option(None, "--rank-step", help="Rank granularity (default r_max/8)."),
+    num_groups: int = typer.Option(4, "--num-groups", help="Layer groups G (a learned policy fixes G)."),
+    num_hidden_layers: int = typer.Option(None, "--num-hidden-layers", help="Keep only the first N layers."),
+    out: str = typer.Option(..., "--out", help="Benchmark directory (must not exist or be empty, unless --resume)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue --out: skip finished runs (same settings required)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Benchmark rank controllers (and PEFT AdaLoRA) against the fixed-rank front: results.csv, report.md, pareto.png."""
+    from rankrl.bench import BenchConfig, run_bench
+    from rankrl.bench.config import parse_numbers, split_list
+
+    try:
+        config = BenchConfig(
+            model=model, tasks=split_list(tasks), controllers=[controllers], seeds=seeds,
+            budget_mb=parse_numbers(budget_mb, "--budget-mb"), fixed_ranks=parse_numbers(fixed_ranks, "--fixed-ranks", integer=True),
+            fixed_lrs=parse_numbers(fixed_lrs, "--fixed-lrs"), text_column=text_column, label_column=label_column,
+            memory_scope=memory_scope, steps=steps, every=every, eval_every=eval_every, eval_size=eval_size, lr=lr,
+            batch_size=batch_size, max_length=max_length, rank=rank, r_max=r_max, rank_step=rank_step,
+            num_groups=num_groups, num_hidden_layers=num_hidden_layers, out=out, resume=resume)
+        run_bench(config, progress=progress)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         _fail(err)
 

@@ -116,7 +116,10 @@ class SavedActivationMeter:
         key = tensor_storage_key(tensor)
         if key not in self._exclude and key not in self._sizes:
             self._sizes[key] = tensor.untyped_storage().nbytes()
-        return tensor
+        # Detached (same storage, same version counter): handing autograd the tensor itself would make a
+        # saved *output* reference its own grad_fn, a cycle through C++ that Python's gc cannot see, so a
+        # measured forward without a backward would keep its whole graph alive for ever.
+        return tensor.detach()
 
     @staticmethod
     def _unpack(tensor: torch.Tensor) -> torch.Tensor:

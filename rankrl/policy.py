@@ -32,8 +32,32 @@ class LoadedPolicy:
     metadata: dict
 
 
+def shipped_policy_dirs() -> list[Path]:
+    """Folders of the policies shipped with rankrl: ``policies/`` in a checkout, ``rankrl/shipped/policies`` in a wheel."""
+    package = Path(__file__).resolve().parent
+    return [d for d in (package.parent / "policies", package / "shipped" / "policies") if d.is_dir()]
+
+
+def list_shipped_policies() -> list[str]:
+    """Names of the shipped policies (``learned:NAME``)."""
+    return sorted({d.name for folder in shipped_policy_dirs() for d in folder.iterdir() if (d / POLICY_FILE).exists()})
+
+
+def shipped_policy(name: str = "default") -> Path:
+    """The run directory of the shipped policy ``name`` (``learned`` alone means ``learned:default``)."""
+    for folder in shipped_policy_dirs():
+        if (folder / name / POLICY_FILE).exists():
+            return folder / name
+    known = ", ".join(list_shipped_policies()) or "none"
+    raise PolicyFileError(f"No shipped policy named {name!r} (shipped: {known}). Pass a policy.zip or run "
+                          "directory from `rankrl train` as learned:PATH.")
+
+
 def resolve_policy_path(path: str | Path) -> Path:
-    """A run directory means its ``policy.zip``; a file is taken as is."""
+    """A run directory means its ``policy.zip``; a file is taken as is; a bare shipped name (``default``) means
+    that shipped policy."""
+    if isinstance(path, str) and path in list_shipped_policies() and not Path(path).exists():
+        path = shipped_policy(path)
     path = Path(path)
     if path.is_dir():
         path = path / POLICY_FILE

@@ -1,7 +1,8 @@
 """Controllers by name: ``make_controller("fixed:8")``, ``"layerwise:0,4,8,16"``, ``"learned:runs/x/policy.zip"``.
 
 Spec grammar: ``NAME`` or ``NAME:ARGS``. ``fixed:R`` takes a rank; ``layerwise:`` one rank per group
-(``0,4,8,16``) or per kind (``attention=4,mlp=8``); ``learned:`` a policy path; the other controllers take
+(``0,4,8,16``) or per kind (``attention=4,mlp=8``); ``learned:`` a policy path or the name of a policy
+shipped in the package (``learned`` alone is ``learned:default``); the other controllers take
 ``key=value`` options separated by commas (``importance:target_rank=2,warmup_steps=50``). Keyword arguments
 of :func:`make_controller` are passed on as well.
 """
@@ -9,6 +10,7 @@ of :func:`make_controller` are passed on as well.
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 
 from rankrl.controllers.base import RankController
 from rankrl.controllers.greedy import GreedyMemoryController
@@ -16,6 +18,7 @@ from rankrl.controllers.importance import ImportanceController
 from rankrl.controllers.learned import LearnedController
 from rankrl.controllers.seeds import ComplexityController, VarianceController
 from rankrl.controllers.static import FixedController, LayerwiseController
+from rankrl.policy import list_shipped_policies, shipped_policy
 
 _CLASSES: dict[str, type[RankController]] = {
     "fixed": FixedController,
@@ -51,9 +54,12 @@ def make_controller(spec: str, **kwargs) -> RankController:
             kwargs.setdefault("ranks", [_value(r, spec, integer=True) for r in args.split(",")])
     elif name == "learned":
         if not args and "path" not in kwargs:
-            raise ValueError("No default policy is shipped with rankrl yet; pass one trained with "
-                             "`rankrl train` as learned:PATH (a policy.zip or its run directory).")
+            args = "default"  # the policy shipped inside the package (see rankrl.policy.shipped_policy)
         if args:
+            if args in list_shipped_policies() and not Path(args).exists():
+                args = str(shipped_policy(args))
+            elif args == "default":
+                shipped_policy(args)  # raises the clear error when the package ships none
             kwargs.setdefault("path", args)
     elif args:
         kwargs.update({k: _value(v, spec) for k, v in _options(args, spec).items()})

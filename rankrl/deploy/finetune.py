@@ -25,6 +25,7 @@ from rankrl.controllers.base import MIB
 from rankrl.data import load_task_data
 from rankrl.deploy.control import RankControl
 from rankrl.lora import RankedLoRA
+from rankrl.memory import device_figures, parameter_bytes
 from rankrl.policy import METADATA_FILE
 from rankrl.runs import RunDirectoryExistsError, claim_run_dir, write_config
 from rankrl.session import FineTuneSession, SessionConfig
@@ -114,6 +115,14 @@ def check_out_free(out: str | Path) -> None:
                                       "overwrites a run. Choose another --out or delete it yourself.")
 
 
+def session_config_for(config: FinetuneConfig) -> SessionConfig:
+    """The :class:`SessionConfig` of a finetune run (model, data, batch, lr, schedule horizon, rank, seed)."""
+    return SessionConfig(
+        model=config.model, num_hidden_layers=config.num_hidden_layers, task=config.data, eval_task=config.eval_data,
+        max_length=config.max_length, batch_size=config.batch_size, eval_size=config.eval_size, lr=config.lr,
+        total_steps=config.steps, rank=config.rank, num_groups=config.num_groups, seed=config.seed)
+
+
 def run_finetune(config: FinetuneConfig, console: Console | None = None, progress: bool = True) -> Path:
     """Fine-tune with a rank controller and return the run directory (see the module docstring).
 
@@ -128,10 +137,7 @@ def run_finetune(config: FinetuneConfig, console: Console | None = None, progres
     check_out_free(config.out)
     task = load_task_data(config.data, config.eval_data, text_column=config.text_column,
                           label_column=config.label_column, seed=config.seed)
-    session_config = SessionConfig(
-        model=config.model, num_hidden_layers=config.num_hidden_layers, task=config.data, eval_task=config.eval_data,
-        max_length=config.max_length, batch_size=config.batch_size, eval_size=config.eval_size, lr=config.lr,
-        total_steps=config.steps, rank=config.rank, num_groups=config.num_groups, seed=config.seed)
+    session_config = session_config_for(config)
     session = FineTuneSession(session_config, task=task)
     control = RankControl(session.rl, controller, every=config.every, budget_mb=config.budget_mb,
                           total_steps=config.steps, memory_scope=config.memory_scope, r_max=r_max,
@@ -163,10 +169,12 @@ def run_finetune(config: FinetuneConfig, console: Console | None = None, progres
 def _train(session: FineTuneSession, control: RankControl, config: FinetuneConfig, console: Console,
            progress: bool) -> dict:
     eval_every = config.every if config.eval_every is None else config.eval_every
-    session.after_backward = [lambda _session: control.after_backward()]
+    timer = _Timer()
+    session.after_backward = [lambda _session: timer.call(control.after_backward)]
     first = session.evaluate()
     control.record_eval(first.accuracy, 0)
     started, diverged, peak_params = time.perf_counter(), False, control.trainable_params()
+    peak_state = control.reader.importance.state_bytes()
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                TextColumn("{task.fields[status]}")]
     with Progress(*columns, console=console, transient=True, disable=not progress) as bar:
@@ -180,13 +188,18 @@ def _train(session: FineTuneSession, control: RankControl, config: FinetuneConfi
                 break
             step = session.step
             accuracy = session.evaluate().accuracy if eval_every and step % eval_every == 0 else None
-            applied = control.step(step, result.losses[-1], session.optimizer, eval_accuracy=accuracy)
+            applied = timer.call(control.step, step, result.losses[-1], session.optimizer, eval_accuracy=accuracy)
             peak_params = max(peak_params, control.trainable_params())
             if applied is not None or step == 1:
+                peak_state = max(peak_state, control.reader.importance.state_bytes())
                 bar.update(task, status=f"loss {result.losses[-1]:.3f} ranks {session.rl.group_ranks}")
             bar.advance(task)
+    train_seconds = time.perf_counter() - started
     final = session.evaluate()
     control.record_eval(final.accuracy, session.step)
+    frozen = parameter_bytes(session.rl.model)[1]
+    peak_total = control.peak_used + (frozen if config.memory_scope == "adapter" else 0)
+    cuda_peak = device_figures(next(session.rl.model.parameters()).device)["cuda_max_allocated"]
     records = control.decisions_path.read_text().splitlines() if control.decisions_path.exists() else []
     records = [json.loads(line) for line in records if line.strip()]
     return {
@@ -198,8 +211,30 @@ def _train(session: FineTuneSession, control: RankControl, config: FinetuneConfi
         "peak_memory_mib": control.peak_used / MIB, "memory_scope": config.memory_scope,
         "budget_mib": control.budget.budget / MIB if control.budget is not None else None,
         "trainable_params": control.trainable_params(), "peak_trainable_params": peak_params,
-        "train_seconds": time.perf_counter() - started,
+        "train_seconds": train_seconds,
+        # Both scopes (they differ by the frozen base, which no rank change touches) and the allocator's peak.
+        "peak_memory_total_mib": peak_total / MIB, "peak_memory_adapter_mib": (peak_total - frozen) / MIB,
+        "cuda_max_allocated_mib": cuda_peak / MIB if cuda_peak is not None else None,
+        # Time inside the controller machinery (importance accumulation, signal reads, decisions, resizes)
+        # and the state it keeps beside the measured training memory (importance EMAs).
+        "controller_seconds": timer.seconds,
+        "controller_overhead": timer.seconds / train_seconds if train_seconds > 0 else 0.0,
+        "controller_state_mib": max(peak_state, control.reader.importance.state_bytes()) / MIB,
     }
+
+
+class _Timer:
+    """Wall time spent inside the wrapped calls."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def call(self, fn, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - started
 
 
 def _save_adapter(rl: RankedLoRA, control: RankControl, directory: Path, console: Console) -> str | None:

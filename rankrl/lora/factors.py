@@ -10,8 +10,11 @@ PEFT has no operation that changes the rank of a live adapter, so this module do
   factorisations of ``B`` and ``A^T`` and an SVD of the small ``r x r`` core, so its cost is
   ``O((d_in + d_out) r^2)`` rather than ``O(d_in d_out min(d_in, d_out))``.
 
-The factors of a shrink are balanced (both carry ``sqrt`` of the singular values), which keeps their
-scales comparable for the optimizer.
+The factors of a shrink are split the way LoRA itself is initialised: ``A`` gets orthogonal rows at the
+root-mean-square row norm the old ``A`` had, and ``B`` carries the singular values. A balanced split
+(``sqrt`` of the singular values in both) would look tidier but kills learning: a direction whose singular
+value is zero (every direction of a fresh adapter, whose ``B`` is zero) would get zero in *both* factors,
+and such a pair receives no gradient ever again.
 """
 
 from __future__ import annotations
@@ -67,13 +70,17 @@ def shrink_factors(
     old_scaling: float,
     new_scaling: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best rank-``new_rank`` approximation of ``old_scaling * B @ A``, as balanced factors.
+    """Best rank-``new_rank`` approximation of ``old_scaling * B @ A``, with ``A`` kept at its scale.
 
     The product ``M = s B A`` is rewritten through reduced QR, ``B = Q_B R_B`` and ``A^T = Q_A R_A``, as
     ``M = Q_B (s R_B R_A^T) Q_A^T``. The core ``C = s R_B R_A^T`` is at most ``r x r``; its SVD
     ``C = U S V^T`` gives the SVD of ``M`` with left vectors ``Q_B U`` and right vectors ``Q_A V``, so
     truncation to the top ``new_rank`` singular triplets is the Eckart-Young optimum. The work is done in
     float64 and cast back.
+
+    The split keeps ``A`` trainable: ``A' = c V^T`` with ``c`` the RMS row norm of the old ``A`` and
+    ``B' = U S / (c * new_scaling)``. Directions with zero singular value thus have ``B`` zero and ``A``
+    non-zero, like a fresh LoRA initialisation, and keep learning.
 
     When ``new_rank`` exceeds the rank the thin factors can hold (``r > d_in`` or ``r > d_out``) the extra
     directions are zero in both factors.
@@ -90,11 +97,13 @@ def shrink_factors(
     core = old_scaling * (r_b @ r_a.T)
     u, s, vh = torch.linalg.svd(core, full_matrices=False)
     keep = min(new_rank, s.shape[0])
-    root = torch.sqrt(s[:keep] / new_scaling)
+    row_scale = float(lora_A.double().square().sum(dim=1).mean().sqrt())
+    if row_scale == 0.0:
+        row_scale = 1.0
     new_B = lora_B.new_zeros(lora_B.shape[0], new_rank, dtype=torch.float64)
     new_A = lora_A.new_zeros(new_rank, lora_A.shape[1], dtype=torch.float64)
-    new_B[:, :keep] = (q_b @ u[:, :keep]) * root
-    new_A[:keep] = root[:, None] * (vh[:keep] @ q_a.T)
+    new_B[:, :keep] = (q_b @ u[:, :keep]) * (s[:keep] / (row_scale * new_scaling))
+    new_A[:keep] = row_scale * (vh[:keep] @ q_a.T)
     return new_A.to(dtype), new_B.to(dtype)
 
 

@@ -46,7 +46,7 @@ def _latest_checkpoint(run_dir: Path) -> Path | None:
 
 def train_policy(env: str = "default", agent: str = "ppo", timesteps: int = 20_000, n_envs: int = 1,
                  seed: int = 0, out: str | Path = "runs", resume: str | Path | None = None,
-                 progress: bool = True, device: str = "cpu") -> Path:
+                 progress: bool = True, device: str = "cpu", init_policy: str | Path | None = None) -> Path:
     """Train a rank-allocation policy and write a run directory ``<out>/<env>/<agent>_<seed>_<n>/``.
 
     The run directory holds ``config.json`` (everything resolved), ``policy.zip`` (SB3), ``features.json``
@@ -64,9 +64,13 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int = 20_0
         resume: A run directory to continue from its last checkpoint (up to ``timesteps`` in total).
         progress: Show a progress bar.
         device: Torch device of the policy.
+        init_policy: Warm start: copy the network weights of this policy (a ``policy.zip`` or run directory
+            with the same observation layout, action space and ``net_arch``), e.g. one trained on the cheap
+            ``default`` preset before a run on ``minilm``.
 
     Raises:
-        ValueError: ``timesteps`` or ``n_envs`` < 1, unknown presets, a resume directory without checkpoints.
+        ValueError: ``timesteps`` or ``n_envs`` < 1, unknown presets, a resume directory without checkpoints,
+            an ``init_policy`` that does not fit (:class:`~rankrl.policy.PolicyFileError`).
     """
     if timesteps < 1:
         raise ValueError(f"--timesteps must be a positive number of environment steps, got {timesteps}.")
@@ -81,14 +85,16 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int = 20_0
             raise ValueError(f"{run_dir} has no checkpoints to resume from (checkpoints/*_steps.zip).")
     env_config = load_env_config(env)
     agent_config = load_agent_config(agent, env_name=env_config.name)
+    spec_env = LoRARankEnv(config=env_config)  # cheap: builds the spaces, layout and deltas only
+    warm_start = _load_warm_start(init_policy, spec_env) if init_policy is not None and resume is None else None
     if resume is None:
         run_dir = new_run_dir(Path(out) / env_config.name, f"{agent_config.name}_{seed}")
         write_config(run_dir, {
             "command": "train", "env_preset": str(env), "agent_preset": str(agent), "env_id": env_id(env_config.name),
             "timesteps": timesteps, "n_envs": n_envs, "seed": seed, "device": device,
+            "init_policy": None if init_policy is None else str(Path(init_policy).resolve()),
             "env": to_mapping(env_config), "agent": agent_config.to_dict(), "python": platform.python_version(),
         })
-    spec_env = LoRARankEnv(config=env_config)  # cheap: builds the spaces, layout and deltas only
     (run_dir / FEATURES_FILE).write_text(json.dumps(spec_env.layout.to_dict(), indent=2) + "\n")
 
     from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
@@ -101,6 +107,8 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int = 20_0
         model = algorithm(agent_config.policy, vec_env, seed=seed, device=device, verbose=0,
                           tensorboard_log=str(run_dir / "tb"), policy_kwargs={"net_arch": agent_config.net_arch},
                           **to_mapping(agent_config.hyperparams))
+        if warm_start is not None:
+            _copy_policy_weights(warm_start, model, init_policy)
     evaluation = BaselineEvalCallback(env_config, run_dir, agent_config.eval_freq, agent_config.eval_episodes)
     callbacks = CallbackList([
         RankLoggingCallback(),
@@ -128,6 +136,31 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int = 20_0
 
     plot_learning_curve(run_dir)
     return run_dir
+
+
+def _load_warm_start(init_policy: str | Path, spec_env: LoRARankEnv):
+    """Load ``init_policy`` for a warm start, checked against the new run's layout and action space."""
+    from rankrl.policy import PolicyFileError, load_policy
+
+    loaded = load_policy(init_policy, spec_env.layout)
+    if loaded.model.action_space != spec_env.action_space:
+        raise PolicyFileError(f"--init-policy {init_policy} acts in {loaded.model.action_space}, but this "
+                              f"environment's action space is {spec_env.action_space}.")
+    deltas = loaded.metadata.get("deltas")
+    if deltas is not None and list(deltas) != [int(d) for d in spec_env.deltas]:
+        raise PolicyFileError(f"--init-policy {init_policy} was trained with rank deltas {deltas}, this "
+                              f"environment uses {[int(d) for d in spec_env.deltas]}.")
+    return loaded.model
+
+
+def _copy_policy_weights(source, model, init_policy) -> None:
+    from rankrl.policy import PolicyFileError
+
+    try:
+        model.policy.load_state_dict(source.policy.state_dict())
+    except RuntimeError as err:
+        raise PolicyFileError(f"--init-policy {init_policy} has another network shape than this agent preset "
+                              f"({err.__class__.__name__}); use the agent preset it was trained with.") from err
 
 
 def _write_metadata(run_dir: Path, env_config, deltas, agent_config, evaluation, steps: int) -> None:

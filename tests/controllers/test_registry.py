@@ -49,7 +49,6 @@ def test_unknown_name_lists_the_known_ones():
 
 
 @pytest.mark.parametrize(("spec", "message"), [
-    ("learned", "No default policy is shipped"),
     ("fixed:eight", "not an integer rank"),
     ("layerwise:4,x", "not an integer rank"),
     ("complexity:gamma=1", "Bad options for controller 'complexity'"),
@@ -60,6 +59,18 @@ def test_unknown_name_lists_the_known_ones():
 def test_bad_specs(spec, message):
     with pytest.raises(ValueError, match=message):
         make_controller(spec)
+
+
+def test_learned_without_a_path_is_the_shipped_default_policy(monkeypatch, tmp_path):
+    import rankrl.policy
+
+    controller = make_controller("learned")
+    assert controller.path == rankrl.policy.shipped_policy("default") / "policy.zip"
+    assert make_controller("learned:default").path == controller.path
+    assert "default" in rankrl.policy.list_shipped_policies()
+    monkeypatch.setattr(rankrl.policy, "shipped_policy_dirs", lambda: [tmp_path])
+    with pytest.raises(ValueError, match="No shipped policy named 'default' .shipped: none.. Pass a policy.zip"):
+        make_controller("learned")
 
 
 def test_decisions_are_logged_one_json_line_each(make_loop, tmp_path):

@@ -48,11 +48,24 @@ def test_shrink_is_the_best_low_rank_approximation(shape, new_rank, seed):
     torch.testing.assert_close(kept, sigma[:new_rank], rtol=1e-4, atol=1e-4)
 
 
-def test_shrink_to_same_rank_is_exact_and_balanced():
+def test_shrink_to_same_rank_is_exact_and_keeps_the_scale_of_A():
     A, B = _factors(12, 7, 5, seed=3)
     A2, B2 = shrink_factors(A, B, 5, 2.0, 2.0)
     torch.testing.assert_close(B2 @ A2, B @ A, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(A2.norm(dim=1), B2.norm(dim=0), rtol=1e-5, atol=1e-5)
+    rms = A.square().sum(dim=1).mean().sqrt()
+    torch.testing.assert_close(A2.norm(dim=1), torch.full((5,), rms.item()), rtol=1e-5, atol=1e-5)
+
+
+def test_shrinking_a_fresh_adapter_leaves_it_trainable():
+    """A fresh adapter has B == 0: the shrunk pair must be LoRA's init form (A live, B zero), not all zeros."""
+    A = torch.randn(8, 20)
+    B = torch.zeros(6, 8)
+    A2, B2 = shrink_factors(A, B, 4, 2.0, 4.0)
+    assert torch.count_nonzero(B2) == 0
+    assert (A2.norm(dim=1) > 0.1 * A.norm(dim=1).mean()).all()
+    # B's gradient is (dL/dY) x^T A'^T: non-zero as long as A' is, so the adapter learns again.
+    x, grad_out = torch.randn(3, 20), torch.randn(3, 6)
+    assert torch.count_nonzero(grad_out.T @ (x @ A2.T)) > 0
 
 
 def test_shrink_never_forms_the_full_product(monkeypatch):

@@ -143,3 +143,26 @@ def test_policy_for_another_layout_is_refused_with_the_fix(run, tmp_path):
         load_policy(moved / "policy.zip", ObservationLayout(2))
     with pytest.raises(PolicyFileError, match="No policy at"):
         load_policy(tmp_path / "nowhere", ObservationLayout(2))
+
+
+def test_warm_start_copies_the_network_and_is_recorded(run, agent_file, tmp_path, monkeypatch):
+    import torch
+
+    run_dir, _ = run
+    # No update: the saved policy must then be exactly the source's weights.
+    monkeypatch.setattr(PPO, "learn", lambda self, *args, **kwargs: self)
+    warm = train_policy(env="tiny", agent=str(agent_file), timesteps=1, seed=9, out=tmp_path, progress=False,
+                        init_policy=run_dir)
+    assert json.loads((warm / "config.json").read_text())["init_policy"] == str(run_dir.resolve())
+    source = PPO.load(run_dir / "policy.zip", device="cpu").policy.state_dict()
+    copied = PPO.load(warm / "policy.zip", device="cpu").policy.state_dict()
+    assert all(torch.equal(source[key], copied[key]) for key in source)
+
+
+def test_warm_start_from_another_layout_writes_nothing(run, agent_file, tmp_path):
+    from rankrl.env import ObservationMismatchError
+
+    run_dir, _ = run
+    with pytest.raises(ObservationMismatchError, match="2 layer groups"):
+        train_policy(env="default", agent=str(agent_file), timesteps=1, out=tmp_path, init_policy=run_dir)
+    assert not any(tmp_path.iterdir())

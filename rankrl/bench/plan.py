@@ -1,0 +1,154 @@
+"""From ``--controllers`` to the arms of the benchmark, and from arms, tasks and seeds to the list of runs.
+
+An *arm* is one way of spending rank, run on every task and seed with everything else equal:
+
+* ``fixed`` - plain LoRA at one rank; a bare ``fixed`` expands to ``--fixed-ranks`` (default 2,4,8,16), the
+  fixed-rank accuracy-memory front, and ``--fixed-lrs`` runs each rank at several learning rates. Fixed
+  runs have no budget: they are the reference every budgeted run is placed against.
+* adaptive - a rankrl controller (``layerwise``, ``importance``, ``complexity``, ``variance``,
+  ``greedy-memory``, ``learned:PATH``) starting at ``--rank``, once per ``--budget-mb`` (the hard wall). A
+  bare ``layerwise`` is a linear ramp from ``rank/2`` (bottom group) to ``3*rank/2`` (top), mean ``rank``.
+* ``adalora`` - PEFT's own AdaLoRA (``init_r = 1.5 * rank``, ``target_r = rank``), see :mod:`.adalora`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rankrl.bench.adalora import adalora_options
+from rankrl.bench.config import ADALORA, KNOWN, BenchConfig, TaskSpec, slug, split_controllers
+from rankrl.controllers import LearnedController, make_controller
+from rankrl.deploy.finetune import build_controller
+
+FIXED, ADAPTIVE = "fixed", "adaptive"
+RUNS_DIR = "runs"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm: how rank is spent, at which learning rate and budget.
+
+    Attributes:
+        label: Unique name in reports (``fixed:4``, ``importance``, ``importance@20mb``, ``fixed:4@lr=0.002``).
+        kind: ``fixed``, ``adaptive`` or ``adalora``.
+        spec: The controller spec of ``rankrl finetune`` (or ``adalora[:options]``).
+        rank: Starting rank (fixed: the rank; AdaLoRA: ``target_r``).
+        lr: Learning rate.
+        budget_mb: The memory wall in MiB, or ``None``.
+    """
+
+    label: str
+    kind: str
+    spec: str
+    rank: int
+    lr: float
+    budget_mb: float | None = None
+
+    @property
+    def slug(self) -> str:
+        """Directory name of the arm."""
+        return slug(self.label.replace(":", "-").replace("@", "-"))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run: an arm on a task with a seed."""
+
+    task: TaskSpec
+    arm: Arm
+    seed: int
+
+    @property
+    def run_id(self) -> str:
+        """``task/arm/seed<k>``: the run's key in ``results.csv`` and its path under ``DIR/runs``."""
+        return f"{self.task.name}/{self.arm.slug}/seed{self.seed}"
+
+    def directory(self, root: str | Path) -> Path:
+        """``root/runs/<task>/<arm>/seed<k>``."""
+        return Path(root) / RUNS_DIR / self.run_id
+
+
+def layerwise_ramp(num_groups: int, rank: int, r_max: int, rank_step: int) -> list[int]:
+    """Linear ramp from ``rank/2`` (bottom group) to ``3*rank/2`` (top), on the rank grid, mean about ``rank``."""
+    if num_groups == 1:
+        return [rank]
+    ranks = []
+    for g in range(num_groups):
+        target = rank * (0.5 + g / (num_groups - 1))
+        ranks.append(min(r_max, max(rank_step, round(target / rank_step) * rank_step)))
+    return ranks
+
+
+def expand_arms(config: BenchConfig) -> list[Arm]:
+    """Every arm of the benchmark, checked (unknown controllers list the known ones).
+
+    Raises:
+        ValueError: unknown or malformed controller, a controller that needs a budget without one, a
+            missing policy, an arm listed twice.
+    """
+    arms: list[Arm] = []
+    for spec in split_controllers(config.controllers):
+        name, _, args = spec.partition(":")
+        name = name.strip().lower()
+        if name not in KNOWN:
+            close = difflib.get_close_matches(name, KNOWN, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"Unknown controller '{name}' in --controllers. Known controllers: {', '.join(KNOWN)}.{hint}")
+        if name == FIXED:
+            arms += _fixed_arms(config, args)
+        elif name == ADALORA:
+            options = adalora_options(args, config.rank, config.steps, config.every)  # checks the options now
+            label = ADALORA + (f":{args.strip()}" if args.strip() else "")
+            arms.append(Arm(label=label, kind=ADALORA, spec=label, rank=options["target_r"], lr=config.lr))
+        else:
+            arms += _adaptive_arms(config, spec, name, args)
+    seen: set[str] = set()
+    unique = []
+    for arm in arms:
+        if arm.slug in seen:
+            if arm.kind == FIXED:  # "fixed" and "fixed:4" overlap; run the rank once
+                continue
+            raise ValueError(f"--controllers lists {arm.label!r} twice.")
+        seen.add(arm.slug)
+        unique.append(arm)
+    return unique
+
+
+def _fixed_arms(config: BenchConfig, args: str) -> list[Arm]:
+    if args.strip():
+        controller = make_controller(f"fixed:{args.strip()}")
+        if controller.rank is None or controller.rank < 1:
+            raise ValueError(f"fixed:{args.strip()}: a fixed-rank run needs a rank of at least 1.")
+        ranks = [controller.rank]
+    else:
+        ranks = list(config.fixed_ranks)
+    lrs = list(config.fixed_lrs) or [config.lr]
+    tag = len(lrs) > 1 or lrs[0] != config.lr
+    return [Arm(label=f"fixed:{rank}" + (f"@lr={lr:g}" if tag else ""), kind=FIXED, spec=f"fixed:{rank}",
+                rank=rank, lr=lr) for rank in ranks for lr in lrs]
+
+
+def _adaptive_arms(config: BenchConfig, spec: str, name: str, args: str) -> list[Arm]:
+    label = f"{name}:{args.strip()}" if args.strip() else name
+    if name == "layerwise" and not args.strip():
+        r_max = config.r_max or 2 * config.rank
+        rank_step = config.rank_step or max(1, r_max // 8)
+        spec = "layerwise:" + ",".join(map(str, layerwise_ramp(config.num_groups, config.rank, r_max, rank_step)))
+    controller, full_spec = build_controller(spec)
+    if isinstance(controller, LearnedController):
+        label = f"learned:{controller.path.parent.name or controller.path.stem}"
+    if controller.requires_budget and not config.budget_mb:
+        raise ValueError(f"Controller '{name}' needs a memory budget; pass --budget-mb (or drop it from --controllers).")
+    budgets: list[float | None] = list(config.budget_mb) or [None]
+    return [Arm(label=label + (f"@{budget:g}mb" if len(budgets) > 1 else ""), kind=ADAPTIVE, spec=full_spec,
+                rank=config.rank, lr=config.lr, budget_mb=budget) for budget in budgets]
+
+
+def plan_runs(tasks: list[TaskSpec], arms: list[Arm], seeds: int) -> list[PlannedRun]:
+    """Every run, seed-major within a task (all arms at seed 0 first), so early results are already paired."""
+    return [PlannedRun(task, arm, seed) for task in tasks for seed in range(seeds) for arm in arms]

@@ -1,0 +1,48 @@
+"""Every check that can be made before the first run, so bad input fails once, clearly, and writes nothing.
+
+Per task the data is loaded and the model built with LoRA at the bench's rank and groups (an unknown model,
+bad data or too many groups fail here); then every adaptive arm is set up as ``rankrl finetune`` sets it up
+(:meth:`RankControl.setup`: one measured forward/backward), so a budget below what a controller can train
+in, or a policy for another layout, fails before hours of other runs rather than in the middle.
+"""
+
+from __future__ import annotations
+
+from rankrl.bench.config import BenchConfig, TaskSpec
+from rankrl.bench.plan import ADAPTIVE, Arm
+from rankrl.data import DataError, load_task_data
+from rankrl.deploy.control import RankControl
+from rankrl.deploy.finetune import build_controller, rank_grid, session_config_for
+from rankrl.session import FineTuneSession
+
+
+def preflight(config: BenchConfig, tasks: list[TaskSpec], arms: list[Arm]) -> None:
+    """Load every task and set every adaptive arm up on it; raise ``ValueError`` naming the task and arm."""
+    for task in tasks:
+        try:
+            data = load_task_data(task.train, task.eval, text_column=config.text_column,
+                                  label_column=config.label_column, seed=0)
+        except DataError as err:
+            raise DataError(f"task {task.name!r} ({task.label}): {err}") from err
+        settings = config.finetune_config(seed=0, out=config.out, data=task.train, eval_data=task.eval)
+        session = FineTuneSession(session_config_for(settings), task=data)  # model and groups fail here
+        for arm in arms:
+            if arm.kind != ADAPTIVE:
+                continue
+            try:
+                _setup(session, config, arm)
+            except ValueError as err:
+                raise ValueError(f"{arm.label} on task {task.name!r}: {err}") from err
+
+
+def _setup(session: FineTuneSession, config: BenchConfig, arm: Arm) -> None:
+    session.reset(seed=0)
+    controller, spec = build_controller(arm.spec)
+    r_max, rank_step = rank_grid(controller, config.rank, config.r_max, config.rank_step)
+    control = RankControl(session.rl, controller, every=config.every, budget_mb=arm.budget_mb,
+                          total_steps=config.steps, memory_scope=config.memory_scope, r_max=r_max,
+                          rank_step=rank_step, spec=spec)
+    try:
+        control.setup(session.optimizer, session.train_batch(0))
+    finally:
+        control.close()

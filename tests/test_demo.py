@@ -1,0 +1,62 @@
+"""The main job (`rankrl demo`): train a policy, deploy it next to the baselines, write the comparison."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from rankrl.demo import DemoConfig, run_demo
+
+QUICK_AGENT = """\
+algo: PPO
+net_arch: [16]
+hyperparams:
+  n_steps: 10
+  batch_size: 10
+  n_epochs: 1
+eval_freq: 10
+eval_episodes: 1
+checkpoint_freq: 10
+"""
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    agent = root / "quick.yaml"
+    agent.write_text(QUICK_AGENT)
+    config = DemoConfig(env="tiny", agent=str(agent), timesteps=10, n_envs=1, model="tiny",
+                        task="synthetic:keyword?difficulty=0.2&n_train=128&n_eval=64&seed=5", steps=8, every=4,
+                        eval_size=32, controllers=["learned", "fixed", "importance"], out=str(root / "runs"))
+    return run_demo(config, progress=False)
+
+
+def test_the_demo_compares_every_controller_and_writes_its_files(demo):
+    assert [row["controller"] for row in demo.rows] == ["learned (just trained)", "fixed r=8", "importance"]
+    assert demo.run_dir.name == "demo_1"
+    assert (demo.policy_dir / "policy.zip").exists()
+    with (demo.run_dir / "comparison.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["controller"] for row in rows] == [row["controller"] for row in demo.rows]
+    assert "| learned (just trained) |" in (demo.run_dir / "comparison.md").read_text()
+    assert len(demo.pngs) == 4 and all(png.stat().st_size > 0 for png in demo.pngs)
+    for name in ("learned-just-trained", "fixed-r-8", "importance"):
+        assert (demo.run_dir / "finetune" / name / "adapter" / "adapter_config.json").exists()
+
+
+def test_the_fixed_baseline_keeps_its_rank_and_the_learned_run_uses_the_trained_policy(demo):
+    fixed = next(row for row in demo.rows if row["controller"].startswith("fixed"))
+    assert fixed["final_ranks"] == [8, 8]
+    import json
+
+    config = json.loads((demo.run_dir / "finetune" / "learned-just-trained" / "config.json").read_text())
+    assert config["controller_spec"] == f"learned:{(demo.policy_dir / 'policy.zip').resolve()}"
+
+
+def test_bad_input_fails_before_a_run_directory_exists(tmp_path):
+    with pytest.raises(ValueError, match="Unknown controller 'nope'"):
+        run_demo(DemoConfig(controllers=["fixed", "nope"], out=str(tmp_path / "runs")), progress=False)
+    with pytest.raises(ValueError, match="--timesteps must be a positive integer"):
+        run_demo(DemoConfig(timesteps=0, out=str(tmp_path / "runs")), progress=False)
+    assert not (tmp_path / "runs").exists()
