@@ -154,12 +154,15 @@ def finetune(
     data: str = typer.Option(..., "--data", help="Train data: a .tsv/.csv/.jsonl file, a hub id or synthetic:NAME."),
     eval_data: str = typer.Option(None, "--eval-data", help="Eval data (default: held out from --data)."),
     text_column: str = typer.Option(None, "--text-column", help="Text column (default: auto-detected)."),
+    data_format: str = typer.Option(None, "--data-format", help="csv, tsv, json or trec for files whose extension "
+                                    "does not say (TREC files are recognised by their lines)."),
     label_column: str = typer.Option(None, "--label-column", help="Label column (default: auto-detected)."),
     controller: str = typer.Option("fixed", "--controller", help="learned:PATH | fixed[:R] | layerwise:R,R,.. | "
                                    "importance | complexity | variance | greedy-memory (options as NAME:key=value)."),
     policy: str = typer.Option(None, "--policy", help="Policy for --controller learned (policy.zip or run dir)."),
     budget_mb: float = typer.Option(None, "--budget-mb", help="Memory budget in MiB (the hard wall); none by default."),
-    memory_scope: str = typer.Option("total", "--memory-scope", help="'total' (with the frozen base) or 'adapter'."),
+    memory_scope: str = typer.Option(None, "--memory-scope", help="'total' (with the frozen base) or 'adapter' "
+                                     "(default: a learned policy's own scope, else total)."),
     steps: int = typer.Option(300, "--steps", help="Optimizer steps."),
     every: int = typer.Option(25, "--every", help="Optimizer steps between controller decisions."),
     eval_every: int = typer.Option(None, "--eval-every", help="Evaluate every N steps (default: --every; 0: never)."),
@@ -180,7 +183,8 @@ def finetune(
     from rankrl.deploy.finetune import FinetuneConfig, run_finetune
 
     config = FinetuneConfig(
-        model=model, data=data, eval_data=eval_data, text_column=text_column, label_column=label_column,
+        model=model, data=data, eval_data=eval_data, data_format=data_format, text_column=text_column,
+        label_column=label_column,
         controller=controller, policy=policy, budget_mb=budget_mb, memory_scope=memory_scope, steps=steps,
         every=every, eval_every=eval_every, eval_size=eval_size, lr=lr, batch_size=batch_size,
         max_length=max_length, rank=rank, r_max=r_max, rank_step=rank_step, num_groups=num_groups,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,21 @@ def looks_like_file(source: str | os.PathLike) -> bool:
     return path.exists() or path.suffix.lower() in (*FORMATS_BY_EXTENSION, ".txt", ".train", ".test")
 
 
+_TREC_LINE = re.compile(r"^[A-Z]{2,5}:[a-z]+ \S")
+
+
+def _sniff_trec(path: Path) -> bool:
+    """Whether the first line reads like TREC's ``COARSE:fine question`` (files named TREC.train, *.label)."""
+    try:
+        with path.open(encoding="latin-1") as handle:
+            first = next((line for line in handle if line.strip()), "")
+    except OSError:
+        return False
+    return bool(_TREC_LINE.match(first))
+
+
 def detect_format(path: Path, data_format: str | None) -> str:
-    """Return the file format: ``data_format`` if given, else from the file extension.
+    """Return the file format: ``data_format`` if given, else from the file extension, else TREC by content.
 
     Raises:
         DataError: Unknown ``data_format`` or an extension with no known format.
@@ -42,14 +56,16 @@ def detect_format(path: Path, data_format: str | None) -> str:
                 f"unknown data format {data_format!r}; use {FLAG_DATA_FORMAT} with one of {', '.join(FORMATS)}"
             )
         return data_format
-    try:
+    if path.suffix.lower() in FORMATS_BY_EXTENSION:
         return FORMATS_BY_EXTENSION[path.suffix.lower()]
-    except KeyError:
-        raise DataError(
-            f"cannot tell the format of {str(path)!r} from its extension {path.suffix or '(none)'!r}; "
-            f"supported extensions: {', '.join(FORMATS_BY_EXTENSION)}. Rename the file or pass "
-            f"{FLAG_DATA_FORMAT} {{{','.join(FORMATS)}}} (trec = 'COARSE:fine question' lines)"
-        ) from None
+    if path.is_file() and _sniff_trec(path):
+        return "trec"
+    raise DataError(
+        f"cannot tell the format of {str(path)!r} from its extension {path.suffix or '(none)'!r}; "
+        f"supported extensions: {', '.join(FORMATS_BY_EXTENSION)} (and TREC's 'COARSE:fine question' lines under "
+        f"any name). Rename the file or pass {FLAG_DATA_FORMAT} {{{','.join(FORMATS)}}} (load_task_data(..., "
+        "data_format=...) from Python)"
+    )
 
 
 def _check_readable(path: Path, flag: str) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -42,11 +42,12 @@ class FinetuneConfig:
     data: str = "synthetic:keyword"
     eval_data: str | None = None
     text_column: str | None = None
+    data_format: str | None = None
     label_column: str | None = None
     controller: str = "fixed"
     policy: str | None = None
     budget_mb: float | None = None
-    memory_scope: str = "total"
+    memory_scope: str | None = None
     steps: int = 300
     every: int = 25
     eval_every: int | None = None
@@ -76,7 +77,7 @@ class FinetuneConfig:
             raise ValueError(f"--lr must be positive, got {self.lr}.")
         if self.eval_every is not None and self.eval_every < 0:
             raise ValueError(f"--eval-every must be >= 0 (0: only at the start and the end), got {self.eval_every}.")
-        if self.memory_scope not in ("total", "adapter"):
+        if self.memory_scope not in (None, "total", "adapter"):
             raise ValueError(f"--memory-scope must be 'total' or 'adapter', got {self.memory_scope!r}.")
 
 
@@ -107,6 +108,18 @@ def rank_grid(controller: RankController, rank: int, r_max: int | None, rank_ste
     return r_max, rank_step
 
 
+def memory_scope_for(controller: RankController, scope: str | None) -> str:
+    """``--memory-scope``, else the scope a learned policy was trained in (its observation's memory features
+    are fractions in that scope), else ``total``."""
+    if scope is not None:
+        return scope
+    if isinstance(controller, LearnedController):
+        path = controller.path.parent / METADATA_FILE
+        metadata = json.loads(path.read_text()) if path.exists() else {}
+        return metadata.get("memory_scope", "total")
+    return "total"
+
+
 def check_out_free(out: str | Path) -> None:
     """Refuse an existing non-empty ``--out`` before any work (``claim_run_dir`` checks again at creation)."""
     path = Path(out)
@@ -134,8 +147,9 @@ def run_finetune(config: FinetuneConfig, console: Console | None = None, progres
     config.check()
     controller, spec = build_controller(config.controller, config.policy)
     r_max, rank_step = rank_grid(controller, config.rank, config.r_max, config.rank_step)
+    config = replace(config, memory_scope=memory_scope_for(controller, config.memory_scope))
     check_out_free(config.out)
-    task = load_task_data(config.data, config.eval_data, text_column=config.text_column,
+    task = load_task_data(config.data, config.eval_data, data_format=config.data_format, text_column=config.text_column,
                           label_column=config.label_column, seed=config.seed)
     session_config = session_config_for(config)
     session = FineTuneSession(session_config, task=task)

@@ -191,7 +191,16 @@ def test_unsupported_extension_suggests_format_flag(tmp_path):
     with pytest.raises(DataError) as info:
         load_task_data(path)
     message = str(info.value)
-    assert "'.xlsx'" in message and "--data-format" in message and ".tsv" in message
+    assert "'.xlsx'" in message and "data_format=" in message and ".tsv" in message
+
+
+def test_trec_files_are_recognised_by_their_lines(tmp_path, hf_cache):
+    lines = ["DESC:manner How did serfdom develop ?", "ENTY:cremat What films featured Dracula ?",
+             "HUM:ind Who killed Gandhi ?", "LOC:city What is the capital of Peru ?"]
+    path = tmp_path / "TREC.train"
+    path.write_text("\n".join(lines * 3) + "\n", encoding="latin-1")
+    task = load_task_data(path, path, cache_dir=hf_cache)
+    assert task.num_labels == 4
 
 
 def test_missing_column_lists_columns_and_flag(tmp_path, hf_cache):

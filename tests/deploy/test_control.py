@@ -127,3 +127,17 @@ def test_vanilla_peft_reproduces_the_final_logits(tmp_path):
     with torch.no_grad():
         diff = (loaded(**batch).logits - session.rl.model(**batch).logits).abs().max().item()
     assert diff <= 1e-6
+
+
+def test_without_a_budget_memory_features_are_fractions_of_the_start(session, tmp_path):
+    """No wall, but a learned policy must still see used/reference near 1 at the start, as in the env."""
+    session.reset(seed=0)
+    control = RankControl(session.rl, make_controller("fixed"), every=EVERY, total_steps=STEPS, log_dir=tmp_path,
+                          r_max=8, rank_step=2)
+    try:
+        hand_loop(session, control, steps=EVERY)
+    finally:
+        control.close()
+    record = DecisionLog.read(tmp_path / "decisions.jsonl")[0]
+    assert record["budget"] is None
+    assert record["observation"]["memory/used_frac"] == pytest.approx(1.0, abs=0.05)
