@@ -20,7 +20,7 @@ def _fail(err: Exception) -> None:
 
 @app.command()
 def demo(
-    timesteps: int = typer.Option(1536, "--timesteps", help="Decisions the policy trains for on the env preset."),
+    timesteps: int = typer.Option(1024, "--timesteps", help="Decisions the policy trains for on the env preset."),
     n_envs: int = typer.Option(2, "--n-envs", help="Parallel training environments."),
     env: str = typer.Option("default", "--env", help="Environment preset the policy trains on."),
     model: str = typer.Option("default", "--model", help="Model of the deployment runs ('default' = MiniLM-L6)."),

@@ -37,7 +37,7 @@ class DemoConfig:
 
     env: str = "default"
     agent: str = "ppo"
-    timesteps: int = 1536
+    timesteps: int = 1024
     n_envs: int = 2
     model: str = "default"
     task: str = HELD_OUT_TASK

@@ -198,7 +198,8 @@ def _train(session: FineTuneSession, model, config: FinetuneConfig, options: dic
     final = session.evaluate()
     trainable, frozen, count = parameter_bytes(model)
     total = trainable + frozen + sum(memory.values())
-    used = total if config.memory_scope == "total" else total - frozen
+    scope = config.memory_scope or "total"  # no learned policy here to take a scope from
+    used = total if scope == "total" else total - frozen
     cuda_peak = device_figures(next(model.parameters()).device)["cuda_max_allocated"]
     kept = kept_ranks(model)
     groups = assign_groups(list(kept), config.num_groups)
@@ -208,7 +209,7 @@ def _train(session: FineTuneSession, model, config: FinetuneConfig, options: dic
         "accuracy": final.accuracy, "macro_f1": final.macro_f1, "eval_loss": final.loss,
         "initial_accuracy": first.accuracy, "steps": steps, "diverged": diverged, "decisions": decisions,
         "group_ranks": group_ranks, "peak_memory_bytes": used, "peak_memory_mib": used / MIB,
-        "memory_scope": config.memory_scope, "budget_mib": None, "trainable_params": count,
+        "memory_scope": scope, "budget_mib": None, "trainable_params": count,
         "peak_trainable_params": count, "effective_params": effective_params(model), "train_seconds": train_seconds,
         "peak_memory_total_mib": total / MIB, "peak_memory_adapter_mib": (total - frozen) / MIB,
         "memory_parts_bytes": {"trainable_parameters": trainable, "frozen_parameters": frozen, **memory},

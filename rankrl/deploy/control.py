@@ -46,6 +46,8 @@ from rankrl.signals import MemoryBudget, SignalReader
 
 UNBOUNDED = 2**62
 """Budget of the internal memory meter when the run has none (memory is still measured and logged)."""
+MAX_PENDING_SCALARS = 512
+"""TensorBoard scalars queued between decisions before they are written anyway (see ``RankControl._scalar``)."""
 STATE_FORMAT = 1
 TB_DIR = "tb"
 
@@ -60,7 +62,8 @@ class RankControl:
         budget_mb: Memory budget in MiB (the hard wall), or ``None`` for an unbounded run.
         total_steps: Planned optimizer steps (needed by scheduled controllers such as ``importance``).
         log_dir: Directory of ``decisions.jsonl`` and ``tb/``; ``None`` writes no files. Created lazily, at
-            the first log entry.
+            the first log entry. TensorBoard scalars between decisions (``train/loss``, ``eval/accuracy``)
+            are queued and written at the next decision, :meth:`flush`, :meth:`finish` or :meth:`close`.
         memory_scope: ``"total"`` (everything, frozen base included) or ``"adapter"`` (rank-dependent part).
         r_max: Largest group rank; default twice the largest starting group rank.
         rank_step: Rank granularity; default ``max(1, r_max // 8)``.
@@ -110,6 +113,7 @@ class RankControl:
         self.start_fit: list[int] | None = None
         self._log: DecisionLog | None = None
         self._writer = None
+        self._pending_scalars: list[tuple[str, float, int]] = []
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -147,6 +151,10 @@ class RankControl:
             self.start_fit = _fit_start(self.budget, ranks, self.rank_step)
             self.rl.set_group_ranks(self.start_fit, optimizer=optimizer)
             status = self.memory.read(optimizer, self.batch)
+        if self.budget is None:
+            # No wall: memory features are fractions of the memory at the start ranks, the convention the
+            # environment trains policies with (budget_frac 1.0), instead of fractions of "infinity".
+            self.reader.budget.budget = max(int(status.used), 1)
         self._peak(status.used)
         self.last_used = status.used
         self.ready = True
@@ -242,8 +250,24 @@ class RankControl:
         return self._writer
 
     def _scalar(self, tag: str, value: float, step: int) -> None:
+        """Queue a TensorBoard scalar; the queue is written at each decision (and on flush, finish, close)."""
+        if self.log_dir is not None and math.isfinite(value):
+            self._pending_scalars.append((tag, value, step))
+            if len(self._pending_scalars) >= MAX_PENDING_SCALARS:
+                self.flush()
+
+    def flush(self) -> None:
+        """Write the queued TensorBoard scalars and flush the TensorBoard file."""
+        self._write_scalars()
+        if self._writer is not None:
+            self._writer.flush()
+
+    def _write_scalars(self) -> None:
+        if not self._pending_scalars:
+            return
         writer = self._writer_or_none()
-        if writer is not None and math.isfinite(value):
+        pending, self._pending_scalars = self._pending_scalars, []
+        for tag, value, step in pending:
             writer.add_scalar(tag, value, step)
 
     def _write(self, record: dict, applied: Applied, used_after: int) -> None:
@@ -259,6 +283,7 @@ class RankControl:
         self._scalar("trainable_params", float(record["trainable_params"]), step)
         if self.log_dir is None:
             return
+        self._write_scalars()
         if self._log is None:
             self._log = DecisionLog(self.decisions_path)
         self._log.write(record)
@@ -325,12 +350,12 @@ class RankControl:
     # ------------------------------------------------------------------ end
     def finish(self, out_dir: str | Path) -> Path:
         """Save the adapter as plain PEFT (``rank_pattern`` / ``exclude_modules``) and flush the logs."""
-        if self._writer is not None:
-            self._writer.flush()
+        self.flush()
         return self.rl.save_pretrained(out_dir)
 
     def close(self) -> None:
-        """Close TensorBoard and remove the signal hooks."""
+        """Write the queued scalars, close TensorBoard and remove the signal hooks."""
+        self._write_scalars()
         if self._writer is not None:
             self._writer.close()
             self._writer = None

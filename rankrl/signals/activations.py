@@ -7,16 +7,20 @@ each feature's (population) variance across all tokens of the batch::
 
 Padding tokens are left out when the model was called with an ``attention_mask`` whose shape matches the
 input's leading dimensions (captured by a pre-hook on the PEFT ``LoraModel``). Each module keeps a
-bias-corrected EMA of its samples.
+bias-corrected EMA of its samples; samples are queued as tensors and folded into the EMAs when they are
+read (:meth:`InputVarianceTracker.variances`), with one host transfer, so the forward pass never waits.
 
 The hooks are forward *pre*-hooks on the module's **base layer** (the frozen linear), which no resize
 replaces: at rank 0 ``RankedLoRA`` puts that very layer back in the model, and regrowth wraps it again. So
 the variance stays measurable at rank 0, a useful signal for deciding to regrow. :meth:`sync` re-checks by
 name and moves a hook if a base layer ever changes. Only every ``every``-th call of a module computes
-anything (a ``reshape``, a masked select and a ``var`` under ``no_grad``); the other calls return at once.
+anything (a row subsample of at most ``max_tokens`` non-padding tokens and two-pass moments under
+``no_grad``); the other calls return at once.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 from torch import nn
@@ -24,6 +28,9 @@ from torch.utils.hooks import RemovableHandle
 
 from rankrl.lora import RankedLoRA
 from rankrl.signals._modules import base_layer, module_slots
+
+_MAX_PENDING = 1024
+"""Queued samples that force a fold (bounds the queue when :meth:`InputVarianceTracker.variances` is rare)."""
 
 
 class InputVarianceTracker:
@@ -54,13 +61,17 @@ class InputVarianceTracker:
         self.names = list(rl.ranks)
         self._slots = module_slots(rl)
         self._calls = dict.fromkeys(self.names, 0)
-        self._ema: dict[str, torch.Tensor] = {}
+        self._ema: dict[str, float] = {}
+        self._pending: list[tuple[str, torch.Tensor]] = []  # samples not yet folded into the EMAs
         self.samples = dict.fromkeys(self.names, 0)
         self._hooked: dict[str, tuple[nn.Module, RemovableHandle]] = {}
         self._root_handles: list[RemovableHandle] = []
         self._mask: torch.Tensor | None = None
         self.max_tokens = max_tokens
-        self._shared: dict[tuple, torch.Tensor] = {}  # per forward pass: input tensor -> its variance
+        # Per forward pass of the model: id of an input tensor -> (weak reference to it, its variance).
+        self._shared: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
+        self._in_pass = False
+        self._rows_cache: tuple[torch.Tensor, torch.Tensor | None] | None = None  # per forward pass: mask -> rows
         self.open()
 
     # ------------------------------------------------------------------ hooks
@@ -98,6 +109,9 @@ class InputVarianceTracker:
             handle.remove()
         self._root_handles = []
         self._mask = None
+        self._rows_cache = None
+        self._in_pass = False
+        self._shared.clear()
 
     @property
     def hooks_installed(self) -> int:
@@ -111,12 +125,16 @@ class InputVarianceTracker:
         self.close()
 
     def _capture_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._in_pass = True
         mask = kwargs.get("attention_mask") if self.mask_padding else None
         self._mask = mask if torch.is_tensor(mask) and mask.dim() == 2 else None
 
     def _clear_mask(self, module: nn.Module, args: tuple, output) -> None:
         self._mask = None
-        self._shared.clear()
+        self._rows_cache = None
+        self._in_pass = False
+        if self._shared:
+            self._shared.clear()
 
     def _make_hook(self, name: str):
         def hook(module: nn.Module, args: tuple) -> None:
@@ -130,42 +148,89 @@ class InputVarianceTracker:
 
     # ------------------------------------------------------------------ sampling
     def _sample(self, name: str, x: torch.Tensor) -> None:
-        key = (x.data_ptr(), tuple(x.shape))
-        value = self._shared.get(key)  # query/key/value projections read the very same tensor
+        # Query, key and value read the very same tensor object in one pass: compute once. The weak reference
+        # tells that object from a later one at the same id (or address) once the first has been freed.
+        shared = self._shared.get(id(x)) if self._in_pass else None
+        value = shared[1] if shared is not None and shared[0]() is x else None
         if value is None:
             value = self._variance(x)
             if value is None:
                 return
-            self._shared[key] = value
-        with torch.no_grad():
-            ema = self._ema.get(name)
-            self._ema[name] = value * (1.0 - self.beta) if ema is None else ema * self.beta + value * (1.0 - self.beta)
+            if self._in_pass:
+                self._shared[id(x)] = (weakref.ref(x), value)
+        self._pending.append((name, value))  # folded on read: no host transfer during the forward pass
         self.samples[name] += 1
+        if len(self._pending) >= _MAX_PENDING:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Fold the queued samples into the EMAs, in the order they were taken (one host transfer)."""
+        if not self._pending:
+            return
+        tensors = [value for _, value in self._pending]
+        if len({t.device for t in tensors}) == 1:
+            values = torch.stack(tensors).tolist()
+        else:
+            values = [float(t) for t in tensors]
+        beta = self.beta
+        for (name, _), value in zip(self._pending, values, strict=True):
+            ema = self._ema.get(name)
+            self._ema[name] = value * (1.0 - beta) if ema is None else ema * beta + value * (1.0 - beta)
+        self._pending = []
 
     def _variance(self, x: torch.Tensor) -> torch.Tensor | None:
-        """Mean per-feature variance over (non-padding) tokens, from at most ``max_tokens`` evenly spaced rows."""
+        """Mean per-feature variance over (non-padding) tokens, from at most ``max_tokens`` evenly spaced rows.
+
+        Two-pass (centred) moments in float32: ``mean((x - mean_t x)^2)`` over rows and features is the mean
+        of the per-feature population variances, and costs a fraction of ``var(dim=0)``'s Welford kernel.
+        """
         with torch.no_grad():
             x = x.detach()
             flat = x.reshape(-1, x.shape[-1])
             mask = self._mask
             if mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask.shape):
-                flat = flat[mask.reshape(-1).to(device=flat.device) != 0]
-            if flat.shape[0] > self.max_tokens:
+                rows = self._rows(mask, flat.shape[0])
+                if rows is not None:
+                    flat = flat.index_select(0, rows.to(device=flat.device))
+                elif flat.shape[0] > self.max_tokens:
+                    flat = flat[:: -(-flat.shape[0] // self.max_tokens)]
+            elif flat.shape[0] > self.max_tokens:
                 flat = flat[:: -(-flat.shape[0] // self.max_tokens)]
             if flat.shape[0] < 2:
                 return None
-            return flat.float().var(dim=0, unbiased=False).mean()
+            flat = flat.float()
+            return (flat - flat.mean(dim=0)).square().mean()
+
+    def _rows(self, mask: torch.Tensor, count: int) -> torch.Tensor | None:
+        """Evenly spaced non-padding row indices (at most ``max_tokens``), ``None`` when there is no padding.
+
+        Computed once per forward pass: every module of the pass shares the mask.
+        """
+        cached = self._rows_cache
+        if cached is not None and cached[0] is mask:
+            return cached[1]
+        keep = mask.reshape(-1) != 0
+        if bool(keep.all()):
+            rows = None
+        else:
+            rows = keep.nonzero().view(-1)
+            if rows.numel() > self.max_tokens:
+                rows = rows[:: -(-rows.numel() // self.max_tokens)]
+        self._rows_cache = (mask, rows)
+        return rows
 
     def variances(self) -> dict[str, float]:
         """Module name -> bias-corrected EMA of its input-feature variance (0 before its first sample)."""
+        self._fold()
         out = {}
         for name in self.names:
             n = self.samples[name]
-            out[name] = float(self._ema[name]) / (1.0 - self.beta**n) if n else 0.0
+            out[name] = self._ema[name] / (1.0 - self.beta**n) if n else 0.0
         return out
 
     def reset(self) -> None:
         """Forget all samples (hooks stay installed)."""
         self._ema.clear()
+        self._pending = []
         self.samples = dict.fromkeys(self.names, 0)
         self._calls = dict.fromkeys(self.names, 0)

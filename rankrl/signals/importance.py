@@ -83,10 +83,13 @@ class ImportanceTracker:
         self._flat_ipt: list[torch.Tensor] = []
         self._flat_unc: list[torch.Tensor] = []
         self._pending_norms: list[torch.Tensor] = []
+        self._seen: list[tuple] | None = None  # per slot, the objects the last full sync found (fast re-check)
 
     # ------------------------------------------------------------------ sync
     def sync(self) -> bool:
         """Match the state to the model's current factors; return whether anything changed."""
+        if self._seen is not None and self._unchanged():
+            return False
         changed = False
         adapter = self.rl.adapter_name
         for index, slot in enumerate(self._slots):
@@ -110,7 +113,17 @@ class ImportanceTracker:
             changed = True
         if changed:
             self._rebuild()
+        self._seen = [_installed(slot, adapter) for slot in self._slots]
         return changed
+
+    def _unchanged(self) -> bool:
+        """Whether every slot still holds the very objects of the last full sync (plain dict look-ups)."""
+        adapter = self.rl.adapter_name
+        for slot, seen in zip(self._slots, self._seen, strict=True):
+            now = _installed(slot, adapter)
+            if any(a is not b for a, b in zip(now, seen, strict=True)):
+                return False
+        return True
 
     def _new_state(self, index: int, layer: torch.nn.Module, old: _State | None, A: torch.nn.Parameter,
                    B: torch.nn.Parameter) -> _State:
@@ -219,7 +232,19 @@ class ImportanceTracker:
         self._grad_ema = [0.0] * len(self.names)
         self._grad_count = [0] * len(self.names)
         self._sens_count = [0] * len(self.names)
+        self._seen = None
         self._rebuild()
+
+
+def _installed(slot: ModuleSlot, adapter: str) -> tuple:
+    """What a slot holds, to be compared by identity: the module, its adapter's linears and their weights."""
+    module = slot.parent._modules[slot.child]
+    children = module._modules
+    lin_a = getattr(children.get("lora_A"), "_modules", {}).get(adapter)
+    lin_b = getattr(children.get("lora_B"), "_modules", {}).get(adapter)
+    return (module, lin_a, lin_b,
+            lin_a._parameters.get("weight") if lin_a is not None else None,
+            lin_b._parameters.get("weight") if lin_b is not None else None)
 
 
 def _pad(state: torch.Tensor, shape: torch.Size, dim: int) -> torch.Tensor:

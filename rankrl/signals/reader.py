@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from rankrl.lora import RankedLoRA
+from rankrl.signals._modules import module_slots
 from rankrl.signals.activations import InputVarianceTracker
 from rankrl.signals.importance import ImportanceTracker
 from rankrl.signals.loss import LossTracker
@@ -104,6 +105,7 @@ class SignalReader:
             MemoryBudget(rl, budget_bytes, scope=memory_scope, step=rank_step) if budget_bytes is not None else None
         )
         self._spectral: dict[str, dict[str, float]] | None = None
+        self._slots = module_slots(rl)
 
     # ------------------------------------------------------------------ per step
     def after_backward(self) -> bool:
@@ -131,7 +133,7 @@ class SignalReader:
         modules = self.importance.module_features()
         grad_norms = {name: f["grad_norm"] for name, f in modules.items()}
         if spectral:
-            self._spectral = module_spectral_features(self.rl, grad_norms, self.top_k)
+            self._spectral = module_spectral_features(self.rl, grad_norms, self.top_k, slots=self._slots)
         spectral_table = self._spectral or {}
         variances = self.variance.variances() if self.variance is not None else {}
         ranks = self.rl.ranks

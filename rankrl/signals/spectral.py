@@ -30,7 +30,7 @@ import math
 import torch
 
 from rankrl.lora import RankedLoRA
-from rankrl.signals._modules import lora_factors, module_slots
+from rankrl.signals._modules import ModuleSlot, lora_factors, module_slots
 
 SPECTRAL_FEATURES = (
     "numerical_rank",
@@ -62,31 +62,55 @@ def spectral_features(
         top_k: The ``k`` of the ``top{k}_energy`` features.
         rel_tol: Relative threshold of ``numerical_rank``; default ``max(shape) * eps(dtype)``.
     """
-    sigma = torch.sort(sigma.detach().double().clamp_min(0.0), descending=True).values
-    rank = len(sigma) if rank is None else rank
-    out = {name: 0.0 for name in SPECTRAL_FEATURES if "complexity" not in name}
-    for k in top_k:
-        out[f"top{k}_energy"] = 0.0
-    if sigma.numel() == 0 or float(sigma[0]) == 0.0:
-        return out
+    sigma = sigma.detach().reshape(1, -1)
+    return batched_spectral_features(sigma, shape, dtype, sigma.shape[1] if rank is None else rank, top_k, rel_tol)[0]
+
+
+def batched_spectral_features(
+    sigmas: torch.Tensor,
+    shape: tuple[int, int],
+    dtype: torch.dtype = torch.float32,
+    rank: int | None = None,
+    top_k: tuple[int, ...] = (1,),
+    rel_tol: float | None = None,
+) -> list[dict[str, float]]:
+    """:func:`spectral_features` of a batch of updates of one shape, from their singular values ``(n, r)``.
+
+    The features of all rows are computed with a handful of tensor operations and read back in one
+    transfer (the per-module route costs a dozen small operations and host reads per module).
+    """
+    names = [name for name in SPECTRAL_FEATURES if "complexity" not in name]
+    energy_names = [f"top{k}_energy" for k in top_k]
+    n, r = sigmas.shape
+    rank = r if rank is None else rank
+    if r == 0:
+        return [dict.fromkeys((*names, *energy_names), 0.0) for _ in range(n)]
+    sigma = torch.sort(sigmas.detach().double().clamp_min(0.0), dim=1, descending=True).values
     tol = rel_tol if rel_tol is not None else max(shape) * torch.finfo(dtype).eps
-    sigma_max = float(sigma[0])
-    sigma = torch.where(sigma > tol * sigma_max, sigma, torch.zeros_like(sigma))  # rounding noise is not rank
+    sigma_max = sigma[:, 0]
+    sigma = torch.where(sigma > tol * sigma_max[:, None], sigma, torch.zeros_like(sigma))  # rounding is not rank
+    live = sigma_max > 0  # a zero update scores 0 everywhere
+    safe_max = torch.where(live, sigma_max, torch.ones_like(sigma_max))
     energy = sigma.square()
-    total_energy = float(energy.sum())
-    p = sigma / sigma.sum()
-    p = p[p > 0]
-    effective_rank = math.exp(float(-(p * p.log()).sum()))
-    out["numerical_rank"] = float(int((sigma > 0).sum()))
-    out["effective_rank"] = effective_rank
-    out["stable_rank"] = total_energy / sigma_max**2
-    out["rank_utilization"] = effective_rank / rank if rank else 0.0
-    out["spectral_norm"] = sigma_max
-    out["nuclear_norm"] = float(sigma.sum())
-    cumulative = energy.cumsum(0)
-    for k in top_k:
-        out[f"top{k}_energy"] = float(cumulative[min(k, len(sigma)) - 1]) / total_energy
-    return out
+    cumulative = energy.cumsum(1)
+    total_energy = torch.where(live, cumulative[:, -1], torch.ones_like(sigma_max))
+    nuclear = sigma.sum(1)
+    p = sigma / torch.where(live, nuclear, torch.ones_like(nuclear))[:, None]
+    effective_rank = torch.exp(-torch.xlogy(p, p).sum(1))  # 0 * log 0 = 0
+    columns = {
+        "numerical_rank": (sigma > 0).sum(1).double(),
+        "effective_rank": effective_rank,
+        "stable_rank": cumulative[:, -1] / safe_max.square(),
+        "rank_utilization": effective_rank / rank if rank else torch.zeros_like(sigma_max),
+        "spectral_norm": sigma_max,
+        "nuclear_norm": nuclear,
+    }
+    for k, name in zip(top_k, energy_names, strict=True):
+        columns[name] = cumulative[:, min(k, r) - 1] / total_energy
+    keys = [*names, *energy_names]
+    table = torch.stack([columns[key] for key in keys], dim=1)
+    table = torch.where(live[:, None], table, torch.zeros_like(table)).tolist()
+    return [dict(zip(keys, row, strict=True)) for row in table]
 
 
 def complexity_score(effective_rank: float, grad_norm: float) -> float:
@@ -106,10 +130,10 @@ def batched_singular_values(lora_A: torch.Tensor, lora_B: torch.Tensor, scaling:
 
     The route of :func:`rankrl.lora.factors.singular_values` (reduced QR of both factors in float64, then
     the SVD of the ``r x r`` core), batched, so that a model's modules cost a few calls rather than three per
-    module.
+    module. Only the triangular factors are formed (``mode="r"``), never the orthonormal ones.
     """
-    _, r_b = torch.linalg.qr(lora_B.detach().double(), mode="reduced")
-    _, r_a = torch.linalg.qr(lora_A.detach().double().mT, mode="reduced")
+    r_b = torch.linalg.qr(lora_B.detach().double(), mode="r").R
+    r_a = torch.linalg.qr(lora_A.detach().double().mT.contiguous(), mode="r").R
     return torch.linalg.svdvals(scaling.double().view(-1, 1, 1) * (r_b @ r_a.mT))
 
 
@@ -118,27 +142,33 @@ def module_spectral_features(
     grad_norms: dict[str, float] | None = None,
     top_k: tuple[int, ...] = (1,),
     rel_tol: float | None = None,
+    slots: list[ModuleSlot] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Spectral features of every module of ``rl`` (all 0 at rank 0), with complexity from ``grad_norms``.
 
     Modules whose factors have the same shapes are stacked and decomposed together
-    (:func:`batched_singular_values`).
+    (:func:`batched_singular_values`, :func:`batched_spectral_features`).
 
     Args:
         rl: The model.
         grad_norms: Module name -> gradient norm (e.g. ``ImportanceTracker`` features); missing means 0.
         top_k: The ``k`` of the ``top{k}_energy`` features.
         rel_tol: See :func:`spectral_features`.
+        slots: ``module_slots(rl)``, when the caller keeps them (saves the module look-ups).
     """
     grad_norms = grad_norms or {}
+    slots = module_slots(rl) if slots is None else slots
     adapter = rl.adapter_name
     buckets: dict[tuple, list[tuple[str, torch.Tensor, torch.Tensor, float]]] = {}
     out = {}
-    for slot in module_slots(rl):
+    zero = None
+    for slot in slots:
         module = slot.current()
         factors = lora_factors(module, adapter)
         if factors is None:
-            out[slot.name] = spectral_features(torch.zeros(0), (1, 1), top_k=top_k)
+            if zero is None:
+                zero = spectral_features(torch.zeros(0), (1, 1), top_k=top_k)
+            out[slot.name] = dict(zero)
             continue
         A, B = factors
         key = (tuple(A.shape), tuple(B.shape), A.dtype, A.device)
@@ -150,10 +180,11 @@ def module_spectral_features(
                 torch.stack([b for _, _, b, _ in items]),
                 torch.tensor([s for _, _, _, s in items]),
             ).cpu()
-            for (name, _, _, _), sigma in zip(items, sigmas, strict=True):
-                out[name] = spectral_features(sigma, (shape_b[0], shape_a[1]), dtype, shape_a[0], top_k, rel_tol)
+            rows = batched_spectral_features(sigmas, (shape_b[0], shape_a[1]), dtype, shape_a[0], top_k, rel_tol)
+            for (name, _, _, _), features in zip(items, rows, strict=True):
+                out[name] = features
     result = {}
-    for slot in module_slots(rl):
+    for slot in slots:
         features = out[slot.name]
         complexity = complexity_score(features["effective_rank"], grad_norms.get(slot.name, 0.0))
         features["complexity"] = complexity

@@ -141,3 +141,20 @@ def test_without_a_budget_memory_features_are_fractions_of_the_start(session, tm
     record = DecisionLog.read(tmp_path / "decisions.jsonl")[0]
     assert record["budget"] is None
     assert record["observation"]["memory/used_frac"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_tensorboard_scalars_are_queued_and_all_written(session, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    session.reset(seed=0)
+    control = RankControl(session.rl, make_controller("fixed"), every=EVERY, total_steps=10, log_dir=tmp_path,
+                          r_max=8, rank_step=2)
+    try:
+        hand_loop(session, control, steps=10)  # decisions at 4 and 8; steps 9 and 10 are still queued
+        assert [step for _, _, step in control._pending_scalars] == [9, 10]
+    finally:
+        control.close()
+    assert not control._pending_scalars
+    events = EventAccumulator(str(tmp_path / "tb")).Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 11))
+    assert [e.step for e in events.Scalars("rank/group0")] == [4, 8]

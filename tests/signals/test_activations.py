@@ -89,3 +89,17 @@ def test_close_removes_every_hook(rl):
         rl.model(**make_batch(0))
     assert all(count == 1 for count in tracker.samples.values())
     tracker.close()
+
+
+def test_subsample_of_padded_batch_keeps_every_other_real_token(rl):
+    batch = make_batch(seed=4, batch=6, seq=10, pad=3)  # 42 real tokens, max_tokens 20 -> every 3rd real token
+    seen = []
+    base = module(rl, FFN1).get_base_layer()
+    handle = base.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    with InputVarianceTracker(rl, every=1, max_tokens=20) as tracker:
+        with torch.no_grad():
+            rl.model(**batch)
+        got = tracker.variances()[FFN1]
+    handle.remove()
+    keep = seen[0][batch["attention_mask"].bool()][::3]
+    assert got == pytest.approx(keep.var(dim=0, unbiased=False).mean().item(), rel=1e-5)
