@@ -45,7 +45,8 @@ from rankrl.lora import RankedLoRA
 from rankrl.signals import MemoryBudget, SignalReader
 
 UNBOUNDED = 2**62
-"""Budget of the internal memory meter when the run has none (memory is still measured and logged)."""
+"""Budget of the internal memory meter when the run has none, until :meth:`RankControl.setup` sets it to the
+memory at the start ranks: the reference of the memory features (there is still no wall)."""
 MAX_PENDING_SCALARS = 512
 """TensorBoard scalars queued between decisions before they are written anyway (see ``RankControl._scalar``)."""
 STATE_FORMAT = 1
