@@ -161,6 +161,8 @@ def finetune(
                                    "importance | complexity | variance | greedy-memory (options as NAME:key=value)."),
     policy: str = typer.Option(None, "--policy", help="Policy for --controller learned (policy.zip or run dir)."),
     budget_mb: float = typer.Option(None, "--budget-mb", help="Memory budget in MiB (the hard wall); none by default."),
+    budget_frac: float = typer.Option(None, "--budget-frac", help="A wall at this fraction of the memory measured at "
+                                      "the start ranks (default: a learned policy's training wall, else none)."),
     memory_scope: str = typer.Option(None, "--memory-scope", help="'total' (with the frozen base) or 'adapter' "
                                      "(default: a learned policy's own scope, else total)."),
     steps: int = typer.Option(300, "--steps", help="Optimizer steps."),
@@ -185,7 +187,8 @@ def finetune(
     config = FinetuneConfig(
         model=model, data=data, eval_data=eval_data, data_format=data_format, text_column=text_column,
         label_column=label_column,
-        controller=controller, policy=policy, budget_mb=budget_mb, memory_scope=memory_scope, steps=steps,
+        controller=controller, policy=policy, budget_mb=budget_mb, budget_frac=budget_frac,
+        memory_scope=memory_scope, steps=steps,
         every=every, eval_every=eval_every, eval_size=eval_size, lr=lr, batch_size=batch_size,
         max_length=max_length, rank=rank, r_max=r_max, rank_step=rank_step, num_groups=num_groups,
         num_hidden_layers=num_hidden_layers, seed=seed, out=out)

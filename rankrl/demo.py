@@ -8,8 +8,8 @@
    data seed the policy never trained on, on a model it never saw) with the freshly trained policy, the
    policy shipped in the package (``learned:default``) when there is one, plain LoRA at rank 8 (``fixed``)
    and AdaLoRA's schedule with physical resizing (``importance``). Same data, steps, learning rate and seed.
-3. A comparison table (accuracy, macro-F1, measured peak memory, trainable parameters, controller
-   overhead), written as ``comparison.md`` and ``comparison.csv``, and ``rankrl explain`` PNGs of every run.
+3. A comparison table (accuracy, macro-F1, measured peak and step-averaged memory, trainable parameters,
+   controller overhead), written as ``comparison.md`` and ``comparison.csv``, and ``rankrl explain`` PNGs of every run.
 
 Everything lands in one new run directory ``<out>/demo_<n>/`` (never overwritten).
 """
@@ -169,6 +169,7 @@ def _row(label: str, metrics: dict) -> dict:
         "macro_f1": metrics["macro_f1"],
         "peak_adapter_mib": metrics["peak_memory_adapter_mib"],
         "peak_total_mib": metrics["peak_memory_total_mib"],
+        "mean_adapter_mib": metrics["mean_memory_adapter_mib"],
         "trainable_params": metrics["trainable_params"],
         "peak_trainable_params": metrics["peak_trainable_params"],
         "final_ranks": metrics["group_ranks"],
@@ -178,7 +179,8 @@ def _row(label: str, metrics: dict) -> dict:
 
 
 COLUMNS = [("controller", "controller", "{}"), ("accuracy", "accuracy", "{:.3f}"), ("macro_f1", "macro-F1", "{:.3f}"),
-           ("peak_adapter_mib", "peak adapter MiB", "{:.1f}"), ("peak_total_mib", "peak total MiB", "{:.1f}"),
+           ("peak_adapter_mib", "peak adapter MiB", "{:.1f}"), ("mean_adapter_mib", "mean adapter MiB", "{:.1f}"),
+           ("peak_total_mib", "peak total MiB", "{:.1f}"),
            ("trainable_params", "trainable (end)", "{:,}"), ("final_ranks", "final group ranks", "{}"),
            ("controller_overhead", "controller time", "{:.1%}")]
 

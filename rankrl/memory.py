@@ -145,22 +145,27 @@ class SavedActivationMeter:
         self._hooks = None
 
 
-def parameter_bytes(model: nn.Module) -> tuple[int, int, int]:
-    """``(trainable bytes, frozen bytes incl. buffers, trainable scalar count)`` of a model."""
+def parameter_bytes(model: nn.Module, params: Iterable[nn.Parameter] | None = None,
+                    buffer_bytes: int | None = None) -> tuple[int, int, int]:
+    """``(trainable bytes, frozen bytes incl. buffers, trainable scalar count)`` of a model.
+
+    ``params`` and ``buffer_bytes``, when given, stand for ``model.parameters()`` and the bytes of
+    ``model.buffers()`` (a caller that caches them skips two walks of the module tree).
+    """
     trainable = frozen = count = 0
-    for param in model.parameters():
+    for param in model.parameters() if params is None else params:
         if param.requires_grad:
             trainable += param.nbytes
             count += param.numel()
         else:
             frozen += param.nbytes
-    frozen += sum(buffer.nbytes for buffer in model.buffers())
+    frozen += sum(buffer.nbytes for buffer in model.buffers()) if buffer_bytes is None else buffer_bytes
     return trainable, frozen, count
 
 
-def gradient_bytes(model: nn.Module) -> int:
-    """Bytes of the gradient tensors the model's parameters hold right now."""
-    return sum(p.grad.nbytes for p in model.parameters() if p.grad is not None)
+def gradient_bytes(model: nn.Module, params: Iterable[nn.Parameter] | None = None) -> int:
+    """Bytes of the gradient tensors the model's parameters (or ``params``) hold right now."""
+    return sum(p.grad.nbytes for p in (model.parameters() if params is None else params) if p.grad is not None)
 
 
 def device_figures(device: torch.device) -> dict:

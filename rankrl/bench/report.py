@@ -98,9 +98,10 @@ def _paired_table(summaries: list[ArmSummary], comparisons: dict) -> list[str]:
 
 
 def _arm_table(summaries: list[ArmSummary], comparisons: dict, scope: str) -> list[str]:
-    lines = [f"| arm | kind | seeds | accuracy | macro-F1 | peak MiB ({scope}) | total MiB | adapter MiB | "
-             "trainable (end / peak) | controller state MiB | wall s | controller time | vs best fixed rank at ≤ memory |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| arm | kind | seeds | accuracy | macro-F1 | peak MiB ({scope}) | mean MiB ({scope}) | total MiB | "
+             "adapter MiB | trainable (end / peak) | controller state MiB | wall s | controller time | "
+             "vs best fixed rank at ≤ memory |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in sorted(summaries, key=lambda s: (s.kind != FIXED, s.memory if s.kind == FIXED else 0)):
         st = s.stats
         params = f"{_count(st['trainable_params'])} / {_count(st['peak_trainable_params'])}"
@@ -114,7 +115,7 @@ def _arm_table(summaries: list[ArmSummary], comparisons: dict, scope: str) -> li
         overhead = st["controller_overhead"]
         flags = (f" ({s.failed} failed)" if s.failed else "") + (f" ({s.diverged} diverged)" if s.diverged else "")
         lines.append(f"| {s.arm} | {s.kind} | {s.n}{flags} | {_pm(st['accuracy'])} | {_pm(st['macro_f1'])} | "
-                     f"{_pm(st['peak_memory_mib'], 2)} | {_num(st['peak_memory_total_mib'])} | "
+                     f"{_pm(st['peak_memory_mib'], 2)} | {_num(st['mean_memory_mib'])} | {_num(st['peak_memory_total_mib'])} | "
                      f"{_num(st['peak_memory_adapter_mib'])} | {params} | {_num(st['controller_state_mib'], 3)} | "
                      f"{_num(st['wall_seconds'], 1)} | "
                      f"{'-' if overhead is None else f'{100 * overhead.mean:.1f}%'} | {versus} |")
@@ -149,13 +150,20 @@ def _notes(settings: dict, rows: list[dict]) -> list[str]:
              "- **Fixed-rank front.** Fixed ranks run without a budget; every budgeted or adaptive arm is compared "
              "with the most accurate fixed rank whose mean peak memory is at most its own.",
              "- **Memory** is measured, not modelled: parameters, gradients, optimizer state and the tensors "
-             "autograd saves on the same first batch, at the peak over the run. `controller state` (importance "
+             "autograd saves on the same first batch, at the peak over the run; `mean` averages the memory in force at "
+             "each optimizer step over the run (an arm that starts at the fixed ranks' memory and then frees some "
+             "has that fixed rank's peak but a lower mean). `controller state` (importance "
              "EMAs, AdaLoRA's allocator) is kept beside it and shown separately."]
     if settings.get("fixed_lrs"):
         lrs = ", ".join(f"{lr:g}" for lr in settings["fixed_lrs"])
         lines.append(f"- **Learning rates.** Fixed ranks ran at {lrs} and the comparisons take the best of them "
                      "(chosen on the evaluation subset itself, which flatters the baseline); the other arms ran "
                      f"at {settings['lr']:g} only.")
+    if not settings["budget_mb"] and any(str(row["controller"]).startswith("learned") for row in rows):
+        lines.append("- **Learned policies** without `--budget-mb` run behind the wall they were trained with: "
+                     "their `budget_frac` (from `metadata.json`) times the memory measured at the start ranks, as "
+                     "in the environment. Their peak is therefore at most the start ranks' memory, and what they "
+                     "free shows in the mean.")
     if any(row["kind"] == ADALORA for row in rows):
         lines.append("- **AdaLoRA** (PEFT) only masks singular values: its tensors keep their `init_r` size, so its "
                      "memory and trainable parameters stay at `init_r` whatever rank it allocates; `unmasked` counts "

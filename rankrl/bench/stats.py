@@ -67,7 +67,7 @@ class ArmSummary:
         return self.stats["peak_memory_mib"].mean
 
 
-SUMMARY_METRICS = ("accuracy", "macro_f1", "peak_memory_mib", "peak_memory_total_mib", "peak_memory_adapter_mib",
+SUMMARY_METRICS = ("accuracy", "macro_f1", "peak_memory_mib", "mean_memory_mib", "peak_memory_total_mib", "peak_memory_adapter_mib",
                    "cuda_peak_mib", "controller_state_mib", "trainable_params", "peak_trainable_params",
                    "effective_params", "wall_seconds", "controller_overhead")
 
@@ -119,7 +119,7 @@ def summarize(rows: list[dict]) -> list[ArmSummary]:
                              rank=int(first["start_rank"]), lr=first["lr"], budget_mb=first["budget_mb"],
                              seeds=sorted(int(row["seed"]) for row in ok), failed=len(group) - len(ok),
                              diverged=sum(bool(row["diverged"]) for row in ok))
-        summary.stats = {metric: Stat.of([row[metric] for row in ok]) for metric in SUMMARY_METRICS}
+        summary.stats = {metric: Stat.of([row.get(metric) for row in ok]) for metric in SUMMARY_METRICS}
         out.append(summary)
     return out
 

@@ -61,6 +61,9 @@ class RankControl:
         controller: The controller (:func:`rankrl.controllers.make_controller`).
         every: Optimizer steps between decisions (decisions at steps ``every``, ``2*every``, ...).
         budget_mb: Memory budget in MiB (the hard wall), or ``None`` for an unbounded run.
+        budget_frac: A wall at this fraction of the memory measured at the start ranks (by :meth:`setup`, in
+            ``memory_scope``), the way the environment sets its budget (``budget_frac`` of a preset). Ignored
+            when ``budget_mb`` is given.
         total_steps: Planned optimizer steps (needed by scheduled controllers such as ``importance``).
         log_dir: Directory of ``decisions.jsonl`` and ``tb/``; ``None`` writes no files. Created lazily, at
             the first log entry. TensorBoard scalars between decisions (``train/loss``, ``eval/accuracy``)
@@ -79,16 +82,20 @@ class RankControl:
         last_applied: The last :class:`Applied`.
         peak_used: Largest memory measured so far (bytes, in ``memory_scope``).
         last_used: Memory measured after the last decision (or at set-up).
+        mean_used: Memory in force during the optimizer steps seen so far, averaged over the steps (bytes):
+            the time integral the environment's memory penalty charges, where ``peak_used`` is its maximum.
     """
 
     def __init__(self, rl: RankedLoRA, controller: RankController, *, every: int, budget_mb: float | None = None,
-                 total_steps: int | None = None, log_dir: str | Path | None = None, memory_scope: str = "total",
-                 r_max: int | None = None, rank_step: int | None = None, spec: str | None = None,
+                 budget_frac: float | None = None, total_steps: int | None = None, log_dir: str | Path | None = None,
+                 memory_scope: str = "total", r_max: int | None = None, rank_step: int | None = None, spec: str | None = None,
                  **reader_options) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive number of optimizer steps, got {every!r}.")
         if budget_mb is not None and not (math.isfinite(budget_mb) and budget_mb > 0):
             raise ValueError(f"The memory budget must be a positive number of MiB, got {budget_mb!r}.")
+        if budget_frac is not None and not (math.isfinite(budget_frac) and budget_frac > 0):
+            raise ValueError(f"budget_frac must be a positive fraction of the start memory, got {budget_frac!r}.")
         self.rl = rl
         self.controller = controller
         self.spec = spec or controller.name
@@ -100,7 +107,9 @@ class RankControl:
         budget_bytes = int(budget_mb * MIB) if budget_mb is not None else UNBOUNDED
         self.reader = SignalReader(rl, budget_bytes=budget_bytes, memory_scope=memory_scope,
                                    rank_step=self.rank_step, **reader_options)
-        self.budget: MemoryBudget | None = self.reader.budget if budget_mb is not None else None
+        self.budget_frac = budget_frac if budget_mb is None else None
+        bounded = budget_mb is not None or self.budget_frac is not None
+        self.budget: MemoryBudget | None = self.reader.budget if bounded else None
         self.optimizer = None
         self.batch: dict | None = None
         self.ready = False
@@ -112,6 +121,9 @@ class RankControl:
         self.peak_used: int | None = None
         self.last_used: int | None = None
         self.start_fit: list[int] | None = None
+        self._memory_sum = 0
+        self._memory_steps = 0
+        self._saved_reference: int | None = None  # memory reference (or relative wall) of a resumed run
         self._log: DecisionLog | None = None
         self._writer = None
         self._pending_scalars: list[tuple[str, float, int]] = []
@@ -145,6 +157,10 @@ class RankControl:
         if max(ranks) > self.r_max:
             raise ValueError(f"The run starts at group ranks {ranks}, above r_max={self.r_max}; raise r_max.")
         status = self.memory.read(optimizer, self.batch)
+        if self.budget_frac is not None:
+            # Relative wall, as the environment sets it at reset; a resumed run keeps the wall it started with.
+            self.memory.budget = self._saved_reference or max(int(self.budget_frac * status.used), 1)
+            status = self.memory.read(optimizer, self.batch)
         minimum = prepare_controller(self.controller, group_ranks=ranks, r_max=self.r_max, rank_step=self.rank_step,
                                      split_by_kind=self.rl.split_by_kind, budget=self.budget,
                                      total_steps=self.total_steps)
@@ -155,9 +171,10 @@ class RankControl:
         if self.budget is None:
             # No wall: memory features are fractions of the memory at the start ranks, the convention the
             # environment trains policies with (budget_frac 1.0), instead of fractions of "infinity".
-            self.reader.budget.budget = max(int(status.used), 1)
+            self.reader.budget.budget = self._saved_reference or max(int(status.used), 1)
         self._peak(status.used)
-        self.last_used = status.used
+        if self.last_used is None:  # a resumed run keeps the memory it had
+            self.last_used = status.used
         self.ready = True
         return minimum
 
@@ -193,6 +210,9 @@ class RankControl:
         if not self.ready:
             raise RuntimeError("RankControl.setup(optimizer, batch) must run before training: it makes every check "
                                "(policy, budget) and measures memory.")
+        if step > self.step_count and self.last_used is not None:
+            self._memory_sum += self.last_used * (step - self.step_count)
+            self._memory_steps += step - self.step_count
         self.step_count = int(step)
         if loss is not None:
             self.record_loss(loss, step)
@@ -231,6 +251,11 @@ class RankControl:
     def trainable_params(self) -> int:
         """Number of trainable parameters now (LoRA factors and the saved head)."""
         return sum(p.numel() for p in self.rl.trainable_parameters())
+
+    @property
+    def mean_used(self) -> float | None:
+        """Memory averaged over the optimizer steps seen so far (bytes; ``None`` before the first step)."""
+        return self._memory_sum / self._memory_steps if self._memory_steps else None
 
     def _peak(self, used: int) -> None:
         self.peak_used = used if self.peak_used is None else max(self.peak_used, used)
@@ -313,6 +338,10 @@ class RankControl:
             "last_decision_step": self.last_decision_step,
             "last_change": self.last_change,
             "peak_used": self.peak_used,
+            "last_used": self.last_used,
+            "memory_sum": self._memory_sum,
+            "memory_steps": self._memory_steps,
+            "memory_reference": self.memory.budget if self.budget is None or self.budget_frac is not None else None,
             "initial_loss": self.reader.loss.initial,
             "every": self.every,
             "r_max": self.r_max,
@@ -345,6 +374,10 @@ class RankControl:
         self.last_decision_step = state["last_decision_step"]
         self.last_change = state["last_change"]
         self.peak_used = state["peak_used"]
+        self.last_used = state.get("last_used")
+        self._memory_sum = state.get("memory_sum", 0)
+        self._memory_steps = state.get("memory_steps", 0)
+        self._saved_reference = state.get("memory_reference")
         if state.get("initial_loss") is not None and self.reader.loss.initial is None:
             self.reader.loss.initial = float(state["initial_loss"])
 

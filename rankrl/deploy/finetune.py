@@ -13,6 +13,7 @@ The run directory holds ``config.json``, ``decisions.jsonl`` (one line per decis
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -47,6 +48,7 @@ class FinetuneConfig:
     controller: str = "fixed"
     policy: str | None = None
     budget_mb: float | None = None
+    budget_frac: float | None = None
     memory_scope: str | None = None
     steps: int = 300
     every: int = 25
@@ -73,6 +75,11 @@ class FinetuneConfig:
                 raise ValueError(f"{flag} must be a positive integer, got {value}.")
         if self.budget_mb is not None and not self.budget_mb > 0:
             raise ValueError(f"--budget-mb must be positive, got {self.budget_mb}.")
+        if self.budget_frac is not None and not (math.isfinite(self.budget_frac) and self.budget_frac > 0):
+            raise ValueError(f"--budget-frac must be a positive fraction of the start memory, got {self.budget_frac}.")
+        if self.budget_frac is not None and self.budget_mb is not None:
+            raise ValueError("Give --budget-mb (an absolute wall) or --budget-frac (relative to the start memory), "
+                             "not both.")
         if not self.lr > 0:
             raise ValueError(f"--lr must be positive, got {self.lr}.")
         if self.eval_every is not None and self.eval_every < 0:
@@ -108,16 +115,39 @@ def rank_grid(controller: RankController, rank: int, r_max: int | None, rank_ste
     return r_max, rank_step
 
 
+def _policy_metadata(controller: RankController) -> dict:
+    """A learned policy's ``metadata.json`` (empty for heuristics and bare zips)."""
+    if not isinstance(controller, LearnedController):
+        return {}
+    path = controller.path.parent / METADATA_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def memory_scope_for(controller: RankController, scope: str | None) -> str:
     """``--memory-scope``, else the scope a learned policy was trained in (its observation's memory features
     are fractions in that scope), else ``total``."""
-    if scope is not None:
-        return scope
-    if isinstance(controller, LearnedController):
-        path = controller.path.parent / METADATA_FILE
-        metadata = json.loads(path.read_text()) if path.exists() else {}
-        return metadata.get("memory_scope", "total")
-    return "total"
+    return scope if scope is not None else _policy_metadata(controller).get("memory_scope", "total")
+
+
+def budget_frac_for(controller: RankController, budget_mb: float | None, budget_frac: float | None) -> float | None:
+    """``--budget-frac``; else, without ``--budget-mb``, the relative wall a learned policy was trained behind.
+
+    The environment sets its wall at ``budget_frac`` times the memory measured at reset and clips every
+    growth there, so a policy never saw memory above it; deployed without that wall it would act on
+    observations (``memory/used_frac`` above 1) it was never trained on. Heuristics get no default wall.
+    """
+    if budget_mb is not None or budget_frac is not None:
+        return budget_frac
+    return _policy_metadata(controller).get("budget_frac")
+
+
+def make_control(rl: RankedLoRA, controller: RankController, spec: str, config: FinetuneConfig) -> RankControl:
+    """The :class:`RankControl` of a finetune run (also what the benchmark's pre-flight sets up)."""
+    r_max, rank_step = rank_grid(controller, config.rank, config.r_max, config.rank_step)
+    return RankControl(rl, controller, every=config.every, budget_mb=config.budget_mb,
+                       budget_frac=budget_frac_for(controller, config.budget_mb, config.budget_frac),
+                       total_steps=config.steps, memory_scope=memory_scope_for(controller, config.memory_scope),
+                       r_max=r_max, rank_step=rank_step, spec=spec)
 
 
 def check_out_free(out: str | Path) -> None:
@@ -146,27 +176,26 @@ def run_finetune(config: FinetuneConfig, console: Console | None = None, progres
     console = console or Console()
     config.check()
     controller, spec = build_controller(config.controller, config.policy)
-    r_max, rank_step = rank_grid(controller, config.rank, config.r_max, config.rank_step)
-    config = replace(config, memory_scope=memory_scope_for(controller, config.memory_scope))
+    config = replace(config, memory_scope=memory_scope_for(controller, config.memory_scope),
+                     budget_frac=budget_frac_for(controller, config.budget_mb, config.budget_frac))
     check_out_free(config.out)
     task = load_task_data(config.data, config.eval_data, data_format=config.data_format, text_column=config.text_column,
                           label_column=config.label_column, seed=config.seed)
     session_config = session_config_for(config)
     session = FineTuneSession(session_config, task=task)
-    control = RankControl(session.rl, controller, every=config.every, budget_mb=config.budget_mb,
-                          total_steps=config.steps, memory_scope=config.memory_scope, r_max=r_max,
-                          rank_step=rank_step, spec=spec)
+    control = make_control(session.rl, controller, spec, config)
     try:
         control.setup(session.optimizer, session.train_batch(0))
         run_dir = claim_run_dir(config.out)
         control.log_dir = run_dir
-        write_config(run_dir, {"command": "finetune", **asdict(config), "controller_spec": spec, "r_max": r_max,
-                               "rank_step": rank_step, "num_groups_effective": session.rl.num_groups,
+        write_config(run_dir, {"command": "finetune", **asdict(config), "controller_spec": spec, "r_max": control.r_max,
+                               "rank_step": control.rank_step, "num_groups_effective": session.rl.num_groups,
                                "task": task.summary(), "session": session_config.to_dict(),
                                "start_ranks": session.rl.group_ranks, "start_fit": control.start_fit})
+        relative = f" ({control.budget_frac:g} x the start memory)" if control.budget_frac is not None else ""
         console.print(f"[bold]rankrl finetune[/] {config.model} on {task.summary()}\n  controller {spec}, "
                       f"every {config.every} steps, budget {_mib(control.budget.budget if control.budget else None)}"
-                      f" -> {run_dir}")
+                      f"{relative} -> {run_dir}")
         metrics = _train(session, control, config, console, progress)
         metrics["adapter"] = _save_adapter(session.rl, control, run_dir / ADAPTER_DIR, console)
         (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
@@ -213,6 +242,8 @@ def _train(session: FineTuneSession, control: RankControl, config: FinetuneConfi
     control.record_eval(final.accuracy, session.step)
     frozen = parameter_bytes(session.rl.model)[1]
     peak_total = control.peak_used + (frozen if config.memory_scope == "adapter" else 0)
+    mean_used = control.mean_used if control.mean_used is not None else control.last_used
+    mean_total = mean_used + (frozen if config.memory_scope == "adapter" else 0)
     cuda_peak = device_figures(next(session.rl.model.parameters()).device)["cuda_max_allocated"]
     records = control.decisions_path.read_text().splitlines() if control.decisions_path.exists() else []
     records = [json.loads(line) for line in records if line.strip()]
@@ -223,6 +254,10 @@ def _train(session: FineTuneSession, control: RankControl, config: FinetuneConfi
         "rank_changes": sum(r["ranks_after"] != r["ranks_before"] for r in records),
         "group_ranks": session.rl.group_ranks, "peak_memory_bytes": control.peak_used,
         "peak_memory_mib": control.peak_used / MIB, "memory_scope": config.memory_scope,
+        # The memory in force at each optimizer step, averaged over the run (what the environment's penalty
+        # integrates); the peak above is its maximum.
+        "mean_memory_mib": mean_used / MIB,
+        "mean_memory_total_mib": mean_total / MIB, "mean_memory_adapter_mib": (mean_total - frozen) / MIB,
         "budget_mib": control.budget.budget / MIB if control.budget is not None else None,
         "trainable_params": control.trainable_params(), "peak_trainable_params": peak_params,
         "train_seconds": train_seconds,

@@ -210,7 +210,7 @@ class MemoryBudget:
         return state_bytes / param_bytes, scalar_bytes / count
 
     def _missing_bytes(self, optimizer, factor: float, scalar: float, grads_measured: bool) -> int:
-        trainable = [p for p in self.rl.model.parameters() if p.requires_grad]
+        trainable = list(self.rl.trainable_parameters())
         missing = 0 if grads_measured else sum(p.nbytes for p in trainable if p.grad is None)
         state = unwrap_optimizer(optimizer).state if optimizer is not None else {}
         without = [p for p in trainable if not state.get(p)]

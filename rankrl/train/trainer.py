@@ -170,6 +170,9 @@ def _write_metadata(run_dir: Path, env_config, deltas, agent_config, evaluation,
         "num_groups": env_config.num_action_groups, "split_by_kind": env_config.split_by_kind,
         "r_max": env_config.r_max, "rank_init": env_config.rank_init, "rank_step": env_config.rank_step,
         "deltas": deltas, "memory_scope": env_config.memory_scope,
+        # The wall the policy was trained behind, relative to the memory at reset; deployment defaults to it.
+        "budget_frac": env_config.budget_frac if env_config.budget_mb is None else None,
+        "budget_mb": env_config.budget_mb,
         "group_definition": "group g holds transformer layers [g*L/G, (g+1)*L/G); with split_by_kind each depth "
                             "group is split into attention (2g) and MLP (2g+1) modules",
         "rank_pattern_note": "rank per group -> rank_pattern: every LoRA module of group g gets the group's rank "

@@ -9,6 +9,7 @@ def row(task: str, arm: str, kind: str, seed: int, accuracy: float, memory: floa
     base = {"run_id": f"{task}/{arm}/seed{seed}", "task": task, "arm": arm, "kind": kind, "controller": arm,
             "start_rank": float(rank), "lr": 1e-3, "budget_mb": None, "seed": float(seed), "status": status,
             "accuracy": accuracy, "macro_f1": accuracy - 0.05, "peak_memory_mib": memory,
+            "mean_memory_mib": memory,
             "peak_memory_total_mib": memory, "peak_memory_adapter_mib": memory - 10, "cuda_peak_mib": None,
             "controller_state_mib": 0.1, "trainable_params": 1000.0 * rank, "peak_trainable_params": 1000.0 * rank,
             "effective_params": 1000.0 * rank, "wall_seconds": 1.0, "controller_overhead": 0.01, "diverged": False,

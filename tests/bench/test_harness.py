@@ -54,8 +54,12 @@ def test_results_csv_has_one_row_per_run(bench):
         assert 0 <= float(r["accuracy"]) <= 1 and float(r["peak_memory_mib"]) > 0 and int(r["trainable_params"]) > 0
         assert float(r["controller_seconds"]) >= 0 and 0 <= float(r["controller_overhead"]) < 1
         assert float(r["peak_memory_total_mib"]) > float(r["peak_memory_adapter_mib"]) > 0
+        assert 0 < float(r["mean_memory_mib"]) <= float(r["peak_memory_mib"]) + 1e-9
+        if r["kind"] != "adaptive":  # no decision changes their memory: mean and peak are one figure
+            assert float(r["mean_memory_mib"]) == pytest.approx(float(r["peak_memory_mib"]))
     importance = [r for r in rows if r["arm"] == "importance"]
     assert all(float(r["budget_mb"]) == 19.7 and float(r["peak_memory_mib"]) <= 19.7 for r in importance)
+    assert all(float(r["mean_memory_mib"]) < float(r["peak_memory_mib"]) for r in importance)  # its schedule shrinks
     assert all(r["budget_mb"] == "" for r in rows if r["kind"] == "fixed")
 
 

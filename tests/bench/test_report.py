@@ -35,6 +35,17 @@ def test_report_has_a_table_per_task_winners_and_notes(tmp_path):
     assert "20 of 25 runs finished (the rest: resume with `--resume`)" in text
 
 
+def test_report_shows_mean_memory_and_the_learned_wall(tmp_path):
+    learned = [row("t", "learned:p", "adaptive", seed, 0.80, 15.0, controller="learned:/p/policy.zip",
+                   mean_memory_mib=13.25) for seed in range(3)]
+    text = render_report(tiny_config(tmp_path).settings(), TASKS[:1], front_rows() + learned, planned=21)
+    assert "| mean MiB (total) |" in text
+    assert "| learned:p | adaptive | 3 | 0.800 ± 0.000 | 0.750 ± 0.000 | 15.00 ± 0.00 | 13.25 |" in text
+    assert "**Learned policies** without `--budget-mb` run behind the wall they were trained with" in text
+    path = plot_pareto(tmp_path / "pareto.png", TASKS[:1], front_rows() + learned, [], "total")
+    assert path.stat().st_size > 10_000
+
+
 def test_pareto_plot_is_written(tmp_path):
     path = plot_pareto(tmp_path / "pareto.png", TASKS, rows(), [13.5], "total")
     assert path.stat().st_size > 10_000

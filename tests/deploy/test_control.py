@@ -158,3 +158,70 @@ def test_tensorboard_scalars_are_queued_and_all_written(session, tmp_path):
     events = EventAccumulator(str(tmp_path / "tb")).Reload()
     assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 11))
     assert [e.step for e in events.Scalars("rank/group0")] == [4, 8]
+
+
+def test_relative_wall_is_a_fraction_of_the_start_memory(session, tmp_path):
+    """budget_frac sets the wall the environment trains behind: a fraction of the memory measured at set-up."""
+    session.reset(seed=0)
+    start = start_memory(session)
+    control = RankControl(session.rl, make_controller("greedy-memory"), every=EVERY, budget_frac=1.0,
+                          total_steps=STEPS, log_dir=tmp_path, r_max=8, rank_step=2)
+    try:
+        hand_loop(session, control)
+    finally:
+        control.close()
+    records = DecisionLog.read(tmp_path)
+    assert control.budget is not None and control.budget.budget == int(start * MIB)
+    assert all(r["budget"] == int(start * MIB) and r["memory_after"] <= r["budget"] for r in records)
+    assert control.peak_used == int(start * MIB)  # greedy stays at the wall: the start memory is its peak
+
+
+def test_budget_mb_overrides_budget_frac(session):
+    session.reset(seed=0)
+    start = start_memory(session)
+    control = RankControl(session.rl, make_controller("fixed"), every=EVERY, budget_mb=start + 1.0, budget_frac=0.5,
+                          r_max=8, rank_step=2)
+    try:
+        control.setup(session.optimizer, session.train_batch(0))
+        assert control.budget_frac is None and control.budget.budget == int((start + 1.0) * MIB)
+    finally:
+        control.close()
+    with pytest.raises(ValueError, match="budget_frac"):
+        RankControl(session.rl, make_controller("fixed"), every=EVERY, budget_frac=0.0)
+
+
+def test_mean_memory_weights_each_allocation_by_its_steps(session):
+    """Ranks 4,4 for 4 steps, then 2,2 for the next 8: the mean is the step-weighted average of the two."""
+    session.reset(seed=0)
+    control = RankControl(session.rl, make_controller("fixed:2"), every=EVERY, total_steps=12, r_max=8, rank_step=2)
+    try:
+        hand_loop(session, control, steps=12)
+        start, after = control.peak_used, control.last_used
+    finally:
+        control.close()
+    assert after < start
+    assert control.mean_used == pytest.approx((4 * start + 8 * after) / 12)
+    state = control.state_dict()
+    assert state["memory_steps"] == 12 and state["memory_sum"] == 4 * start + 8 * after
+
+
+def test_resume_keeps_the_memory_reference_of_the_start(session):
+    """A resumed run measures its features against the start memory, not against the ranks it resumes at."""
+    session.reset(seed=0)
+    first = RankControl(session.rl, make_controller("fixed:2"), every=EVERY, budget_frac=1.0, total_steps=12,
+                        r_max=8, rank_step=2)
+    try:
+        hand_loop(session, first, steps=EVERY)
+        state = first.state_dict()
+    finally:
+        first.close()
+    assert session.rl.group_ranks == [2, 2]
+    resumed = RankControl(session.rl, make_controller("fixed:2"), every=EVERY, budget_frac=1.0, total_steps=12,
+                          r_max=8, rank_step=2)
+    try:
+        resumed.load_state_dict(state, optimizer=session.optimizer)
+        resumed.setup(session.optimizer, session.train_batch(0))
+        assert resumed.budget.budget == first.budget.budget
+        assert resumed.mean_used == pytest.approx(first.mean_used)
+    finally:
+        resumed.close()

@@ -94,6 +94,8 @@ def test_finetune_refuses_an_existing_out(tmp_path):
     (["--controller", "learned:{tmp}/corrupt/policy.zip"], "is not a stable-baselines3 zip"),
     (["--controller", "learned:{tmp}/g1"], "trained for 1 layer groups but this run has 2"),
     (["--controller", "greedy-memory"], "needs a memory budget"),
+    (["--controller", "greedy-memory", "--budget-mb", "30", "--budget-frac", "0.9"], "not both"),
+    (["--controller", "importance", "--budget-frac", "0"], "--budget-frac must be a positive fraction"),
 ])
 def test_bad_input_fails_before_training_and_leaves_nothing(tmp_path, flags, message):
     (tmp_path / "corrupt").mkdir()
@@ -128,3 +130,26 @@ def test_explain_of_a_heuristic_run_and_of_a_directory_without_decisions(tmp_pat
     assert "start [4, 4] -> end [2, 2]" in result.output
     result = runner.invoke(app, ["explain", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "No decisions.jsonl" in result.output
+
+
+def test_learned_policy_runs_behind_the_wall_it_was_trained_with(tmp_path):
+    """Without --budget-mb a learned policy gets its training wall (metadata ``budget_frac`` x start memory)."""
+    policy = save_policy(tmp_path / "grow", bias=[0.0, 0.0, 3.0] * 2)  # both groups always ask for +step
+    metadata = json.loads((policy / "metadata.json").read_text())
+    (policy / "metadata.json").write_text(json.dumps({**metadata, "budget_frac": 1.0}))
+    out = tmp_path / "run"
+    result = finetune(*SYNTHETIC, "--controller", f"learned:{policy}", "--steps", "12", "--every", "4",
+                      "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "x the start memory" in " ".join(result.output.split())
+    metrics = json.loads((out / "metrics.json").read_text())
+    records = DecisionLog.read(out)
+    assert metrics["budget_mib"] == pytest.approx(metrics["peak_memory_mib"])  # the start memory is the wall
+    assert all(r["clipped_groups"] for r in records) and metrics["group_ranks"] == [4, 4]
+    assert metrics["mean_memory_mib"] == pytest.approx(metrics["peak_memory_mib"])
+    assert json.loads((out / "config.json").read_text())["budget_frac"] == 1.0
+    unbounded = tmp_path / "unbounded"  # an absolute budget replaces the relative wall
+    result = finetune(*SYNTHETIC, "--controller", f"learned:{policy}", "--budget-mb", "1000", "--steps", "8",
+                      "--every", "4", "--out", str(unbounded))
+    assert result.exit_code == 0, result.output
+    assert json.loads((unbounded / "metrics.json").read_text())["group_ranks"] == [8, 8]

@@ -322,3 +322,20 @@ def test_split_by_kind_groups():
     assert rl.groups["bert.encoder.layer.1.intermediate.dense"] == 1
     assert rl.groups["bert.encoder.layer.3.attention.output.dense"] == 2
     assert rl.groups["bert.encoder.layer.2.output.dense"] == 3
+
+
+def test_parameter_cache_follows_resizes_and_refresh():
+    """The cached parameter list changes with every resize; a change made by hand needs ``refresh()``."""
+    def ids(params) -> list[int]:
+        return [id(p) for p in params]
+
+    rl = RankedLoRA.attach(make_tiny_bert(), rank=4, num_groups=2)
+    before = rl.parameters()
+    assert ids(before) == ids(rl.model.parameters())
+    rl.set_group_ranks([0, 6])
+    assert ids(rl.parameters()) == ids(rl.model.parameters()) and len(rl.parameters()) < len(before)
+    head = rl.model.base_model.model.classifier
+    head.modules_to_save["default"] = torch.nn.Linear(head.in_features, 3)
+    assert ids(rl.parameters()) != ids(rl.model.parameters())  # stale until told
+    rl.refresh()
+    assert ids(rl.parameters()) == ids(rl.model.parameters())
