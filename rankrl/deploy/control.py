@@ -63,7 +63,8 @@ class RankControl:
         budget_mb: Memory budget in MiB (the hard wall), or ``None`` for an unbounded run.
         budget_frac: A wall at this fraction of the memory measured at the start ranks (by :meth:`setup`, in
             ``memory_scope``), the way the environment sets its budget (``budget_frac`` of a preset). Ignored
-            when ``budget_mb`` is given.
+            when ``budget_mb`` is given. ``rankrl.deploy.finetune.budget_frac_for`` reads the fraction a
+            learned policy was trained with.
         total_steps: Planned optimizer steps (needed by scheduled controllers such as ``importance``).
         log_dir: Directory of ``decisions.jsonl`` and ``tb/``; ``None`` writes no files. Created lazily, at
             the first log entry. TensorBoard scalars between decisions (``train/loss``, ``eval/accuracy``)
@@ -159,8 +160,9 @@ class RankControl:
         status = self.memory.read(optimizer, self.batch)
         if self.budget_frac is not None:
             # Relative wall, as the environment sets it at reset; a resumed run keeps the wall it started with.
+            # The re-read reuses the activations just measured: it only states the status against the wall.
             self.memory.budget = self._saved_reference or max(int(self.budget_frac * status.used), 1)
-            status = self.memory.read(optimizer, self.batch)
+            status = self.memory.read(optimizer)
         minimum = prepare_controller(self.controller, group_ranks=ranks, r_max=self.r_max, rank_step=self.rank_step,
                                      split_by_kind=self.rl.split_by_kind, budget=self.budget,
                                      total_steps=self.total_steps)
