@@ -11,7 +11,7 @@ from __future__ import annotations
 from rankrl.bench.config import BenchConfig, TaskSpec
 from rankrl.bench.plan import ADAPTIVE, Arm
 from rankrl.data import DataError, load_task_data
-from rankrl.deploy.finetune import build_controller, make_control, session_config_for
+from rankrl.deploy.finetune import build_controller, make_control, session_config_for, with_policy_defaults
 from rankrl.session import FineTuneSession
 
 
@@ -39,7 +39,7 @@ def _setup(session: FineTuneSession, config: BenchConfig, arm: Arm) -> None:
     controller, spec = build_controller(arm.spec)
     settings = config.finetune_config(seed=0, out=config.out, controller=arm.spec, budget_mb=arm.budget_mb,
                                       r_max=config.r_max, rank_step=config.rank_step)
-    control = make_control(session.rl, controller, spec, settings)
+    control = make_control(session.rl, controller, spec, with_policy_defaults(controller, settings))
     try:
         control.setup(session.optimizer, session.train_batch(0))
     finally:

@@ -115,7 +115,8 @@ def _arm_table(summaries: list[ArmSummary], comparisons: dict, scope: str) -> li
         overhead = st["controller_overhead"]
         flags = (f" ({s.failed} failed)" if s.failed else "") + (f" ({s.diverged} diverged)" if s.diverged else "")
         lines.append(f"| {s.arm} | {s.kind} | {s.n}{flags} | {_pm(st['accuracy'])} | {_pm(st['macro_f1'])} | "
-                     f"{_pm(st['peak_memory_mib'], 2)} | {_num(st['mean_memory_mib'])} | {_num(st['peak_memory_total_mib'])} | "
+                     f"{_pm(st['peak_memory_mib'], 2)} | {_num(st['mean_memory_mib'])} | "
+                     f"{_num(st['peak_memory_total_mib'])} | "
                      f"{_num(st['peak_memory_adapter_mib'])} | {params} | {_num(st['controller_state_mib'], 3)} | "
                      f"{_num(st['wall_seconds'], 1)} | "
                      f"{'-' if overhead is None else f'{100 * overhead.mean:.1f}%'} | {versus} |")
@@ -150,10 +151,10 @@ def _notes(settings: dict, rows: list[dict]) -> list[str]:
              "- **Fixed-rank front.** Fixed ranks run without a budget; every budgeted or adaptive arm is compared "
              "with the most accurate fixed rank whose mean peak memory is at most its own.",
              "- **Memory** is measured, not modelled: parameters, gradients, optimizer state and the tensors "
-             "autograd saves on the same first batch, at the peak over the run; `mean` averages the memory in force at "
-             "each optimizer step over the run (an arm that starts at the fixed ranks' memory and then frees some "
-             "has that fixed rank's peak but a lower mean). `controller state` (importance "
-             "EMAs, AdaLoRA's allocator) is kept beside it and shown separately."]
+             "autograd saves on the same first batch, at the peak over the run; `mean` averages the memory in "
+             "force at each optimizer step over the run (an arm that starts at the fixed ranks' memory and then "
+             "frees some has that fixed rank's peak but a lower mean). `controller state` (importance EMAs, "
+             "AdaLoRA's allocator) is kept beside it and shown separately."]
     if settings.get("fixed_lrs"):
         lrs = ", ".join(f"{lr:g}" for lr in settings["fixed_lrs"])
         lines.append(f"- **Learning rates.** Fixed ranks ran at {lrs} and the comparisons take the best of them "

@@ -20,19 +20,22 @@ OK, ERROR = "ok", "error"
 COLUMNS = [
     "run_id", "task", "arm", "kind", "controller", "start_rank", "lr", "budget_mb", "seed", "status",
     "accuracy", "macro_f1", "initial_accuracy", "eval_loss",
-    "peak_memory_mib", "mean_memory_mib", "memory_scope", "peak_memory_total_mib", "peak_memory_adapter_mib", "cuda_peak_mib",
+    "peak_memory_mib", "mean_memory_mib", "memory_scope", "peak_memory_total_mib", "peak_memory_adapter_mib",
+    "cuda_peak_mib",
     "controller_state_mib", "trainable_params", "peak_trainable_params", "effective_params", "final_ranks",
     "steps", "diverged", "decisions", "wall_seconds", "train_seconds", "controller_seconds",
     "controller_overhead", "run_dir", "error",
 ]
 """Columns of ``results.csv``. Memory is in MiB: ``peak_memory_mib`` in the bench's ``--memory-scope`` (the
 one budgets and comparisons use), plus both scopes, and the CUDA allocator's peak (empty on a CPU).
-``mean_memory_mib`` is the memory in force at each optimizer step averaged over the run (the peak is its maximum).
+``mean_memory_mib`` is the memory in force at each optimizer step averaged over the run (the peak is its
+maximum).
 ``controller_state_mib`` is state a controller keeps beside training memory (importance EMAs; AdaLoRA's
 allocator). ``effective_params`` is what AdaLoRA's masks leave (the trainable count for the others).
 ``controller_overhead`` is the share of training time spent in the controller machinery."""
 NUMERIC = {"start_rank", "lr", "budget_mb", "seed", "accuracy", "macro_f1", "initial_accuracy", "eval_loss",
-           "peak_memory_mib", "mean_memory_mib", "peak_memory_total_mib", "peak_memory_adapter_mib", "cuda_peak_mib",
+           "peak_memory_mib", "mean_memory_mib", "peak_memory_total_mib", "peak_memory_adapter_mib",
+           "cuda_peak_mib",
            "controller_state_mib", "trainable_params", "peak_trainable_params", "effective_params", "steps",
            "decisions", "wall_seconds", "train_seconds", "controller_seconds", "controller_overhead"}
 

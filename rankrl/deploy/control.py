@@ -63,8 +63,8 @@ class RankControl:
         budget_mb: Memory budget in MiB (the hard wall), or ``None`` for an unbounded run.
         budget_frac: A wall at this fraction of the memory measured at the start ranks (by :meth:`setup`, in
             ``memory_scope``), the way the environment sets its budget (``budget_frac`` of a preset). Ignored
-            when ``budget_mb`` is given. ``rankrl.deploy.finetune.budget_frac_for`` reads the fraction a
-            learned policy was trained with.
+            when ``budget_mb`` is given. ``rankrl.deploy.finetune.with_policy_defaults`` reads the fraction
+            a learned policy was trained with.
         total_steps: Planned optimizer steps (needed by scheduled controllers such as ``importance``).
         log_dir: Directory of ``decisions.jsonl`` and ``tb/``; ``None`` writes no files. Created lazily, at
             the first log entry. TensorBoard scalars between decisions (``train/loss``, ``eval/accuracy``)

@@ -123,31 +123,31 @@ def _policy_metadata(controller: RankController) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def memory_scope_for(controller: RankController, scope: str | None) -> str:
-    """``--memory-scope``, else the scope a learned policy was trained in (its observation's memory features
-    are fractions in that scope), else ``total``."""
-    return scope if scope is not None else _policy_metadata(controller).get("memory_scope", "total")
+def with_policy_defaults(controller: RankController, config: FinetuneConfig) -> FinetuneConfig:
+    """``config`` with a learned policy's training conditions filled in where the flags leave them open.
 
-
-def budget_frac_for(controller: RankController, budget_mb: float | None, budget_frac: float | None) -> float | None:
-    """``--budget-frac``; else, without ``--budget-mb``, the relative wall a learned policy was trained behind.
-
-    The environment sets its wall at ``budget_frac`` times the memory measured at reset and clips every
-    growth there, so a policy never saw memory above it; deployed without that wall it would act on
-    observations (``memory/used_frac`` above 1) it was never trained on. Heuristics get no default wall.
+    * ``memory_scope``: the scope the policy was trained in (its memory features are fractions in that
+      scope), else ``total``;
+    * ``budget_frac``, without ``--budget-mb``: the relative wall the policy was trained behind. The
+      environment sets its wall at ``budget_frac`` times the memory measured at reset and clips every
+      growth there, so a policy never saw memory above it; deployed without that wall it would act on
+      observations (``memory/used_frac`` above 1) it was never trained on. Heuristics get no default wall.
     """
-    if budget_mb is not None or budget_frac is not None:
-        return budget_frac
-    return _policy_metadata(controller).get("budget_frac")
+    metadata = _policy_metadata(controller)
+    scope = config.memory_scope if config.memory_scope is not None else metadata.get("memory_scope", "total")
+    frac = config.budget_frac
+    if config.budget_mb is None and frac is None:
+        frac = metadata.get("budget_frac")
+    return replace(config, memory_scope=scope, budget_frac=frac)
 
 
 def make_control(rl: RankedLoRA, controller: RankController, spec: str, config: FinetuneConfig) -> RankControl:
-    """The :class:`RankControl` of a finetune run (also what the benchmark's pre-flight sets up)."""
+    """The :class:`RankControl` of a finetune run from a config resolved by :func:`with_policy_defaults`
+    (also what the benchmark's pre-flight sets up)."""
     r_max, rank_step = rank_grid(controller, config.rank, config.r_max, config.rank_step)
-    return RankControl(rl, controller, every=config.every, budget_mb=config.budget_mb,
-                       budget_frac=budget_frac_for(controller, config.budget_mb, config.budget_frac),
-                       total_steps=config.steps, memory_scope=memory_scope_for(controller, config.memory_scope),
-                       r_max=r_max, rank_step=rank_step, spec=spec)
+    return RankControl(rl, controller, every=config.every, budget_mb=config.budget_mb, budget_frac=config.budget_frac,
+                       total_steps=config.steps, memory_scope=config.memory_scope or "total", r_max=r_max,
+                       rank_step=rank_step, spec=spec)
 
 
 def check_out_free(out: str | Path) -> None:
@@ -176,8 +176,7 @@ def run_finetune(config: FinetuneConfig, console: Console | None = None, progres
     console = console or Console()
     config.check()
     controller, spec = build_controller(config.controller, config.policy)
-    config = replace(config, memory_scope=memory_scope_for(controller, config.memory_scope),
-                     budget_frac=budget_frac_for(controller, config.budget_mb, config.budget_frac))
+    config = with_policy_defaults(controller, config)
     check_out_free(config.out)
     task = load_task_data(config.data, config.eval_data, data_format=config.data_format, text_column=config.text_column,
                           label_column=config.label_column, seed=config.seed)
