@@ -165,6 +165,8 @@ def finetune(
                                       "the start ranks (default: a learned policy's training wall, else none)."),
     memory_scope: str = typer.Option(None, "--memory-scope", help="'total' (with the frozen base) or 'adapter' "
                                      "(default: a learned policy's own scope, else total)."),
+    rslora: bool = typer.Option(None, "--rslora/--no-rslora", help="rsLoRA scaling alpha/sqrt(r) instead of alpha/r "
+                                "(default: as a learned policy was trained, else off)."),
     steps: int = typer.Option(300, "--steps", help="Optimizer steps."),
     every: int = typer.Option(25, "--every", help="Optimizer steps between controller decisions."),
     eval_every: int = typer.Option(None, "--eval-every", help="Evaluate every N steps (default: --every; 0: never)."),
@@ -188,7 +190,7 @@ def finetune(
         model=model, data=data, eval_data=eval_data, data_format=data_format, text_column=text_column,
         label_column=label_column,
         controller=controller, policy=policy, budget_mb=budget_mb, budget_frac=budget_frac,
-        memory_scope=memory_scope, steps=steps,
+        memory_scope=memory_scope, use_rslora=rslora, steps=steps,
         every=every, eval_every=eval_every, eval_size=eval_size, lr=lr, batch_size=batch_size,
         max_length=max_length, rank=rank, r_max=r_max, rank_step=rank_step, num_groups=num_groups,
         num_hidden_layers=num_hidden_layers, seed=seed, out=out)
@@ -215,6 +217,8 @@ def bench(
     text_column: str = typer.Option(None, "--text-column", help="Text column of file / hub tasks (default: auto)."),
     label_column: str = typer.Option(None, "--label-column", help="Label column of file / hub tasks (default: auto)."),
     memory_scope: str = typer.Option("total", "--memory-scope", help="'total' or 'adapter': scope of budgets and comparisons."),
+    rslora: bool = typer.Option(False, "--rslora/--no-rslora", help="rsLoRA scaling alpha/sqrt(r) for every LoRA run "
+                                "(learned policies included; AdaLoRA keeps its own)."),
     steps: int = typer.Option(300, "--steps", help="Optimizer steps per run."),
     every: int = typer.Option(25, "--every", help="Steps between controller decisions (and AdaLoRA's deltaT)."),
     eval_every: int = typer.Option(None, "--eval-every", help="Evaluate every N steps (default: --every; 0: never)."),
@@ -240,7 +244,7 @@ def bench(
             model=model, tasks=split_list(tasks), controllers=[controllers], seeds=seeds,
             budget_mb=parse_numbers(budget_mb, "--budget-mb"), fixed_ranks=parse_numbers(fixed_ranks, "--fixed-ranks", integer=True),
             fixed_lrs=parse_numbers(fixed_lrs, "--fixed-lrs"), text_column=text_column, label_column=label_column,
-            memory_scope=memory_scope, steps=steps, every=every, eval_every=eval_every, eval_size=eval_size, lr=lr,
+            memory_scope=memory_scope, use_rslora=rslora, steps=steps, every=every, eval_every=eval_every, eval_size=eval_size, lr=lr,
             batch_size=batch_size, max_length=max_length, rank=rank, r_max=r_max, rank_step=rank_step,
             num_groups=num_groups, num_hidden_layers=num_hidden_layers, out=out, resume=resume)
         run_bench(config, progress=progress)

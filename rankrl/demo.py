@@ -47,6 +47,7 @@ class DemoConfig:
     max_length: int = 48
     lr: float = 1e-3
     rank: int = 8
+    use_rslora: bool | None = None  # None: as the environment preset trains (every controller runs the same)
     controllers: list[str] = field(default_factory=lambda: ["learned", "learned:default", "fixed", "importance"])
     seed: int = 0
     out: str = "runs/demo"
@@ -125,11 +126,15 @@ def run_demo(config: DemoConfig | None = None, console: Console | None = None, p
                               seed=config.seed, out=run_dir / "policy", progress=progress)
     evaluation = json.loads((policy_dir / "metadata.json").read_text()).get("last_evaluation") or {}
     if evaluation:
-        console.print(f"  held-out episodes: policy return {evaluation.get('policy_return', float('nan')):+.3f}, "
-                      f"fixed rank {evaluation.get('fixed_return', float('nan')):+.3f}")
+        nan = float("nan")
+        console.print(f"  held-out episodes: policy return {evaluation.get('policy_return', nan):+.3f} (accuracy "
+                      f"{evaluation.get('policy_accuracy', nan):.3f}, memory {evaluation.get('policy_used_frac', nan):.2f} "
+                      f"of the budget), fixed rank {evaluation.get('fixed_return', nan):+.3f} (accuracy "
+                      f"{evaluation.get('fixed_accuracy', nan):.3f})")
     console.print(f"  policy: {policy_dir / 'policy.zip'}")
 
     specs = _controller_specs(config, policy_dir)
+    rslora = env_config.use_rslora if config.use_rslora is None else config.use_rslora
     console.rule(f"[bold]2/3  Deploy[/]: fine-tune {config.model} on the held-out task with {len(specs)} controllers")
     rows, pngs = [], []
     for label, spec in specs:
@@ -137,7 +142,7 @@ def run_demo(config: DemoConfig | None = None, console: Console | None = None, p
         finetune = FinetuneConfig(model=config.model, data=config.task, controller=spec, steps=config.steps,
                                   every=config.every, eval_size=config.eval_size, lr=config.lr, rank=config.rank,
                                   max_length=config.max_length, num_groups=env_config.num_action_groups,
-                                  seed=config.seed, out=str(out))
+                                  use_rslora=rslora, seed=config.seed, out=str(out))
         finished = run_finetune(finetune, console=console, progress=progress)
         metrics = json.loads((finished / METRICS_FILE).read_text())
         rows.append(_row(label, metrics))

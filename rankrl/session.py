@@ -176,6 +176,14 @@ class FineTuneSession:
         """The padded batch of optimizer step ``step``."""
         return self._collate(self._train[self.batch_indices(step)])
 
+    def reference_batch(self) -> dict:
+        """A fixed batch: the first ``batch_size`` training rows, whatever the seed.
+
+        Memory measured on it is comparable across decisions, runs and seeds of one task, which the
+        training batches are not: their padded length varies, and so do the activations they save.
+        """
+        return self._collate(self._train[list(range(min(self.config.batch_size, len(self._train))))])
+
     # ------------------------------------------------------------------ stepping
     def train(self, steps: int, measure_every: int = 0) -> TrainResult:
         """Take ``steps`` optimizer steps. Stops early, without applying the update, on a non-finite loss.

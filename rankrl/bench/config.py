@@ -150,6 +150,7 @@ class BenchConfig:
         text_column: Text column of file / hub tasks (default: auto-detected).
         label_column: Label column of file / hub tasks (default: auto-detected).
         memory_scope: ``total`` or ``adapter``: the scope of the budget and of the comparisons.
+        use_rslora: rsLoRA scaling for every LoRA run, learned policies included (AdaLoRA keeps its own).
         steps: Optimizer steps per run.
         every: Optimizer steps between controller decisions (and AdaLoRA's ``deltaT``).
         eval_every: Evaluate every N steps (default: ``every``; 0: only at the start and the end).
@@ -176,6 +177,7 @@ class BenchConfig:
     text_column: str | None = None
     label_column: str | None = None
     memory_scope: str = "total"
+    use_rslora: bool = False
     steps: int = 300
     every: int = 25
     eval_every: int | None = None
@@ -220,7 +222,7 @@ class BenchConfig:
         return FinetuneConfig(
             model=self.model, data=data, eval_data=eval_data, text_column=self.text_column,
             label_column=self.label_column, controller=controller, budget_mb=budget_mb,
-            memory_scope=self.memory_scope, steps=self.steps, every=self.every, eval_every=self.eval_every,
+            memory_scope=self.memory_scope, use_rslora=self.use_rslora, steps=self.steps, every=self.every, eval_every=self.eval_every,
             eval_size=self.eval_size, lr=self.lr if lr is None else lr, batch_size=self.batch_size,
             max_length=self.max_length, rank=self.rank if rank is None else rank, r_max=r_max,
             rank_step=rank_step, num_groups=self.num_groups, num_hidden_layers=self.num_hidden_layers, seed=seed,

@@ -140,7 +140,8 @@ def _check_out(out: Path, config: BenchConfig) -> bool:
     if saved.get("command") != "bench":
         raise ValueError(f"--resume: {out} is a rankrl {saved.get('command', '?')} run, not a benchmark.")
     now = json.loads(json.dumps(config.settings()))
-    before = saved.get("settings", {})
+    # A setting added after the benchmark was started counts as its default there.
+    before = {**json.loads(json.dumps(BenchConfig().settings())), **saved.get("settings", {})}
     changed = [key for key in sorted(set(now) | set(before)) if now.get(key) != before.get(key)]
     if changed:
         detail = "; ".join(f"{key}: was {before.get(key)!r}, now {now.get(key)!r}" for key in changed)

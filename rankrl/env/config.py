@@ -46,7 +46,8 @@ class EnvConfig:
     train_size: int | None = field(default=None, metadata={"help": "Cap on training examples per task."})
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate (3e-3 collapses tiny-model runs to chance)."})
     lora_alpha: float = field(default=16, metadata={"help": "LoRA alpha."})
-    eval_seeds: list[int] = field(default_factory=lambda: [10_001, 10_002, 10_003],
+    use_rslora: bool = field(default=False, metadata={"help": "rsLoRA scaling alpha/sqrt(r) instead of alpha/r."})
+    eval_seeds: list[int] = field(default_factory=lambda: list(range(10_001, 10_011)),
                                   metadata={"help": "Held-out episode seeds for policy evaluation."})
 
     def __post_init__(self) -> None:
@@ -79,7 +80,8 @@ class EnvConfig:
             model=self.model, num_hidden_layers=self.num_hidden_layers, task=task, max_length=self.max_length,
             batch_size=self.batch_size, eval_size=self.eval_size, train_size=self.train_size, lr=self.lr,
             total_steps=self.episode_length * self.steps_per_action, rank=self.rank_init,
-            num_groups=self.num_groups, split_by_kind=self.split_by_kind, lora_alpha=self.lora_alpha, seed=seed,
+            num_groups=self.num_groups, split_by_kind=self.split_by_kind, lora_alpha=self.lora_alpha,
+            use_rslora=self.use_rslora, seed=seed,
         )
 
     @property

@@ -50,7 +50,8 @@ class LoRARankEnv(gym.Env):
     ## Starting State
     Fresh LoRA adapters at ``rank_init`` in every group, a freshly drawn classification head, a task drawn
     from the task family and a run seed, both from ``self.np_random``. The budget is ``budget_mb`` or
-    ``budget_frac`` times the memory measured at reset.
+    ``budget_frac`` times the memory measured at reset. Memory is always measured on the task's reference
+    batch (its first ``batch_size`` training rows), so ``memory/used_frac`` moves with the ranks only.
 
     ## Episode End
     Truncated after ``episode_length`` decisions (``max_episode_steps`` of the registration). Terminated
@@ -63,7 +64,8 @@ class LoRARankEnv(gym.Env):
     (``rankrl train`` gives each subprocess worker one thread).
 
     ## Version History
-    * v0: initial version.
+    * v0: initial version. Memory readings were taken on the first training batch after each rank change
+      (varying padded length) until they moved to the fixed reference batch.
     """
 
     metadata = {"render_modes": []}
@@ -91,6 +93,9 @@ class LoRARankEnv(gym.Env):
         self.session: FineTuneSession | None = None
         self.reader: SignalReader | None = None
         self._tasks: dict[str, TaskData] = {}
+        # task -> (reference batch, measured what-if cache). Saved-activation bytes depend only on shapes and
+        # on which parameters train, so a configuration measured once in this process is not measured again.
+        self._references: dict[str, tuple[dict, dict]] = {}
         self._t = 0
         self.last_timing: dict[str, float] = {}
 
@@ -116,7 +121,14 @@ class LoRARankEnv(gym.Env):
         self.reader = SignalReader(session.rl, optimizer=session.optimizer, budget_bytes=2**62,
                                    memory_scope=config.memory_scope, rank_step=config.rank_step)
         session.after_backward = [lambda _s: self.reader.after_backward()]
-        status = self.reader.budget.read(session.optimizer, session.train_batch(0))
+        # Memory is always measured on one fixed batch of the task: training batches vary in padded length,
+        # and a reading on them would move with the data, not with the ranks.
+        if task not in self._references:
+            self._references[task] = (session.reference_batch(), {})
+        self._reference, crossings = self._references[task]
+        self._task_source = task
+        status = self.reader.budget.read(session.optimizer, self._reference)
+        self.reader.budget.share_crossings(crossings)
         budget = config.budget_mb * MB if config.budget_mb is not None else config.budget_frac * status.used
         if status.used > budget:
             raise ValueError(
@@ -153,6 +165,8 @@ class LoRARankEnv(gym.Env):
         shares = [group.get("importance_share", 0.0) for group in self._signals.groups]
         applied, clipped = clip_to_budget(self.reader.budget, before, requested, config.rank_step, shares)
         session.set_group_ranks(applied)
+        if not session.rl.activations_measured:  # ranks changed: measure on the reference batch (cached)
+            self.reader.budget.measure_kept_batch()
         self._last_change = [float(np.sign(a - b)) for a, b in zip(applied, before, strict=True)]
         train_started = time.perf_counter()
         result = session.train(config.steps_per_action)

@@ -339,6 +339,17 @@ class RankedLoRA:
         """Drop the measured saved-activation figure (after anything that changes what autograd saves)."""
         self._last_activations = None
 
+    def record_activations(self, nbytes: int) -> None:
+        """Set the saved-activation figure of the current ranks from an earlier measurement.
+
+        For callers that cache :meth:`measure_step` results by rank configuration on one fixed batch: what
+        autograd saves depends only on tensor shapes and on which parameters train (with ``lora_dropout``
+        0), so the same ranks on the same batch save the same bytes.
+        """
+        if nbytes < 0:
+            raise ValueError(f"nbytes must be >= 0, got {nbytes}.")
+        self._last_activations = int(nbytes)
+
     @contextmanager
     def measure_activations(self) -> Iterator[SavedActivationMeter]:
         """Count the bytes autograd saves inside the block (wrap a real training forward pass).

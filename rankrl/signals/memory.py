@@ -137,7 +137,10 @@ class MemoryBudget:
         self.last: MemoryStatus | None = None
         self._batch: dict | None = None
         self._optimizer = None
-        self._crossings: dict[frozenset, int] = {}  # live module set -> what-if saved-activation bytes
+        # Forward passes measured on the kept batch: "saved" maps module ranks to saved-activation bytes,
+        # "delta" maps a crossing (live set, modules leaving 0, modules going to 0 with their ranks) to
+        # the bytes it adds. Shareable between budgets that read the same batch (share_crossings).
+        self._crossings: dict[str, dict] = {"saved": {}, "delta": {}}
 
     # ------------------------------------------------------------------ reading
     def read(self, optimizer=None, batch: dict | None = None) -> MemoryStatus:
@@ -152,8 +155,9 @@ class MemoryBudget:
         """
         self._optimizer = optimizer
         if batch is not None:
+            if batch is not self._batch:  # the cached what-if figures describe the old batch
+                self._crossings = {"saved": {}, "delta": {}}
             self._batch = batch
-            self._crossings = {}
             report = self._measure_with_tokens(optimizer, batch)
         else:
             report = self.rl.memory(optimizer)
@@ -254,8 +258,9 @@ class MemoryBudget:
         """Activation bytes added (negative: freed) by modules crossing rank 0.
 
         Measured as the difference of two what-if forward passes on the kept batch: the live set after the
-        change against the live set now. Both are cached by live set until a new batch is read, so a rank
-        configuration seen before costs nothing (the environment revisits configurations constantly).
+        change against the live set now, both at the current ranks. The difference is cached by the crossing
+        until another batch is read, so a crossing seen before costs nothing (the environment revisits
+        them constantly).
         """
         if self._batch is None or not self.last.activations_measured:
             delta = 0
@@ -265,14 +270,60 @@ class MemoryBudget:
                 local = self.tokens.get(name, 0) * in_out_features(module)[0] * elem
                 delta += local if name in from_zero else -local - self.last.ranks[name] * self.tokens.get(name, 0) * elem
             return delta
-        live = frozenset(name for name, rank in self.last.ranks.items() if rank > 0)
-        return self._what_if_cached(live, to_zero, from_zero) - self._what_if_cached(live, frozenset(), frozenset())
+        ranks = self.last.ranks
+        live = frozenset(name for name, rank in ranks.items() if rank > 0)
+        # Ranks of modules that stay live cancel in the difference; those of modules going to 0 do not.
+        key = (live, from_zero, frozenset((name, ranks[name]) for name in to_zero))
+        deltas = self._crossings["delta"]
+        if key not in deltas:
+            deltas[key] = self._what_if_activations(to_zero, from_zero) - self._saved_now()
+        return deltas[key]
 
-    def _what_if_cached(self, live: frozenset, to_zero: frozenset, from_zero: frozenset) -> int:
-        key = (live - to_zero) | from_zero
-        if key not in self._crossings:
-            self._crossings[key] = self._what_if_activations(to_zero, from_zero)
-        return self._crossings[key]
+    def _saved_now(self) -> int:
+        """Saved-activation bytes of a training forward at the current ranks on the kept batch.
+
+        Measured once per live set. Within a live set, ranks change only the ``r``-wide output of ``A``
+        that each ``B`` saves (``tokens * e`` bytes per rank unit, the figure :meth:`delta_bytes` uses and
+        the tests check against measured passes), so another rank configuration of the same live set is
+        the measured figure plus that exact difference.
+        """
+        ranks = self.rl.ranks
+        live = frozenset(name for name, rank in ranks.items() if rank > 0)
+        saved = self._crossings["saved"]
+        if live not in saved:
+            saved[live] = (dict(ranks), self._what_if_activations(frozenset(), frozenset()))
+        measured_at, nbytes = saved[live]
+        return nbytes + sum((ranks[name] - measured_at[name]) * self.tokens.get(name, 0) * self._element_size(name)
+                            for name in live)
+
+    def _element_size(self, name: str) -> int:
+        module = self._slots[name].current()
+        return torch.empty(0, dtype=factor_dtype(module, self.rl.adapter_name)).element_size()
+
+    def measure_kept_batch(self) -> int:
+        """Saved-activation bytes of a training step at the current ranks on the kept batch.
+
+        One forward pass (no backward: autograd saves during the forward) per live set, cached with the
+        crossing figures. The result becomes the model's measured figure
+        (:meth:`~rankrl.RankedLoRA.record_activations`), so the next :meth:`read` reports memory on the
+        kept batch, whose shape does not change, rather than on whatever batch trained last.
+        """
+        if self._batch is None:
+            raise ValueError("No kept batch: call read(optimizer, batch) first.")
+        saved = self._saved_now()
+        self.rl.record_activations(saved)
+        return saved
+
+    def share_crossings(self, cache: dict) -> None:
+        """Keep measured crossing figures in ``cache``, shared with other budgets that read the same batch
+        object on the same model architecture (the environment shares one per task across episodes).
+
+        Measured figures are always valid for the same batch: what autograd saves depends only on shapes
+        and on which parameters train, not on their values.
+        """
+        cache.setdefault("saved", {})
+        cache.setdefault("delta", {})
+        self._crossings = cache
 
     def _what_if_activations(self, to_zero: frozenset, from_zero: frozenset) -> int:
         """Saved-activation bytes of one training-mode forward on the kept batch with gradient flags changed."""

@@ -72,10 +72,18 @@ def hold_action(env: LoRARankEnv) -> Callable[[np.ndarray], np.ndarray]:
     return lambda _obs: middle
 
 
+def check_eval_episodes(env_config: EnvConfig, episodes: int) -> None:
+    """Raise ``ValueError`` when the agent preset asks for more evaluation episodes than the env has seeds."""
+    if episodes > len(env_config.eval_seeds):
+        raise ValueError(f"eval_episodes={episodes} (agent preset) but environment {env_config.name!r} has "
+                         f"{len(env_config.eval_seeds)} eval_seeds; lower eval_episodes or add eval_seeds.")
+
+
 class BaselineEvalCallback(BaseCallback):
     """Every ``eval_freq`` environment steps, compare the deterministic policy with the fixed-rank baseline.
 
-    Both run the same held-out episode seeds (``EnvConfig.eval_seeds``) in a separate, single environment.
+    Both run the same held-out episodes in a separate, single environment: episode ``i`` uses seed
+    ``EnvConfig.eval_seeds[i]`` and task ``i mod len(tasks)`` of the family.
     The baseline is deterministic and is evaluated once. Logs ``eval/policy_return``,
     ``eval/fixed_return``, ``eval/advantage``, ``eval/policy_accuracy``, ``eval/policy_used_frac``; keeps
     ``best_policy.zip`` and appends every evaluation to ``evaluations.jsonl``.
@@ -84,7 +92,7 @@ class BaselineEvalCallback(BaseCallback):
         env_config: The training environment's configuration.
         run_dir: Where ``best_policy.zip`` and ``evaluations.jsonl`` go.
         eval_freq: Environment steps (summed over vectorised environments) between evaluations.
-        episodes: Number of held-out seeds used.
+        episodes: Number of held-out episodes (at most ``len(env_config.eval_seeds)``).
     """
 
     def __init__(self, env_config: EnvConfig, run_dir: Path, eval_freq: int, episodes: int, verbose: int = 0):
@@ -92,7 +100,11 @@ class BaselineEvalCallback(BaseCallback):
         self.env_config = env_config
         self.run_dir = Path(run_dir)
         self.eval_freq = eval_freq
-        self.seeds = list(env_config.eval_seeds)[:episodes]
+        check_eval_episodes(env_config, episodes)
+        tasks = env_config.tasks
+        # Stratified: episode i runs task i mod len(tasks), so every task of the family is evaluated once
+        # there are as many episodes as tasks (a random draw left tasks out and made the figure bimodal).
+        self.episodes = [(seed, tasks[i % len(tasks)]) for i, seed in enumerate(env_config.eval_seeds[:episodes])]
         self.env: LoRARankEnv | None = None
         self.baseline: list[EpisodeSummary] = []
         self.best = -np.inf
@@ -100,13 +112,16 @@ class BaselineEvalCallback(BaseCallback):
 
     def _init_callback(self) -> None:
         self.env = LoRARankEnv(config=self.env_config)
-        self.baseline = [run_episode(self.env, hold_action(self.env), seed) for seed in self.seeds]
+        self.baseline = [run_episode(self.env, hold_action(self.env), seed, task) for seed, task in self.episodes]
         self._next = self.num_timesteps + self.eval_freq
 
     def _on_step(self) -> bool:
         if self.num_timesteps >= self._next:
             self._next += self.eval_freq
-            self.evaluate()
+            # The last rollout's evaluation would run before PPO's final update: leave it to the end of training,
+            # so the last evaluation (and best_policy.zip) describes the policy that is saved.
+            if self.num_timesteps < getattr(self.model, "_total_timesteps", np.inf):
+                self.evaluate()
         return True
 
     def _on_training_end(self) -> None:
@@ -119,7 +134,7 @@ class BaselineEvalCallback(BaseCallback):
             action, _ = self.model.predict(obs, deterministic=True)
             return action
 
-        episodes = [run_episode(self.env, act, seed) for seed in self.seeds]
+        episodes = [run_episode(self.env, act, seed, task) for seed, task in self.episodes]
         figures = {
             "timesteps": int(self.num_timesteps),
             "policy_return": float(np.mean([e.episode_return for e in episodes])),

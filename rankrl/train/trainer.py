@@ -15,7 +15,7 @@ from rankrl.policy import FEATURES_FILE, METADATA_FILE, POLICY_FILE
 from rankrl.presets import to_mapping
 from rankrl.runs import new_run_dir, read_config, write_config
 from rankrl.train.agent_config import load_agent_config
-from rankrl.train.callbacks import BaselineEvalCallback, RankLoggingCallback
+from rankrl.train.callbacks import BaselineEvalCallback, RankLoggingCallback, check_eval_episodes
 
 
 def make_limited_env(config, torch_threads: int | None = None) -> gym.Env:
@@ -85,6 +85,7 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int = 20_0
             raise ValueError(f"{run_dir} has no checkpoints to resume from (checkpoints/*_steps.zip).")
     env_config = load_env_config(env)
     agent_config = load_agent_config(agent, env_name=env_config.name)
+    check_eval_episodes(env_config, agent_config.eval_episodes)
     spec_env = LoRARankEnv(config=env_config)  # cheap: builds the spaces, layout and deltas only
     warm_start = _load_warm_start(init_policy, spec_env) if init_policy is not None and resume is None else None
     if resume is None:
@@ -169,7 +170,7 @@ def _write_metadata(run_dir: Path, env_config, deltas, agent_config, evaluation,
         "algo": agent_config.algo, "timesteps": steps, "env": env_config.name,
         "num_groups": env_config.num_action_groups, "split_by_kind": env_config.split_by_kind,
         "r_max": env_config.r_max, "rank_init": env_config.rank_init, "rank_step": env_config.rank_step,
-        "deltas": deltas, "memory_scope": env_config.memory_scope,
+        "deltas": deltas, "memory_scope": env_config.memory_scope, "use_rslora": env_config.use_rslora,
         # The wall the policy was trained behind, relative to the memory at reset; deployment defaults to it.
         "budget_frac": env_config.budget_frac if env_config.budget_mb is None else None,
         "budget_mb": env_config.budget_mb,

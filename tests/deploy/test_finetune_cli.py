@@ -153,3 +153,23 @@ def test_learned_policy_runs_behind_the_wall_it_was_trained_with(tmp_path):
                       "--every", "4", "--out", str(unbounded))
     assert result.exit_code == 0, result.output
     assert json.loads((unbounded / "metrics.json").read_text())["group_ranks"] == [8, 8]
+
+
+def test_a_learned_policy_is_deployed_with_the_lora_scaling_it_was_trained_with(tmp_path):
+    from rankrl.deploy.finetune import (
+        FinetuneConfig,
+        build_controller,
+        session_config_for,
+        with_policy_defaults,
+    )
+
+    policy = save_policy(tmp_path / "rs")
+    metadata = json.loads((policy / "metadata.json").read_text())
+    (policy / "metadata.json").write_text(json.dumps({**metadata, "use_rslora": True}))
+    learned, _ = build_controller(f"learned:{policy}")
+    fixed, _ = build_controller("fixed")
+    resolved = with_policy_defaults(learned, FinetuneConfig())
+    assert resolved.use_rslora is True and session_config_for(resolved).use_rslora is True
+    assert with_policy_defaults(learned, FinetuneConfig(use_rslora=False)).use_rslora is False  # the flag wins
+    assert with_policy_defaults(fixed, FinetuneConfig()).use_rslora is False
+    assert session_config_for(with_policy_defaults(fixed, FinetuneConfig(use_rslora=True))).use_rslora is True

@@ -85,6 +85,20 @@ def test_growth_is_clipped_at_the_memory_wall():
     environment.close()
 
 
+def test_memory_is_read_on_the_reference_batch_so_it_moves_with_the_ranks_only():
+    environment = LoRARankEnv(preset="tiny", budget_frac=1.0)
+    environment.reset(seed=0, options={"task": environment.config.tasks[0]})
+    fractions = [environment.step(np.array(action))[4]["memory_used_frac"]
+                 for action in ([1, 1], [1, 1], [0, 0], [2, 2], [1, 1])]
+    # Training batches differ in padded length; the readings do not, and the start ranks read 1.0 exactly.
+    assert fractions[0] == fractions[1] == fractions[3] == fractions[4] == 1.0
+    assert fractions[2] < 1.0
+    # A later episode on the same task reads the same figures from the shared cache.
+    environment.reset(seed=5, options={"task": environment.config.tasks[0]})
+    assert environment.step(np.array([0, 0]))[4]["memory_used_frac"] == fractions[2]
+    environment.close()
+
+
 def test_rank_bounds_and_zero():
     environment = LoRARankEnv(preset="tiny", budget_frac=3.0)
     environment.reset(seed=0)

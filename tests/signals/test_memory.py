@@ -124,3 +124,26 @@ def test_adapter_scope_leaves_the_frozen_base_out(trained):
     assert total.used - adapter.used == total.report.frozen_parameters
     features = adapter.to_dict()
     assert {"memory/used_frac", "memory/headroom_frac", "group0/grow_cost_frac", "group1/shrink_free_frac"} <= set(features)
+
+
+@pytest.mark.parametrize("split_by_kind", [False, True])
+def test_kept_batch_figure_is_the_measured_one_at_every_configuration(split_by_kind):
+    rl = attach(rank=4, num_groups=2, split_by_kind=split_by_kind)
+    optimizer = torch.optim.AdamW(rl.trainable_parameters(), lr=1e-2)
+    train_steps(rl, optimizer, 1)
+    batch = make_batch(11)
+    budget = MemoryBudget(rl, BUDGET)
+    budget.read(optimizer, batch)
+    G = rl.num_groups
+    # Same live set at other ranks (derived from one measured pass), new live sets, and back again (cached).
+    for target in ([4] * G, [7] * G, [1] + [6] * (G - 1), [0] + [4] * (G - 1), [3] * (G - 1) + [0], [4] * G):
+        rl.set_group_ranks(target, optimizer)
+        figure = budget.measure_kept_batch()
+        assert rl.activations_measured
+        assert figure == rl.measure_step(batch)[0], target
+        assert budget.read(optimizer).report.activations == figure
+
+
+def test_kept_batch_needs_a_read_with_a_batch(rl):
+    with pytest.raises(ValueError, match="read\\(optimizer, batch\\) first"):
+        MemoryBudget(rl, BUDGET).measure_kept_batch()

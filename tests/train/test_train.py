@@ -51,7 +51,11 @@ def test_run_directory_layout_and_contents(run):
     assert features == LoRARankEnv(preset="tiny").layout.to_dict()
     metadata = json.loads((run_dir / "metadata.json").read_text())
     assert metadata["num_groups"] == 2 and metadata["deltas"] == [-2, 0, 2] and metadata["timesteps"] == 20
-    evaluation = json.loads((run_dir / "evaluations.jsonl").read_text().splitlines()[-1])
+    evaluations = [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines()]
+    # eval_freq equals the run's length: one evaluation, after PPO's last update, of the policy that is saved.
+    assert [e["timesteps"] for e in evaluations] == [20]
+    evaluation = evaluations[-1]
+    assert metadata["last_evaluation"] == {k: v for k, v in evaluation.items() if k != "episodes"}
     assert evaluation["advantage"] == pytest.approx(evaluation["policy_return"] - evaluation["fixed_return"])
 
 
@@ -97,7 +101,20 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, agent_file):
     (tmp_path / "empty" / "config.json").write_text(json.dumps({"env_preset": "tiny", "agent_preset": "ppo", "seed": 0}))
     with pytest.raises(ValueError, match="no checkpoints"):
         train_policy(timesteps=10, resume=tmp_path / "empty")
+    greedy = tmp_path / "greedy.yaml"
+    greedy.write_text(agent_file.read_text().replace("eval_episodes: 1", "eval_episodes: 11"))
+    with pytest.raises(ValueError, match="eval_episodes=11 .* has 10 eval_seeds"):
+        train_policy(env="tiny", agent=str(greedy), timesteps=10, out=tmp_path)
     assert not (tmp_path / "tiny").exists()
+
+
+def test_evaluation_is_stratified_over_the_task_family(tmp_path):
+    from rankrl.env import load_env_config
+    from rankrl.train.callbacks import BaselineEvalCallback
+
+    config = load_env_config("tiny")
+    callback = BaselineEvalCallback(config, tmp_path, eval_freq=10, episodes=3)
+    assert callback.episodes == [(10_001, config.tasks[0]), (10_002, config.tasks[1]), (10_003, config.tasks[0])]
 
 
 def test_agent_presets_load_with_env_overrides():
