@@ -342,9 +342,9 @@ class RankedLoRA:
     def record_activations(self, nbytes: int) -> None:
         """Set the saved-activation figure of the current ranks from an earlier measurement.
 
-        For callers that cache :meth:`measure_step` results by rank configuration on one fixed batch: what
-        autograd saves depends only on tensor shapes and on which parameters train (with ``lora_dropout``
-        0), so the same ranks on the same batch save the same bytes.
+        For callers that measure on one fixed batch and cache the figures
+        (:meth:`~rankrl.signals.MemoryBudget.measure_kept_batch`): what autograd saves depends only on
+        tensor shapes and on which parameters train, so the same ranks on the same batch save the same bytes.
         """
         if nbytes < 0:
             raise ValueError(f"nbytes must be >= 0, got {nbytes}.")

@@ -137,9 +137,9 @@ class MemoryBudget:
         self.last: MemoryStatus | None = None
         self._batch: dict | None = None
         self._optimizer = None
-        # Forward passes measured on the kept batch: "saved" maps module ranks to saved-activation bytes,
-        # "delta" maps a crossing (live set, modules leaving 0, modules going to 0 with their ranks) to
-        # the bytes it adds. Shareable between budgets that read the same batch (share_crossings).
+        # Forward passes measured on the kept batch: "saved" maps a live set to (the ranks it was measured
+        # at, saved-activation bytes), "delta" maps a crossing (live set, modules leaving 0, modules going to
+        # 0 with their ranks) to the bytes it adds. Shareable between budgets reading the same batch.
         self._crossings: dict[str, dict] = {"saved": {}, "delta": {}}
 
     # ------------------------------------------------------------------ reading
