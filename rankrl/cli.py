@@ -165,8 +165,8 @@ def finetune(
                                       "the start ranks (default: a learned policy's training wall, else none)."),
     memory_scope: str = typer.Option(None, "--memory-scope", help="'total' (with the frozen base) or 'adapter' "
                                      "(default: a learned policy's own scope, else total)."),
-    rslora: bool = typer.Option(None, "--rslora/--no-rslora", help="rsLoRA scaling alpha/sqrt(r) instead of alpha/r "
-                                "(default: as a learned policy was trained, else off)."),
+    rslora: bool = typer.Option(False, "--rslora/--no-rslora", help="rsLoRA scaling alpha/sqrt(r) instead of PEFT's "
+                                "default alpha/r."),
     steps: int = typer.Option(300, "--steps", help="Optimizer steps."),
     every: int = typer.Option(25, "--every", help="Optimizer steps between controller decisions."),
     eval_every: int = typer.Option(None, "--eval-every", help="Evaluate every N steps (default: --every; 0: never)."),

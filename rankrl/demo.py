@@ -47,7 +47,7 @@ class DemoConfig:
     max_length: int = 48
     lr: float = 1e-3
     rank: int = 8
-    use_rslora: bool | None = None  # None: as the environment preset trains (every controller runs the same)
+    use_rslora: bool = False  # the LoRA scaling of every deployed run (PEFT's alpha/r by default)
     controllers: list[str] = field(default_factory=lambda: ["learned", "learned:default", "fixed", "importance"])
     seed: int = 0
     out: str = "runs/demo"
@@ -134,7 +134,6 @@ def run_demo(config: DemoConfig | None = None, console: Console | None = None, p
     console.print(f"  policy: {policy_dir / 'policy.zip'}")
 
     specs = _controller_specs(config, policy_dir)
-    rslora = env_config.use_rslora if config.use_rslora is None else config.use_rslora
     console.rule(f"[bold]2/3  Deploy[/]: fine-tune {config.model} on the held-out task with {len(specs)} controllers")
     rows, pngs = [], []
     for label, spec in specs:
@@ -142,7 +141,7 @@ def run_demo(config: DemoConfig | None = None, console: Console | None = None, p
         finetune = FinetuneConfig(model=config.model, data=config.task, controller=spec, steps=config.steps,
                                   every=config.every, eval_size=config.eval_size, lr=config.lr, rank=config.rank,
                                   max_length=config.max_length, num_groups=env_config.num_action_groups,
-                                  use_rslora=rslora, seed=config.seed, out=str(out))
+                                  use_rslora=config.use_rslora, seed=config.seed, out=str(out))
         finished = run_finetune(finetune, console=console, progress=progress)
         metrics = json.loads((finished / METRICS_FILE).read_text())
         rows.append(_row(label, metrics))

@@ -50,7 +50,7 @@ class FinetuneConfig:
     budget_mb: float | None = None
     budget_frac: float | None = None
     memory_scope: str | None = None
-    use_rslora: bool | None = None
+    use_rslora: bool = False
     steps: int = 300
     every: int = 25
     eval_every: int | None = None
@@ -133,17 +133,18 @@ def with_policy_defaults(controller: RankController, config: FinetuneConfig) -> 
       environment sets its wall at ``budget_frac`` times the memory measured at reset and clips every
       growth there, so a policy never saw memory above it; deployed without that wall it would act on
       observations (``memory/used_frac`` above 1) it was never trained on. Heuristics get no default wall.
-    * ``use_rslora``: the LoRA scaling the policy was trained with. Under ``alpha/r`` every rank cut also
-      enlarges the updates of the rank that is left; under rsLoRA's ``alpha/sqrt(r)`` much less so. A
-      policy that learned which cuts are free learned it under one of them. Else off (plain ``alpha/r``).
+
+    The LoRA scaling is *not* taken from the policy: ``use_rslora`` stays as the flags set it (default off,
+    PEFT's ``alpha/r``). The ``default`` preset trains under rsLoRA, but rsLoRA at the same ``alpha`` makes a
+    rank-8 update 2.8 times larger; deployed that way on MiniLM-L6 (lr 1e-3) fixed rank lost 6 points and a
+    learned policy fell to chance in the demo, while the same policy under ``alpha/r`` matched fixed rank.
     """
     metadata = _policy_metadata(controller)
     scope = config.memory_scope if config.memory_scope is not None else metadata.get("memory_scope", "total")
     frac = config.budget_frac
     if config.budget_mb is None and frac is None:
         frac = metadata.get("budget_frac")
-    rslora = config.use_rslora if config.use_rslora is not None else bool(metadata.get("use_rslora", False))
-    return replace(config, memory_scope=scope, budget_frac=frac, use_rslora=rslora)
+    return replace(config, memory_scope=scope, budget_frac=frac)
 
 
 def make_control(rl: RankedLoRA, controller: RankController, spec: str, config: FinetuneConfig) -> RankControl:
@@ -168,7 +169,7 @@ def session_config_for(config: FinetuneConfig) -> SessionConfig:
     return SessionConfig(
         model=config.model, num_hidden_layers=config.num_hidden_layers, task=config.data, eval_task=config.eval_data,
         max_length=config.max_length, batch_size=config.batch_size, eval_size=config.eval_size, lr=config.lr,
-        total_steps=config.steps, rank=config.rank, num_groups=config.num_groups, use_rslora=bool(config.use_rslora),
+        total_steps=config.steps, rank=config.rank, num_groups=config.num_groups, use_rslora=config.use_rslora,
         seed=config.seed)
 
 

@@ -155,7 +155,8 @@ def test_learned_policy_runs_behind_the_wall_it_was_trained_with(tmp_path):
     assert json.loads((unbounded / "metrics.json").read_text())["group_ranks"] == [8, 8]
 
 
-def test_a_learned_policy_is_deployed_with_the_lora_scaling_it_was_trained_with(tmp_path):
+def test_lora_scaling_is_the_flag_s_not_the_policy_s(tmp_path):
+    """A policy trained under rsLoRA still deploys with PEFT's alpha/r unless --rslora asks otherwise."""
     from rankrl.deploy.finetune import (
         FinetuneConfig,
         build_controller,
@@ -167,9 +168,5 @@ def test_a_learned_policy_is_deployed_with_the_lora_scaling_it_was_trained_with(
     metadata = json.loads((policy / "metadata.json").read_text())
     (policy / "metadata.json").write_text(json.dumps({**metadata, "use_rslora": True}))
     learned, _ = build_controller(f"learned:{policy}")
-    fixed, _ = build_controller("fixed")
-    resolved = with_policy_defaults(learned, FinetuneConfig())
-    assert resolved.use_rslora is True and session_config_for(resolved).use_rslora is True
-    assert with_policy_defaults(learned, FinetuneConfig(use_rslora=False)).use_rslora is False  # the flag wins
-    assert with_policy_defaults(fixed, FinetuneConfig()).use_rslora is False
-    assert session_config_for(with_policy_defaults(fixed, FinetuneConfig(use_rslora=True))).use_rslora is True
+    assert session_config_for(with_policy_defaults(learned, FinetuneConfig())).use_rslora is False
+    assert session_config_for(with_policy_defaults(learned, FinetuneConfig(use_rslora=True))).use_rslora is True
