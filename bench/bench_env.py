@@ -25,7 +25,7 @@ from rankrl.env import LoRARankEnv, load_env_config
 def efficiency(preset: str, steps: int, cold: int) -> tuple[float, float, float]:
     """``(ratio over the first `cold` steps, ratio over the rest, seconds per step)`` under random actions.
 
-    Memory readings are cached per task and rank configuration for the life of the worker, so the first
+    Memory readings are cached per task and live set (and per crossing) for the life of the worker, so the first
     steps of a run pay for more measured forward passes than the thousands that follow.
     """
     env = LoRARankEnv(preset=preset)

@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from rankrl.env import LoRARankEnv
-from rankrl.train.callbacks import EpisodeSummary, run_episode
+from rankrl.train.callbacks import EpisodeSummary, held_out_episodes, run_episode
 
 
 def static_arms(num_groups: int) -> dict[str, list[list[int]]]:
@@ -60,8 +60,7 @@ def policy_arm(path: str, env: LoRARankEnv) -> Callable[[], Callable[[np.ndarray
 
 
 def run_arm(env: LoRARankEnv, make_act, seeds: list[int]) -> list[EpisodeSummary]:
-    tasks = env.config.tasks
-    return [run_episode(env, make_act(), seed, tasks[i % len(tasks)]) for i, seed in enumerate(seeds)]
+    return [run_episode(env, make_act(), seed, task) for seed, task in held_out_episodes(env.config, seeds)]
 
 
 def main() -> None:

@@ -126,7 +126,6 @@ class LoRARankEnv(gym.Env):
         if task not in self._references:
             self._references[task] = (session.reference_batch(), {})
         self._reference, crossings = self._references[task]
-        self._task_source = task
         status = self.reader.budget.read(session.optimizer, self._reference)
         self.reader.budget.share_crossings(crossings)
         budget = config.budget_mb * MB if config.budget_mb is not None else config.budget_frac * status.used

@@ -72,6 +72,14 @@ def hold_action(env: LoRARankEnv) -> Callable[[np.ndarray], np.ndarray]:
     return lambda _obs: middle
 
 
+def held_out_episodes(env_config: EnvConfig, seeds: list[int]) -> list[tuple[int, str]]:
+    """``(seed, task)`` per episode, stratified: episode ``i`` runs task ``i mod len(tasks)``, so every task of
+    the family is evaluated once there are as many episodes as tasks (a random draw left tasks out and made
+    the figure bimodal)."""
+    tasks = env_config.tasks
+    return [(seed, tasks[i % len(tasks)]) for i, seed in enumerate(seeds)]
+
+
 def check_eval_episodes(env_config: EnvConfig, episodes: int) -> None:
     """Raise ``ValueError`` when the agent preset asks for more evaluation episodes than the env has seeds."""
     if episodes > len(env_config.eval_seeds):
@@ -101,10 +109,7 @@ class BaselineEvalCallback(BaseCallback):
         self.run_dir = Path(run_dir)
         self.eval_freq = eval_freq
         check_eval_episodes(env_config, episodes)
-        tasks = env_config.tasks
-        # Stratified: episode i runs task i mod len(tasks), so every task of the family is evaluated once
-        # there are as many episodes as tasks (a random draw left tasks out and made the figure bimodal).
-        self.episodes = [(seed, tasks[i % len(tasks)]) for i, seed in enumerate(env_config.eval_seeds[:episodes])]
+        self.episodes = held_out_episodes(env_config, list(env_config.eval_seeds[:episodes]))
         self.env: LoRARankEnv | None = None
         self.baseline: list[EpisodeSummary] = []
         self.best = -np.inf
