@@ -238,7 +238,7 @@ class MemoryBudget:
                 continue
             module = self._slots[name].current()
             d_in, d_out = in_out_features(module)
-            elem = torch.empty(0, dtype=factor_dtype(module, self.rl.adapter_name)).element_size()
+            elem = self._element_size(name)
             tokens = self.tokens.get(name, 0)
             total += int((new - old) * (d_in + d_out) * elem * (2 + factor))
             if old == 0:
@@ -266,7 +266,7 @@ class MemoryBudget:
             delta = 0
             for name in to_zero | from_zero:
                 module = self._slots[name].current()
-                elem = torch.empty(0, dtype=factor_dtype(module, self.rl.adapter_name)).element_size()
+                elem = self._element_size(name)
                 local = self.tokens.get(name, 0) * in_out_features(module)[0] * elem
                 delta += local if name in from_zero else -local - self.last.ranks[name] * self.tokens.get(name, 0) * elem
             return delta
@@ -297,6 +297,7 @@ class MemoryBudget:
                             for name in live)
 
     def _element_size(self, name: str) -> int:
+        """Bytes per element of the LoRA factors of module ``name``."""
         module = self._slots[name].current()
         return torch.empty(0, dtype=factor_dtype(module, self.rl.adapter_name)).element_size()
 
