@@ -177,12 +177,14 @@ class FineTuneSession:
         return self._collate(self._train[self.batch_indices(step)])
 
     def reference_batch(self) -> dict:
-        """A fixed batch: the first ``batch_size`` training rows, whatever the seed.
+        """A fixed batch: the first ``batch_size`` training rows, whatever the seed, padded to ``max_length``.
 
-        Memory measured on it is comparable across decisions, runs and seeds of one task, which the
-        training batches are not: their padded length varies, and so do the activations they save.
+        Memory measured on it is comparable across decisions, runs, arms and seeds of one task, which the
+        training batches are not: their padded length varies, and so do the activations they save. Padding to
+        ``max_length`` makes it the largest batch a step can see, so the wall holds for every batch.
         """
-        return self._collate(self._train[list(range(min(self.config.batch_size, len(self._train))))])
+        rows = self._train[list(range(min(self.config.batch_size, len(self._train))))]
+        return self.tokenizer.pad(rows, padding="max_length", max_length=self.config.max_length, return_tensors="pt")
 
     # ------------------------------------------------------------------ stepping
     def train(self, steps: int, measure_every: int = 0) -> TrainResult:

@@ -14,7 +14,7 @@ from rankrl.env.config import EnvConfig, load_env_config
 from rankrl.env.observation import ObservationLayout
 from rankrl.session import FineTuneSession
 from rankrl.signals import SignalReader
-from rankrl.wall import clip_to_budget
+from rankrl.budget.wall import clip_to_budget
 
 MB = 1024 * 1024
 

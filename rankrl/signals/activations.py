@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from rankrl.lora import RankedLoRA
-from rankrl.signals._modules import base_layer, module_slots
+from rankrl.lora.slots import base_layer, module_slots
 
 _MAX_PENDING = 1024
 """Queued samples that force a fold (bounds the queue when :meth:`InputVarianceTracker.variances` is rare)."""

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from rankrl.signals import MemoryBudget
+from rankrl.budget import MemoryBudget
 
-from .helpers import attach, make_batch, train_steps
+from tests.signals.helpers import attach, make_batch, train_steps
 
 BUDGET = 64 * 2**20
 
