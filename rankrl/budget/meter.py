@@ -151,6 +151,8 @@ class MemoryBudget:
         self._slots = {slot.name: slot for slot in module_slots(rl)}
         self.tokens: dict[str, int] = {}
         self.reference: int | None = None
+        # The lowest budget the run is known to see (a trace's minimum), for rules that choose once.
+        self.floor: int | None = None
         self.last: MemoryStatus | None = None
         self._batch: dict | None = None
         self._optimizer = None

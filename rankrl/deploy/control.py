@@ -47,6 +47,7 @@ from rankrl.controllers import (
 from rankrl.controllers.base import MIB
 from rankrl.budget import BudgetTrace, LiveBudget
 from rankrl.lora import RankedLoRA
+from rankrl.lora.allocation import apply_allocation
 from rankrl.budget import MemoryBudget
 from rankrl.signals import SignalReader
 
@@ -199,6 +200,7 @@ class RankControl:
                                      split_by_kind=self.rl.split_by_kind, budget=self.budget,
                                      total_steps=self.total_steps)
         if self.budget is not None:
+            self.memory.floor = self.minimum_budget()
             self.memory.budget = self.budget_at(self.step_count)
         self.memory.read(optimizer)
         self.ready = True
@@ -481,18 +483,3 @@ class RankControl:
             self._writer.close()
             self._writer = None
         self.reader.close()
-
-
-def apply_allocation(rl: RankedLoRA, ranks: list[int], frozen: list[bool], optimizer=None) -> None:
-    """Give ``rl`` these group ranks and frozen flags, repairing ``optimizer`` (the one way a decision lands).
-
-    Freezes go first (they only free memory), then the resize, then thaws.
-    """
-    now = getattr(rl, "frozen_groups", [False] * rl.num_groups)
-    freeze = [g for g, (was, want) in enumerate(zip(now, frozen, strict=True)) if want and not was and ranks[g] > 0]
-    thaw = [g for g, (was, want) in enumerate(zip(now, frozen, strict=True)) if was and not want and ranks[g] > 0]
-    if freeze:
-        rl.freeze(freeze, optimizer=optimizer)
-    rl.set_group_ranks(ranks, optimizer=optimizer)
-    if thaw:
-        rl.thaw(thaw, optimizer=optimizer)

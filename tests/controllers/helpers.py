@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rankrl.controllers import Applied, ControllerContext, RankController, prepare_controller
-from rankrl.deploy.control import apply_allocation
+from rankrl.lora.allocation import apply_allocation
 from rankrl.session import FineTuneSession
 from rankrl.signals import SignalReader, Signals
 
