@@ -27,6 +27,9 @@ The cost of a rank change is split the same way:
   twice, erring on the safe side). Without any batch the crossing cost is the derived local figure
   ``tokens * d_in * e`` per module, which misses those non-local effects.
 
+Frozen modules (:meth:`RankedLoRA.freeze`) hold their factors only: a rank change of one costs
+``(d_in + d_out) * e`` bytes per rank unit and nothing else (no gradient, state or saved input).
+
 These figures are checked against measured differences in ``tests/signals/test_memory.py``.
 """
 
@@ -141,6 +144,7 @@ class MemoryBudget:
         # at, saved-activation bytes), "delta" maps a crossing (live set, modules leaving 0, modules going to
         # 0 with their ranks) to the bytes it adds. Shareable between budgets reading the same batch.
         self._crossings: dict[str, dict] = {"saved": {}, "delta": {}}
+        self._frozen_at_read: set[str] = set()
 
     # ------------------------------------------------------------------ reading
     def read(self, optimizer=None, batch: dict | None = None) -> MemoryStatus:
@@ -166,6 +170,7 @@ class MemoryBudget:
         used = (report.total if self.scope == "total" else report.adapter_total) + derived
         self.last = MemoryStatus(self.budget, used, derived, [], [], self.step, self.rl.ranks, factor,
                                  scalar, report.activations_measured, report)
+        self._frozen_at_read = self.rl.frozen
         ranks, groups = self.last.ranks, self.rl.groups
         for g in range(self.rl.num_groups):
             members = [n for n in ranks if groups[n] == g]
@@ -232,6 +237,7 @@ class MemoryBudget:
         dropout = float(self.rl.model.peft_config[self.rl.adapter_name].lora_dropout or 0.0)
         total = 0
         to_zero, from_zero = set(), set()
+        frozen = self.rl.frozen
         for name, new in new_ranks.items():
             old = status.ranks[name]
             if new == old:
@@ -239,15 +245,19 @@ class MemoryBudget:
             module = self._slots[name].current()
             d_in, d_out = in_out_features(module)
             elem = self._element_size(name)
+            if name in frozen and new > 0:  # stays frozen: its factors' bytes and nothing else
+                total += (new - old) * (d_in + d_out) * elem
+                continue
             tokens = self.tokens.get(name, 0)
-            total += int((new - old) * (d_in + d_out) * elem * (2 + factor))
+            total += int((new - old) * (d_in + d_out) * elem * (1 if name in frozen else 2 + factor))
             if old == 0:
                 from_zero.add(name)
                 total += int(2 * scalar) + new * tokens * elem
                 total += tokens * d_in * (elem + 1) if dropout > 0 else 0
             elif new == 0:
                 to_zero.add(name)
-                total -= int(2 * scalar)  # B's saved input leaves with the frozen factors: in the measurement
+                if name not in frozen:
+                    total -= int(2 * scalar)  # B's saved input leaves with the frozen factors: in the measurement
             else:
                 total += (new - old) * tokens * elem
         if to_zero or from_zero:
@@ -271,7 +281,7 @@ class MemoryBudget:
                 delta += local if name in from_zero else -local - self.last.ranks[name] * self.tokens.get(name, 0) * elem
             return delta
         ranks = self.last.ranks
-        live = frozenset(name for name, rank in ranks.items() if rank > 0)
+        live = (frozenset(name for name, rank in ranks.items() if rank > 0), frozenset(self.rl.frozen))
         # Ranks of modules that stay live cancel in the difference; those of modules going to 0 do not.
         key = (live, from_zero, frozenset((name, ranks[name]) for name in to_zero))
         deltas = self._crossings["delta"]
@@ -288,13 +298,15 @@ class MemoryBudget:
         the measured figure plus that exact difference.
         """
         ranks = self.rl.ranks
+        frozen = self.rl.frozen
         live = frozenset(name for name, rank in ranks.items() if rank > 0)
         saved = self._crossings["saved"]
-        if live not in saved:
-            saved[live] = (dict(ranks), self._what_if_activations(frozenset(), frozenset()))
-        measured_at, nbytes = saved[live]
+        key = (live, frozenset(frozen))
+        if key not in saved:
+            saved[key] = (dict(ranks), self._what_if_activations(frozenset(), frozenset()))
+        measured_at, nbytes = saved[key]
         return nbytes + sum((ranks[name] - measured_at[name]) * self.tokens.get(name, 0) * self._element_size(name)
-                            for name in live)
+                            for name in live - frozen)
 
     def _element_size(self, name: str) -> int:
         """Bytes per element of the LoRA factors of module ``name``."""
@@ -329,18 +341,18 @@ class MemoryBudget:
     def _what_if_activations(self, to_zero: frozenset, from_zero: frozenset) -> int:
         """Saved-activation bytes of one training-mode forward on the kept batch with gradient flags changed."""
         adapter = self.rl.adapter_name
-        flags: list[torch.Tensor] = []
+        flags: list[tuple[torch.Tensor, bool]] = []  # (tensor, requires_grad in the what-if pass)
         for name in to_zero:
-            flags += list(lora_factors(self._slots[name].current(), adapter) or ())
+            flags += [(p, False) for p in lora_factors(self._slots[name].current(), adapter) or ()]
         for name in from_zero:
-            flags.append(base_layer(self._slots[name].current()).weight)
-        saved = [(p, p.requires_grad) for p in flags]
+            flags.append((base_layer(self._slots[name].current()).weight, True))
+        saved = [(p, p.requires_grad) for p, _ in flags]
         model = self.rl.model
         was_training = model.training
         device = next(model.parameters()).device
         try:
-            for p in flags:
-                p.requires_grad_(not p.requires_grad)
+            for p, flag in flags:
+                p.requires_grad_(flag)
             model.train()
             meter = SavedActivationMeter(exclude=[*model.parameters(), *model.buffers()])
             devices = [device] if device.type == "cuda" else []
@@ -358,7 +370,7 @@ class MemoryBudget:
         It is the last reading's ``used`` plus :meth:`delta_bytes`; the reading is refreshed first (with the
         same optimizer and batch) when the model's ranks changed since.
         """
-        if self.last is None or self.last.ranks != self.rl.ranks:
+        if self.last is None or self.last.ranks != self.rl.ranks or self._frozen_at_read != self.rl.frozen:
             self.read(self._optimizer, self._batch)
         if isinstance(group_ranks, dict):
             unknown = set(group_ranks) - set(self.last.ranks)
