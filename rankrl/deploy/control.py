@@ -404,7 +404,7 @@ class RankControl:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        """JSON-serialisable state: controller state, ranks, step counters, last change, initial loss."""
+        """JSON-serialisable state: controller state, ranks, frozen modules, step counters, last change, initial loss."""
         return {
             "format": STATE_FORMAT,
             "controller": self.controller.name,
@@ -412,6 +412,7 @@ class RankControl:
             "controller_state": self.controller.state_dict(),
             "group_ranks": self.rl.group_ranks,
             "module_ranks": self.rl.ranks,
+            "frozen": sorted(self.rl.frozen),
             "step": self.step_count,
             "decisions": self.decisions,
             "last_decision_step": self.last_decision_step,
@@ -421,7 +422,6 @@ class RankControl:
             "memory_sum": self._memory_sum,
             "memory_steps": self._memory_steps,
             "memory_reference": self.reference,
-            "frozen": sorted(getattr(self.rl, "frozen", ())),
             "budget_in_force": self.budget.budget if self.budget is not None else None,
             "violations": self.violations,
             "max_over_wall": self.max_over_wall,
@@ -434,7 +434,8 @@ class RankControl:
         }
 
     def load_state_dict(self, state: dict, optimizer=None) -> None:
-        """Restore :meth:`state_dict`: resize to the saved module ranks (repairing ``optimizer``) and continue.
+        """Restore :meth:`state_dict`: resize to the saved module ranks, freeze the saved frozen modules (repairing
+        ``optimizer``) and continue.
 
         Raises:
             ValueError: the state belongs to another controller, rank grid or model.
@@ -451,9 +452,12 @@ class RankControl:
         unknown = set(state["module_ranks"]) ^ set(self.rl.ranks)
         if unknown:
             raise ValueError(f"The saved control state is of another model: modules {sorted(unknown)[:3]} differ.")
+        frozen = state.get("frozen", [])
+        if any(state["module_ranks"].get(name, 0) == 0 for name in frozen):
+            raise ValueError("The saved control state freezes modules it has at rank 0 (or unknown); it is corrupt.")
         self.rl.resize(state["module_ranks"], optimizer=optimizer)
-        if state.get("frozen"):
-            self.rl.freeze(list(state["frozen"]), optimizer=optimizer)
+        self.rl.thaw(sorted(self.rl.frozen - set(frozen)), optimizer=optimizer)
+        self.rl.freeze(frozen, optimizer=optimizer)
         self.controller.load_state_dict(state["controller_state"])
         self.step_count = int(state["step"])
         self.decisions = int(state["decisions"])

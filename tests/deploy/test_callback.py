@@ -145,3 +145,16 @@ def test_resume_from_a_checkpoint_restores_ranks_and_controller_state(data, tmp_
     else:
         assert saved["controller_state"]["initial_total"] == 8 and sum(saved["group_ranks"]) < 8
         assert control2.controller.state_dict() == control1.controller.state_dict()
+
+
+def test_restore_from_a_checkpoint_freezes_the_saved_frozen_modules(tmp_path):
+    from rankrl.deploy.checkpoint import save_control_state
+
+    rl1 = RankedLoRA.attach(load_model("tiny", num_labels=2).model, rank=4, num_groups=2)
+    rl1.set_group_ranks([2, 4])
+    rl1.freeze(0)
+    save_control_state(tmp_path, {"module_ranks": rl1.ranks, "frozen": sorted(rl1.frozen)})
+    rl2 = RankedLoRA.attach(load_model("tiny", num_labels=2).model, rank=4, num_groups=2)
+    assert restore_ranks_from_checkpoint(rl2, tmp_path) == rl1.ranks
+    assert rl2.frozen == rl1.frozen and not any(p.requires_grad for n in rl2.frozen
+                                                    for p in rl2.lora_layer(n).parameters())

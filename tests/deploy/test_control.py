@@ -230,3 +230,27 @@ def test_resume_keeps_the_memory_reference_of_the_start(session):
         assert resumed.mean_used == pytest.approx(first.mean_used)
     finally:
         resumed.close()
+
+
+def test_frozen_modules_survive_the_control_state(session):
+    """state_dict lists the frozen modules; load_state_dict resizes, then freezes exactly those again."""
+    session.reset(seed=0)
+    rl, optimizer = session.rl, session.optimizer
+    rl.freeze(0, optimizer=optimizer)
+    control = RankControl(rl, make_controller("fixed"), every=EVERY, r_max=8, rank_step=2)
+    try:
+        state = control.state_dict()
+        assert state["frozen"] == sorted(rl.group_modules(0))
+        rl.thaw(0, optimizer=optimizer)
+        rl.freeze(1, optimizer=optimizer)
+        rl.set_group_ranks([2, 0], optimizer=optimizer)
+        control.load_state_dict(state, optimizer=optimizer)
+        assert rl.group_ranks == [4, 4] and rl.frozen == set(rl.group_modules(0))
+        trained = {id(p) for p in rl.trainable_parameters()}
+        assert {id(p) for g in optimizer.param_groups for p in g["params"]} == trained
+        corrupt = dict(state, module_ranks={**state["module_ranks"], state["frozen"][0]: 0})
+        with pytest.raises(ValueError, match="rank 0"):
+            control.load_state_dict(corrupt, optimizer=optimizer)
+        assert rl.group_ranks == [4, 4] and rl.frozen == set(rl.group_modules(0))
+    finally:
+        control.close()
