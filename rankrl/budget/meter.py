@@ -395,6 +395,7 @@ class MemoryBudget:
         model = self.rl.model
         was_training = model.training
         device = next(model.parameters()).device
+        self.rl.measuring = True
         try:
             for p in flags:
                 p.requires_grad_(not p.requires_grad)
@@ -404,6 +405,7 @@ class MemoryBudget:
             with torch.random.fork_rng(devices=devices), torch.enable_grad(), meter:
                 model(**self._batch)
         finally:
+            self.rl.measuring = False
             for p, flag in saved:
                 p.requires_grad_(flag)
             model.train(was_training)

@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from rankrl.budget import BudgetTrace, clip_to_budget, fit_to_wall
+from rankrl.budget import BudgetTooSmallError, BudgetTrace, check_budget_trainable, clip_to_budget, fit_to_wall
 from rankrl.data import TaskData, load_task_data
 from rankrl.lora.allocation import apply_allocation, backward_depth
 from rankrl.env.config import EnvConfig, load_env_config
@@ -173,6 +173,13 @@ class LoRARankEnv(gym.Env):
         self.reference = max(int(status.used), 1)
         meter.reference = self.reference
         meter.floor = self.trace.minimum_bytes(self.reference)
+        meter.budget = meter.floor
+        size = self.layout.num_groups
+        try:
+            check_budget_trainable(meter, [[config.rank_step if g == live else 0 for g in range(size)]
+                                           for live in range(size)], "the environment")
+        except BudgetTooSmallError as err:
+            raise BudgetTooSmallError(f"{err} Raise budget_mb, budget_frac or budget_range of the preset.") from None
         meter.budget = self._budget_at(0)
         meter.read(session.optimizer)
         self._last_budget = meter.budget

@@ -95,6 +95,9 @@ class RankedLoRA:
         self._last_activations: int | None = None
         self._params: tuple[nn.Parameter, ...] | None = None  # see parameters()
         self._buffer_bytes: int | None = None
+        # True during what-if forward passes that only measure memory: signal hooks skip them, so what a
+        # run observes does not depend on which measurements happened to be cached.
+        self.measuring = False
         self._sync_config()
 
     # ------------------------------------------------------------------ construction
