@@ -37,9 +37,9 @@ def preflight(config: BenchConfig, tasks: list[TaskSpec], arms: list[Arm]) -> se
                 continue
             try:
                 _setup(session, config, arm)
-            except BudgetTooSmallError:
+            except BudgetTooSmallError as err:
                 if arm.kind != ORACLE:
-                    raise
+                    raise BudgetTooSmallError(f"{arm.label} on task {task.name!r}: {err}") from err
                 unfit.add((task.name, arm.label))
             except ValueError as err:
                 raise ValueError(f"{arm.label} on task {task.name!r}: {err}") from err

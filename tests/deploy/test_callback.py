@@ -94,7 +94,7 @@ def test_gradient_accumulation_decides_on_optimizer_steps_and_exports_plain_peft
     rl, control, _, _, trainer = make_run(data, tmp_path, make_controller("importance"), save=False, budget_mb=40.0)
     trainer.train()
     records = DecisionLog.read(tmp_path / "rankrl")
-    assert [r["step"] for r in records] == [3, 6, 9, 12]  # optimizer steps, not micro-batches (24)
+    assert [r["step"] for r in records] == [0, 3, 6, 9, 12]  # optimizer steps, not micro-batches (24)
     assert control.reader.importance.updates == STEPS  # one importance update per optimizer step
     assert control.total_steps == STEPS  # taken from max_steps
     assert [e["step"] for e in trainer.state.log_history if "rankrl/group0_rank" in e] == [3, 6, 9, 12]
@@ -102,7 +102,7 @@ def test_gradient_accumulation_decides_on_optimizer_steps_and_exports_plain_peft
     assert all(r["memory_after"] <= r["budget"] for r in records)
     explained = explain_run(tmp_path)  # a Trainer output_dir: decisions under rankrl/
     assert explained.png == tmp_path / "rankrl" / "explain.png" and explained.png.stat().st_size > 10_000
-    assert "4 decisions at steps 3..12" in explained.summary
+    assert "5 decisions at steps 0..12" in explained.summary
     base = load_model("tiny", num_labels=2).model
     loaded = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
     batch = data[1]([data[0][i] for i in range(8)])
@@ -119,7 +119,7 @@ def test_resume_from_a_checkpoint_restores_ranks_and_controller_state(data, tmp_
     trainer1.train()
     checkpoint = tmp_path / f"checkpoint-{SAVE}"
     saved = json.loads((checkpoint / CONTROL_FILE).read_text())
-    assert saved["step"] == SAVE and saved["decisions"] == 2 and saved["module_ranks"] == spy1.saved[SAVE]["ranks"]
+    assert saved["step"] == SAVE and saved["decisions"] == 3 and saved["module_ranks"] == spy1.saved[SAVE]["ranks"]
 
     rl2, control2, callback2, spy2, trainer2 = make_run(data, tmp_path, new(), save=True)
     restore_ranks_from_checkpoint(rl2, checkpoint)  # before the Trainer loads weights and optimizer

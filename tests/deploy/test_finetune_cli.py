@@ -58,9 +58,9 @@ def test_finetune_on_local_tsv_files(tmp_path):
     assert result.exit_code == 0, result.output
     assert {p.name for p in out.iterdir()} >= {"config.json", "decisions.jsonl", "metrics.json", "tb", "adapter"}
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["steps"] == 20 and metrics["decisions"] == 4 and 0 <= metrics["accuracy"] <= 1
+    assert metrics["steps"] == 20 and metrics["decisions"] == 5 and 0 <= metrics["accuracy"] <= 1
     assert metrics["peak_memory_bytes"] > 0 and metrics["trainable_params"] > 0 and "macro_f1" in metrics
-    assert [r["step"] for r in DecisionLog.read(out)] == [5, 10, 15, 20]
+    assert [r["step"] for r in DecisionLog.read(out)] == [0, 5, 10, 15, 20]  # 0: before the first step
     config = json.loads((out / "config.json").read_text())
     assert config["controller"] == "importance" and config["text_column"] == "sentence"
     assert (out / "adapter" / "adapter_config.json").exists()
@@ -73,7 +73,7 @@ def test_finetune_on_synthetic_data_with_a_budget(tmp_path):
                       "--every", "4", "--out", str(out))
     assert result.exit_code == 0, result.output
     records = DecisionLog.read(out)
-    assert len(records) == 5 and all(r["memory_after"] <= r["budget"] for r in records)
+    assert len(records) == 6 and all(r["memory_after"] <= r["budget"] for r in records)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["peak_memory_mib"] <= 19.7 and metrics["budget_mib"] == pytest.approx(19.7)
 
@@ -94,7 +94,7 @@ def test_finetune_refuses_an_existing_out(tmp_path):
     (["--controller", "learned:{tmp}/corrupt/policy.zip"], "is not a stable-baselines3 zip"),
     (["--controller", "learned:{tmp}/g1"], "trained for 1 layer groups but this run has 2"),
     (["--controller", "greedy-memory"], "needs a memory budget"),
-    (["--controller", "greedy-memory", "--budget-mb", "30", "--budget-frac", "0.9"], "not both"),
+    (["--controller", "greedy-memory", "--budget-mb", "30", "--budget-frac", "0.9"], "not several"),
     (["--controller", "importance", "--budget-frac", "0"], "--budget-frac must be a positive fraction"),
 ])
 def test_bad_input_fails_before_training_and_leaves_nothing(tmp_path, flags, message):
