@@ -255,12 +255,15 @@ class FineTuneSession:
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> dict:
         """An in-memory snapshot from which :meth:`restore` resumes identically."""
-        trainable = {name: p.detach().clone() for name, p in self.rl.model.named_parameters() if p.requires_grad}
+        frozen = {id(p) for p in self.rl.frozen_factors()}  # not trained now, but learned before: saved too
+        trainable = {name: p.detach().clone() for name, p in self.rl.model.named_parameters()
+                     if p.requires_grad or id(p) in frozen}
         names = {id(p): name for name, p in self.rl.model.named_parameters() if p.requires_grad}
         state = self.optimizer.state_dict()
         param_names = [[names[id(p)] for p in group["params"]] for group in self.optimizer.param_groups]
         return {
             "ranks": self.rl.ranks,
+            "frozen": sorted(self.rl.frozen),
             "weights": trainable,
             "optimizer": copy.deepcopy(state),
             "optimizer_param_names": param_names,
@@ -271,10 +274,14 @@ class FineTuneSession:
         }
 
     def restore(self, snapshot: dict) -> None:
-        """Return to a snapshot from :meth:`checkpoint` (ranks, weights, optimizer, schedule, RNG, step)."""
+        """Return to a snapshot from :meth:`checkpoint` (ranks, frozen modules, weights, optimizer, schedule, RNG,
+        step)."""
         if snapshot["seed"] != self.seed:
             self.reset(seed=snapshot["seed"])
         self.rl.resize(snapshot["ranks"])
+        frozen = set(snapshot.get("frozen", []))
+        self.rl.thaw(sorted(self.rl.frozen - frozen))
+        self.rl.freeze(sorted(frozen))
         named = dict(self.rl.model.named_parameters())
         with torch.no_grad():
             for name, value in snapshot["weights"].items():

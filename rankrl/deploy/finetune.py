@@ -263,7 +263,8 @@ def _train(session: FineTuneSession, control: RankControl, config: FinetuneConfi
     train_seconds = time.perf_counter() - started
     final = session.evaluate()
     control.record_eval(final.accuracy, session.step)
-    frozen = parameter_bytes(session.rl.model)[1]
+    # The frozen base (+ buffers): frozen LoRA factors belong to the adapter scope, like trainable ones.
+    frozen = parameter_bytes(session.rl.model)[1] - sum(p.nbytes for p in session.rl.frozen_factors())
     peak_total = control.peak_used + (frozen if config.memory_scope == "adapter" else 0)
     mean_used = control.mean_used if control.mean_used is not None else control.last_used
     mean_total = mean_used + (frozen if config.memory_scope == "adapter" else 0)

@@ -395,6 +395,10 @@ class RankedLoRA:
                 apply_param_changes(optimizer, changes)
         return changed
 
+    def frozen_factors(self) -> list[nn.Parameter]:
+        """The LoRA factors of the frozen modules: state to save beside the trainable parameters."""
+        return [param for name in self._ranks if name in self._frozen for param in self._factors(name)]
+
     def _factors(self, name: str) -> list[nn.Parameter]:
         layer = self.lora_layer(name)
         return [layer.lora_A[self.adapter_name].weight, layer.lora_B[self.adapter_name].weight]
