@@ -128,11 +128,11 @@ def test_resume_from_a_checkpoint_restores_ranks_and_controller_state(data, tmp_
     assert callback2.resumed_from == checkpoint
     begin, at_save = spy2.begin, spy1.saved[SAVE]
     assert begin["ranks"] == at_save["ranks"] and begin["controller"] == at_save["controller"] == saved["controller_state"]
-    assert begin["decisions"] == at_save["decisions"] == 2
+    assert begin["decisions"] == at_save["decisions"] == 3  # with the one before step 1
     assert all(torch.equal(begin["weights"][n], w) for n, w in at_save["weights"].items())
     assert begin["exp_avg"].keys() == at_save["exp_avg"].keys()  # Adam moments follow their parameters by name
     assert all(torch.equal(begin["exp_avg"][n], m) for n, m in at_save["exp_avg"].items())
-    assert [r["step"] for r in DecisionLog.read(tmp_path / "rankrl")] == [3, 6, 9, 12]  # redone steps replaced
+    assert [r["step"] for r in DecisionLog.read(tmp_path / "rankrl")] == [0, 3, 6, 9, 12]  # redone steps replaced
     assert control2.decisions == control1.decisions == 4
     if kind == "scripted":
         assert saved["controller_state"] == {"index": 2} and saved["group_ranks"] == PLAN[1]

@@ -115,7 +115,7 @@ def test_explain_draws_a_png_and_prints_a_summary(learned_run):
     assert result.exit_code == 0, result.output
     png = learned_run / "explain.png"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "controller learned:" in result.output and "6 decisions" in result.output
+    assert "controller learned:" in result.output and "7 decisions" in result.output
     assert "policy saliency (mean |grad x input|" in result.output
     assert "ranks per group: start [4, 4]" in result.output and str(png) in result.output
 
@@ -134,14 +134,14 @@ def test_explain_of_a_heuristic_run_and_of_a_directory_without_decisions(tmp_pat
 
 def test_learned_policy_runs_behind_the_wall_it_was_trained_with(tmp_path):
     """Without --budget-mb a learned policy gets its training wall (metadata ``budget_frac`` x start memory)."""
-    policy = save_policy(tmp_path / "grow", bias=[0.0, 0.0, 3.0] * 2)  # both groups always ask for +step
+    policy = save_policy(tmp_path / "grow", bias=[0.0, 0.0, 3.0, 0.0, 0.0] * 2)  # both groups always ask for +step
     metadata = json.loads((policy / "metadata.json").read_text())
     (policy / "metadata.json").write_text(json.dumps({**metadata, "budget_frac": 1.0}))
     out = tmp_path / "run"
     result = finetune(*SYNTHETIC, "--controller", f"learned:{policy}", "--steps", "12", "--every", "4",
                       "--out", str(out))
     assert result.exit_code == 0, result.output
-    assert "x the start memory" in " ".join(result.output.split())
+    assert "x the reference" in " ".join(result.output.split())
     metrics = json.loads((out / "metrics.json").read_text())
     records = DecisionLog.read(out)
     assert metrics["budget_mib"] == pytest.approx(metrics["peak_memory_mib"])  # the start memory is the wall
