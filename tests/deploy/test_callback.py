@@ -25,7 +25,8 @@ from rankrl.models import load_model
 from .conftest import TASK
 
 EVERY, STEPS, SAVE = 3, 12, 6
-PLAN = [[0, 4], [2, 6], [4, 2], [4, 4]]  # group 0 leaves at step 3 and regrows at 6: the optimizer reorders
+# Hold before step 1; group 0 leaves at step 3 and regrows at 6: the optimizer reorders.
+PLAN = [[4, 4], [0, 4], [2, 6], [4, 2], [4, 4]]
 
 
 class Scripted(RankController):
@@ -135,7 +136,7 @@ def test_resume_from_a_checkpoint_restores_ranks_and_controller_state(data, tmp_
     assert [r["step"] for r in DecisionLog.read(tmp_path / "rankrl")] == [0, 3, 6, 9, 12]  # redone steps replaced
     assert control2.decisions == control1.decisions == 5
     if kind == "scripted":
-        assert saved["controller_state"] == {"index": 2} and saved["group_ranks"] == PLAN[1]
+        assert saved["controller_state"] == {"index": 3} and saved["group_ranks"] == PLAN[2]
         trained = [n for n, p in rl2.model.named_parameters() if p.requires_grad]
         order = [n for n in trained if n.endswith("weight") and "lora" in n]
         assert saved["optimizer_params"][0][: len(order)] != order  # the regrown group sits at the end
