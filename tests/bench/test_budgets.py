@@ -12,6 +12,7 @@ from .conftest import tiny_config
 
 def test_the_oracle_grid_is_the_top_groups_at_three_ranks():
     assert oracle_grid(2, 4, 8) == [[0, 2], [0, 4], [0, 8], [2, 2], [4, 4], [8, 8]]
+    assert oracle_grid(3, 4, 8, only=4) == [[0, 0, 4], [0, 4, 4], [4, 4, 4]]
 
 
 def test_arms_per_budget_kind(tmp_path):
