@@ -32,11 +32,12 @@ def preflight(config: BenchConfig, tasks: list[TaskSpec], arms: list[Arm]) -> se
             raise DataError(f"task {task.name!r} ({task.label}): {err}") from err
         settings = config.finetune_config(seed=0, out=config.out, data=task.train, eval_data=task.eval)
         session = FineTuneSession(session_config_for(settings), task=data)  # model and groups fail here
+        batch, crossings = session.reference_batch(), {}  # one batch: every arm reuses the measured passes
         for arm in arms:
             if arm.kind not in (ADAPTIVE, ORACLE):
                 continue
             try:
-                _setup(session, config, arm)
+                _setup(session, config, arm, batch, crossings)
             except BudgetTooSmallError as err:
                 if arm.kind != ORACLE:
                     raise BudgetTooSmallError(f"{arm.label} on task {task.name!r}: {err}") from err
@@ -46,15 +47,16 @@ def preflight(config: BenchConfig, tasks: list[TaskSpec], arms: list[Arm]) -> se
     return unfit
 
 
-def _setup(session: FineTuneSession, config: BenchConfig, arm: Arm) -> None:
+def _setup(session: FineTuneSession, config: BenchConfig, arm: Arm, batch: dict, crossings: dict) -> None:
     session.reset(seed=0)
     controller, spec = build_controller(arm.spec)
     settings = config.finetune_config(seed=0, out=config.out, controller=arm.spec, budget_mb=arm.budget_mb,
                                       budget_frac=arm.budget_frac, budget_trace=arm.budget_trace,
                                       r_max=config.r_max, rank_step=config.rank_step)
     control = make_control(session.rl, controller, spec, with_policy_defaults(controller, settings))
+    control.memory.share_crossings(crossings)
     try:
-        control.setup(session.optimizer, session.reference_batch(), start=False)
+        control.setup(session.optimizer, batch, start=False)
         if arm.kind == ORACLE:  # a static allocation of the oracle grid must fit as it is, at the lowest budget
             ranks = controller.group_ranks(session.rl.num_groups)
             need = control.memory.predict_used(ranks, [False] * len(ranks))

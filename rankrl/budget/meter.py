@@ -174,8 +174,9 @@ class MemoryBudget:
         """
         self._optimizer = optimizer
         if batch is not None:
-            if batch is not self._batch:  # the cached what-if figures describe the old batch
-                self._crossings = {"saved": {}, "delta": {}}
+            if self._crossings.get("batch") is not batch:  # the cached what-if figures describe another batch
+                self._crossings.clear()
+                self._crossings.update(saved={}, delta={}, batch=batch)
             self._batch = batch
             report = self._measure_with_tokens(optimizer, batch)
         else:
@@ -377,6 +378,7 @@ class MemoryBudget:
         """
         cache.setdefault("saved", {})
         cache.setdefault("delta", {})
+        cache.setdefault("batch", self._batch)
         self._crossings = cache
 
     def _what_if_activations(self, stop: frozenset, start: frozenset, thaw: frozenset) -> int:

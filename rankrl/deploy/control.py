@@ -180,7 +180,9 @@ class RankControl:
             Predicted bytes of the smallest configuration the controller can train in (``None`` unbounded).
         """
         device = next(self.rl.model.parameters()).device
-        self.batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        moved = any(torch.is_tensor(v) and v.device != device for v in batch.values())
+        # The same object when nothing moves: measured memory figures are cached per batch object.
+        self.batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()} if moved else batch
         self.optimizer = optimizer
         self.reader.optimizer = optimizer
         ranks = self.rl.group_ranks
