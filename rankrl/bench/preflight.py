@@ -20,7 +20,8 @@ def preflight(config: BenchConfig, tasks: list[TaskSpec], arms: list[Arm]) -> No
     for task in tasks:
         try:
             data = load_task_data(task.train, task.eval, text_column=config.text_column,
-                                  label_column=config.label_column, seed=0)
+                                  label_column=config.label_column, seed=0, encoding=config.encoding,
+                                  drop_invalid=config.drop_invalid)
         except DataError as err:
             raise DataError(f"task {task.name!r} ({task.label}): {err}") from err
         settings = config.finetune_config(seed=0, out=config.out, data=task.train, eval_data=task.eval)
@@ -36,7 +37,7 @@ def preflight(config: BenchConfig, tasks: list[TaskSpec], arms: list[Arm]) -> No
 
 def _setup(session: FineTuneSession, config: BenchConfig, arm: Arm) -> None:
     session.reset(seed=0)
-    controller, spec = build_controller(arm.spec)
+    controller, spec = build_controller(arm.spec, trust_policy=config.trust_policy)
     settings = config.finetune_config(seed=0, out=config.out, controller=arm.spec, budget_mb=arm.budget_mb,
                                       r_max=config.r_max, rank_step=config.rank_step)
     control = make_control(session.rl, controller, spec, with_policy_defaults(controller, settings))

@@ -199,9 +199,26 @@ def load_hub(
     Raises:
         DataError: The hub cannot be reached or has no such dataset or config.
     """
+    from rankrl.hub import hub_reachable, unreachable_note
+
+    reachable = hub_reachable()
     try:
+        if not reachable and not datasets.config.HF_HUB_OFFLINE:
+            saved = datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE
+            # The cache only: no retries against a hub that cannot answer.
+            datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
+            try:
+                return datasets.load_dataset(name, config, cache_dir=cache_dir)
+            finally:
+                datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE = saved
         return datasets.load_dataset(name, config, cache_dir=cache_dir)
     except Exception as err:  # ConnectionError, DatasetNotFoundError, bad config ValueError, ...
+        if not reachable:
+            raise DataError(
+                f"could not load {name!r}: it is not in the local datasets cache and {unreachable_note()}. "
+                f"(No local file of that name exists either.) Without network, use local files: "
+                f"{FLAG_DATA} train.tsv {FLAG_EVAL_DATA} dev.tsv, or a built-in task: {FLAG_DATA} synthetic:negation"
+            ) from err
         raise DataError(
             f"could not load {name!r}{f' (config {config!r})' if config else ''} from the Hugging Face hub: "
             f"{type(err).__name__}: {err}. (No local file of that name exists either.) Hub loading needs network "
