@@ -166,7 +166,7 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int | None
     if resume is not None:
         run_dir = Path(resume)
         saved = read_config(run_dir)
-        if saved.get("command") != "train" or "env_preset" not in saved:
+        if saved.get("command", "train") != "train" or "env_preset" not in saved:
             raise ValueError(f"--resume: {run_dir} is a rankrl {saved.get('command', '?')} run, not a `rankrl train` "
                              "run; resume it with its own command.")
         env, agent, seed = saved["env_preset"], saved["agent_preset"], saved["seed"]
