@@ -49,8 +49,6 @@ def find_decisions(run_dir: str | Path) -> Path:
     for path in (run_dir, run_dir / DECISIONS_FILE, run_dir / "rankrl" / DECISIONS_FILE):
         if path.is_file():
             return path
-    if not run_dir.exists():
-        raise FileNotFoundError(f"No run directory {run_dir}.")
     config = _json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
     if config.get("command") == "finetune":
         metrics = _json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}

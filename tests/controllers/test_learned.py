@@ -12,7 +12,14 @@ from stable_baselines3 import PPO
 
 from rankrl.controllers import LearnedController, make_controller
 from rankrl.env import LoRARankEnv, ObservationMismatchError
-from rankrl.policy import FEATURES_FILE, METADATA_FILE, POLICY_FILE, SPEC_FILE, PolicyFileError, save_policy_data
+from rankrl.policy import (
+    FEATURES_FILE,
+    METADATA_FILE,
+    POLICY_FILE,
+    SPEC_FILE,
+    PolicyFileError,
+    save_policy_data,
+)
 
 # Output bias of the policy's action head (3 levels per group): group 0 prefers +step, group 1 prefers -step.
 BIAS = [0.0, 0.0, 3.0, 3.0, 0.0, 0.0]
