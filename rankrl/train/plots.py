@@ -28,9 +28,9 @@ def plot_learning_curve(run_dir: str | Path) -> Path | None:
                     episodes.append((start + float(row["t"]), float(row["r"])))
                 except (KeyError, TypeError, ValueError):  # a line cut by a kill
                     continue
-    evaluations = []
-    if (run_dir / "evaluations.jsonl").exists():
-        evaluations = [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines() if line]
+    from rankrl.train.callbacks import read_evaluations
+
+    evaluations = [e for e in read_evaluations(run_dir) if "fixed_return" in e and "timesteps" in e]
     if not episodes and not evaluations:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))

@@ -245,13 +245,19 @@ def _train(run_dir: Path, saved: dict, env_config, agent_config, spec_env, warm_
                                       on_best=save_best)
     checkpoints = CheckpointEvery(run_dir, every)
     callbacks = CallbackList([RankLoggingCallback(), checkpoints, evaluation])
-    remaining = timesteps - model.num_timesteps
+    start = model.num_timesteps
+    remaining = timesteps - start
     try:
         if remaining > 0:
             model.learn(remaining, callback=callbacks, progress_bar=progress, tb_log_name=agent_config.name,
                         reset_num_timesteps=not resuming)
     except KeyboardInterrupt:  # library use without rankrl's signal handlers
         checkpoints.stopped = True
+    except Exception as err:
+        if model.num_timesteps == start:  # the environments failed before the first step (e.g. a bad model)
+            _close(vec_env)
+            raise _SetupError() from err
+        raise
     if checkpoints.stopped:
         path = checkpoints.save()
         _close(vec_env)
