@@ -51,6 +51,8 @@ def assert_same_run(a: dict, b: dict) -> None:
     assert a["metrics"]["steps"] == b["metrics"]["steps"] and a["metrics"]["decisions"] == b["metrics"]["decisions"]
     assert a["metrics"]["accuracy"] == pytest.approx(b["metrics"]["accuracy"], abs=1e-9)
     assert a["metrics"]["eval_loss"] == pytest.approx(b["metrics"]["eval_loss"], rel=1e-5)
+    for key in ("peak_memory_mib", "mean_memory_mib", "trainable_params", "peak_trainable_params", "wall_hits"):
+        assert a["metrics"][key] == b["metrics"][key], key
     assert [d["step"] for d in a["decisions"]] == [d["step"] for d in b["decisions"]]
     assert [d["ranks_after"] for d in a["decisions"]] == [d["ranks_after"] for d in b["decisions"]]
     for x, y in zip(a["decisions"], b["decisions"], strict=True):
