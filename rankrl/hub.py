@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from functools import lru_cache
 from urllib.parse import urlparse
 
@@ -24,20 +25,29 @@ def offline_requested() -> bool:
 
 @lru_cache(maxsize=1)
 def hub_reachable(timeout: float = TIMEOUT) -> bool:
-    """Whether a TCP connection to the hub endpoint (``HF_ENDPOINT``, default huggingface.co:443) opens."""
+    """Whether a TCP connection to the hub endpoint (``HF_ENDPOINT``, default huggingface.co:443) opens within
+    ``timeout`` seconds, name lookup included.
+
+    The attempt runs in a daemon thread: a resolver without an answer blocks ``getaddrinfo`` for many
+    seconds, and no socket timeout covers it.
+    """
     if offline_requested():
         return False
     endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
-    previous = socket.getdefaulttimeout()
-    try:
-        socket.setdefaulttimeout(timeout)
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-    finally:
-        socket.setdefaulttimeout(previous)
+    answer: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    thread = threading.Thread(target=probe, name="rankrl-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answer and answer[0])
 
 
 def unreachable_note() -> str:
