@@ -71,8 +71,9 @@ def save_checkpoint(run_dir: Path, session, control, loop: dict, keep: int = KEE
     tensors.update({f"signals/{k}": v.contiguous() for k, v in signals["tensors"].items()})
     step = int(snapshot["step"])
     final = root / f"step_{step}"
+    for stale in root.glob(".step_*.tmp-*"):  # left by a kill during an earlier save
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".step_{step}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(tensors, str(tmp / TENSORS_FILE))
     state = {
