@@ -11,6 +11,7 @@ shared CPUs); ``RANKRL_FAULT_SEED`` picks other points. docs/reliability.md reco
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -78,10 +79,8 @@ def done_steps(out: Path) -> int:
     path = out / "decisions.jsonl"
     if path.exists():
         for line in path.read_text().splitlines():
-            try:
+            with contextlib.suppress(json.JSONDecodeError, KeyError):
                 steps.append(json.loads(line)["step"])
-            except (json.JSONDecodeError, KeyError):
-                pass
     return max(steps, default=0)
 
 
