@@ -188,7 +188,7 @@ def finetune(
     label_column: str = typer.Option(None, "--label-column", help="Label column (default: auto-detected)."),
     controller: str = typer.Option("fixed", "--controller", help="learned:PATH | fixed[:R] | layerwise:R,R,.. | "
                                    "importance | complexity | variance | greedy-memory (options as NAME:key=value)."),
-    policy: str = typer.Option(None, "--policy", help="Policy for --controller learned (policy.zip or run dir)."),
+    policy: str = typer.Option(None, "--policy", help="Policy for --controller learned (run dir or policy.json)."),
     budget_mb: float = typer.Option(None, "--budget-mb", help="Memory budget in MiB (the hard wall); none by default."),
     budget_frac: float = typer.Option(None, "--budget-frac", help="A wall at this fraction of the memory measured at "
                                       "the start ranks (default: a learned policy's training wall, else none)."),

@@ -1,7 +1,7 @@
 """``rankrl finetune``: a full LoRA fine-tuning run with a rank controller, from data files to a PEFT adapter.
 
 Every check runs before the first training step and before the run directory is created, so bad input
-(an unknown controller, a missing or corrupt ``policy.zip``, a policy for another observation layout or
+(an unknown controller, a missing, corrupt or untrusted policy, a policy for another observation layout or
 number of groups, a budget below the smallest trainable configuration, bad data) fails with one clear error
 and leaves nothing behind. An existing non-empty ``--out`` is refused, as everywhere in rankrl.
 
