@@ -40,7 +40,7 @@ STEPS, EVERY = 36, 4  # finetune: optimizer steps and the checkpoint interval
 def kill_point(command: str, index: int) -> tuple[int, float]:
     """``(progress mark, extra delay in seconds)``: the process is killed ``delay`` after it passes the mark."""
     rng = random.Random(f"{SEED}/{command}/{index}")
-    mark = {"finetune": rng.randrange(EVERY, STEPS - 2 * EVERY, EVERY), "train": rng.randrange(10, 30, 10),
+    mark = {"finetune": rng.randrange(2 * EVERY, STEPS - 2 * EVERY, EVERY), "train": rng.randrange(10, 30, 10),
             "bench": rng.randrange(0, 3)}[command]
     return mark, rng.uniform(0.0, 0.4)
 

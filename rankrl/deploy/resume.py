@@ -83,6 +83,7 @@ def save_checkpoint(run_dir: Path, session, control, loop: dict, keep: int = KEE
                                    for g in optimizer["param_groups"]],
         "optimizer_state": state_keys, "scheduler": snapshot["scheduler"],
         "control": control.state_dict(), "signals": signals["values"], "loop": loop,
+        "memory_crossings": control.memory.crossings_state(),
         "tensors_sha256": _sha256(tmp / TENSORS_FILE),
     }
     (tmp / STATE_FILE).write_text(json.dumps(state, default=_json_default) + "\n")
@@ -163,6 +164,8 @@ def restore_checkpoint(checkpoint: Checkpoint, session, control, batch: dict) ->
     prefix = "signals/"
     control.reader.load_state_dict({"values": state["signals"],
                                     "tensors": {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}})
+    if state.get("memory_crossings") is not None:  # measuring passes the interrupted run had cached
+        control.memory.load_crossings_state(state["memory_crossings"])
     torch.set_rng_state(tensors["rng/torch"])
     control.truncate_log(checkpoint.step)
 

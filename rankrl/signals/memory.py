@@ -315,6 +315,21 @@ class MemoryBudget:
         self.rl.record_activations(saved)
         return saved
 
+    def crossings_state(self) -> dict:
+        """The measured what-if figures, JSON-ready (a resumed run reloads them, so that it repeats no
+        measuring pass the interrupted run had cached: such passes also feed the input-variance hooks)."""
+        saved = [[sorted(live), ranks, nbytes] for live, (ranks, nbytes) in self._crossings["saved"].items()]
+        delta = [[sorted(live), sorted(from_zero), sorted(map(list, to_zero)), nbytes]
+                 for (live, from_zero, to_zero), nbytes in self._crossings["delta"].items()]
+        return {"saved": saved, "delta": delta}
+
+    def load_crossings_state(self, state: dict) -> None:
+        """Reload :meth:`crossings_state` (for the kept batch read last; the figures depend only on its shapes)."""
+        self._crossings["saved"] = {frozenset(live): (dict(ranks), int(nbytes)) for live, ranks, nbytes in state["saved"]}
+        self._crossings["delta"] = {
+            (frozenset(live), frozenset(from_zero), frozenset((name, int(rank)) for name, rank in to_zero)): int(nbytes)
+            for live, from_zero, to_zero, nbytes in state["delta"]}
+
     def share_crossings(self, cache: dict) -> None:
         """Keep measured crossing figures in ``cache``, shared with other budgets that read the same batch
         object on the same model architecture (the environment shares one per task across episodes).
