@@ -123,3 +123,22 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path, reference):
     (tmp_path / "train" / "config.json").write_text(json.dumps({"command": "train"}))
     with pytest.raises(ValueError, match="is a rankrl train run, not a finetune run"):
         resume_finetune(tmp_path / "train", console=QUIET)
+
+
+def test_resume_reuses_the_memory_meter_s_measured_figures(tmp_path, monkeypatch):
+    """From step 16 of this run a crossing the meter measured before the kill recurs: a resumed run that
+    measured it again would feed one more pass to the input-variance hooks and drift from the original."""
+    reference = outputs(run_finetune(config(tmp_path / "ref", steps=36, seed=0), console=QUIET, progress=False))
+    out = tmp_path / "run"
+    interrupt_at(monkeypatch, 18)
+    try:
+        with pytest.raises(interrupt.Interrupted):
+            run_finetune(config(out, steps=36, seed=0), console=QUIET, progress=False)
+    finally:
+        interrupt.clear()
+    monkeypatch.undo()
+    shutil.rmtree(out / "checkpoints" / "step_18")  # as a SIGKILL at step 18 leaves it: step_16 is the newest
+    state = json.loads((out / "checkpoints" / "step_16" / "state.json").read_text())
+    assert state["memory_crossings"]["saved"]
+    resume_finetune(out, console=QUIET, progress=False)
+    assert_same_run(outputs(out), reference)
