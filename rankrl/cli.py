@@ -163,7 +163,7 @@ def presets() -> None:
     from rankrl.env import load_env_config
     from rankrl.presets import list_presets
 
-    table = Table(title="Environment presets: --env NAME, or gymnasium.make('rankrl/NAME-v0')")
+    table = Table(title="Environment presets: --env NAME, or gymnasium.make('rankrl/NAME-v1')")
     for column in ("name", "model", "groups", "K", "episode", "description"):
         table.add_column(column)
     for name in list_presets("envs"):
@@ -187,11 +187,18 @@ def finetune(
                                     "does not say (TREC files are recognised by their lines)."),
     label_column: str = typer.Option(None, "--label-column", help="Label column (default: auto-detected)."),
     controller: str = typer.Option("fixed", "--controller", help="learned:PATH | fixed[:R] | layerwise:R,R,.. | "
-                                   "importance | complexity | variance | greedy-memory (options as NAME:key=value)."),
+                                   "importance | complexity | variance | greedy-memory | static-fit | autofreeze "
+                                   "(options as NAME:key=value)."),
     policy: str = typer.Option(None, "--policy", help="Policy for --controller learned (run dir or policy.json)."),
     budget_mb: float = typer.Option(None, "--budget-mb", help="Memory budget in MiB (the hard wall); none by default."),
-    budget_frac: float = typer.Option(None, "--budget-frac", help="A wall at this fraction of the memory measured at "
-                                      "the start ranks (default: a learned policy's training wall, else none)."),
+    budget_frac: float = typer.Option(None, "--budget-frac", help="A wall at this fraction of the reference memory: "
+                                      "the run at --rank with every group training (default: a learned policy's "
+                                      "training wall, else none)."),
+    budget_trace: str = typer.Option(None, "--budget-trace", help="A moving wall: a CSV file with a header "
+                                     "step,budget_mb or step,budget_frac and one row per change from step 0."),
+    budget: str = typer.Option(None, "--budget", help="'live': follow the GPU's free memory (NVML) minus "
+                               "--budget-margin-mb, read at each decision (CUDA only)."),
+    budget_margin_mb: float = typer.Option(512.0, "--budget-margin-mb", help="Memory kept free by --budget live."),
     memory_scope: str = typer.Option(None, "--memory-scope", help="'total' (with the frozen base) or 'adapter' "
                                      "(default: a learned policy's own scope, else total)."),
     rslora: bool = typer.Option(False, "--rslora/--no-rslora", help="rsLoRA scaling alpha/sqrt(r) instead of PEFT's "
@@ -237,7 +244,8 @@ def finetune(
     config = FinetuneConfig(
         model=model, data=data, eval_data=eval_data, data_format=data_format, text_column=text_column,
         label_column=label_column,
-        controller=controller, policy=policy, budget_mb=budget_mb, budget_frac=budget_frac,
+        controller=controller, policy=policy, budget_mb=budget_mb, budget_frac=budget_frac, budget_trace=budget_trace,
+        budget=budget, budget_margin_mb=budget_margin_mb,
         memory_scope=memory_scope, use_rslora=rslora, steps=steps,
         every=every, eval_every=eval_every, eval_size=eval_size, lr=lr, batch_size=batch_size,
         max_length=max_length, rank=rank, r_max=r_max, rank_step=rank_step, num_groups=num_groups,
@@ -263,10 +271,16 @@ def bench(
                               "a .tsv/.csv/.jsonl file (TRAIN:EVAL adds an eval file) or a hub dataset id."),
     controllers: str = typer.Option("fixed,layerwise,importance,complexity,variance,adalora", "--controllers",
                                     help="Comma-separated: fixed[:R] | layerwise[:R,R,..] | importance | complexity | "
-                                    "variance | greedy-memory | learned:PATH | adalora[:key=value,..] (PEFT AdaLoRA)."),
+                                    "variance | greedy-memory | static-fit | autofreeze | learned:PATH | "
+                                    "adalora[:key=value,..] (PEFT AdaLoRA) | oracle-static (a grid of static "
+                                    "allocations that fit each budget)."),
     seeds: int = typer.Option(3, "--seeds", help="Seeds per arm (0..N-1)."),
     budget_mb: str = typer.Option(None, "--budget-mb", help="Memory budget(s) in MiB for the adaptive controllers, "
                                   "comma-separated (one arm per budget); none by default."),
+    budget_frac: str = typer.Option(None, "--budget-frac", help="Budget(s) as fractions of the reference memory "
+                                    "(the run at --rank with every group training), e.g. 0.4,0.6,0.8,1.0."),
+    budget_trace: str = typer.Option(None, "--budget-trace", help="A moving budget for one more arm per controller: "
+                                     "a CSV file step,budget_mb or step,budget_frac."),
     fixed_ranks: str = typer.Option("2,4,8,16", "--fixed-ranks", help="Ranks of a bare 'fixed' (the fixed-rank front)."),
     fixed_lrs: str = typer.Option(None, "--fixed-lrs", help="Learning rates of the fixed-rank runs, e.g. 5e-4,1e-3,2e-3 "
                                   "(default: --lr only)."),
@@ -302,7 +316,8 @@ def bench(
     try:
         config = BenchConfig(
             model=model, tasks=split_list(tasks), controllers=[controllers], seeds=seeds,
-            budget_mb=parse_numbers(budget_mb, "--budget-mb"), fixed_ranks=parse_numbers(fixed_ranks, "--fixed-ranks", integer=True),
+            budget_mb=parse_numbers(budget_mb, "--budget-mb"), budget_frac=parse_numbers(budget_frac, "--budget-frac"),
+            budget_trace=budget_trace, fixed_ranks=parse_numbers(fixed_ranks, "--fixed-ranks", integer=True),
             fixed_lrs=parse_numbers(fixed_lrs, "--fixed-lrs"), text_column=text_column, label_column=label_column,
             memory_scope=memory_scope, use_rslora=rslora, steps=steps, every=every, eval_every=eval_every, eval_size=eval_size, lr=lr,
             batch_size=batch_size, max_length=max_length, rank=rank, r_max=r_max, rank_step=rank_step,

@@ -119,7 +119,7 @@ def run_demo(config: DemoConfig | None = None, console: Console | None = None, p
     write_config(run_dir, {"command": "demo", **asdict(config)})
     started = time.perf_counter()
 
-    console.rule(f"[bold]1/3  Learn a rank policy[/]: {config.agent} on rankrl/{env_config.name}-v0, "
+    console.rule(f"[bold]1/3  Learn a rank policy[/]: {config.agent} on rankrl/{env_config.name}-v1, "
                  f"{config.timesteps} decisions, {config.n_envs} workers")
     console.print(f"  {env_config.description}")
     policy_dir = train_policy(env=config.env, agent=config.agent, timesteps=config.timesteps, n_envs=config.n_envs,

@@ -85,7 +85,8 @@ def test_data_round_trip_keeps_weights_spaces_and_metadata(tmp_path):
     assert loaded.features == env.layout.to_dict()
     assert loaded.action_space == env.action_space and loaded.observation_space == env.observation_space
     spec = json.loads(spec_path.read_text())
-    assert spec["policy_kwargs"]["activation_fn"] == "ReLU" and spec["action_space"]["nvec"] == [3, 3]
+    assert spec["policy_kwargs"]["activation_fn"] == "ReLU"
+    assert spec["action_space"]["nvec"] == env.action_space.nvec.tolist()
     assert spec["observation_layout"]["features"] == env.layout.names
     saved, rebuilt = model.policy.state_dict(), loaded.policy.state_dict()
     assert saved.keys() == rebuilt.keys() and all(torch.equal(saved[k], rebuilt[k]) for k in saved)
@@ -111,7 +112,7 @@ def test_convert_needs_trust_and_gives_the_same_policy(tmp_path):
     result = runner.invoke(app, ["policy", "convert", "--trust-policy", str(source), str(tmp_path / "data")])
     assert result.exit_code == 0, result.output
     loaded = load_policy(tmp_path / "data")
-    assert loaded.metadata["deltas"] == [-2, 0, 2] and loaded.features["num_groups"] == 2
+    assert loaded.metadata["env_id"] == "rankrl/tiny-v1" and loaded.features["num_groups"] == 2
     model = PPO.load(source / "policy.zip", device="cpu")
     assert all(torch.equal(v, loaded.policy.state_dict()[k]) for k, v in model.policy.state_dict().items())
     again = runner.invoke(app, ["policy", "convert", "--trust-policy", str(source), str(tmp_path / "data")])

@@ -93,11 +93,13 @@ def run_bench(config: BenchConfig, console: Console | None = None, progress: boo
     out = Path(config.out)
     resuming = _check_out(out, config)
     check_writable(out, "--out")
-    preflight(config, tasks, arms)
+    unfit = preflight(config, tasks, arms)
+    runs = [run for run in runs if (run.task.name, run.arm.label) not in unfit]
     if not resuming:
         claim_run_dir(out)
         write_config(out, {"command": "bench", "settings": config.settings(), "tasks": [t.to_dict() for t in tasks],
-                           "arms": [a.to_dict() for a in arms], "runs": len(runs)})
+                           "arms": [a.to_dict() for a in arms], "runs": len(runs),
+                           "unfit_oracle_arms": sorted(f"{t}/{a}" for t, a in unfit)})
     results = ResultsFile(out)
     broken = results.repair()
     retried = results.drop_errors()

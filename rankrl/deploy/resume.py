@@ -1,8 +1,8 @@
 """Periodic checkpoints of a ``rankrl finetune`` run, and resuming from the newest good one.
 
-A checkpoint is a directory ``checkpoints/step_<n>/`` holding ``tensors.safetensors`` (the trainable weights
-at their current ranks, the optimizer's moments, the importance EMAs, the torch RNG) and ``state.json``
-(module ranks, optimizer parameter order and hyperparameters, schedule, :class:`RankControl` state with the
+A checkpoint is a directory ``checkpoints/step_<n>/`` holding ``tensors.safetensors`` (the trainable and
+frozen adapter weights at their current ranks, the optimizer's moments, the importance EMAs, the torch RNG) and ``state.json``
+(module ranks, frozen modules, optimizer parameter order and hyperparameters, schedule, :class:`RankControl` state with the
 controller's, the loss and input-variance trackers, the loop's counters, and a SHA-256 of the tensors).
 Data order is a pure function of ``(seed, step)`` (:meth:`FineTuneSession.batch_indices`), so no iterator
 state is needed: a resumed run takes the very batches the interrupted one would have taken.
@@ -78,6 +78,7 @@ def save_checkpoint(run_dir: Path, session, control, loop: dict, keep: int = KEE
     save_file(tensors, str(tmp / TENSORS_FILE))
     state = {
         "format": FORMAT, "step": step, "seed": snapshot["seed"], "module_ranks": snapshot["ranks"],
+        "frozen": list(snapshot.get("frozen", [])),
         "optimizer_param_names": snapshot["optimizer_param_names"],
         "optimizer_param_groups": [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]}
                                    for g in optimizer["param_groups"]],
@@ -151,13 +152,14 @@ def restore_checkpoint(checkpoint: Checkpoint, session, control, batch: dict) ->
             group["betas"] = tuple(group["betas"])
         groups.append(group)
     snapshot = {
-        "ranks": state["module_ranks"], "weights": weights, "seed": state["seed"], "step": state["step"],
+        "ranks": state["module_ranks"], "frozen": state.get("frozen", []), "weights": weights, "seed": state["seed"],
+        "step": state["step"],
         "optimizer": {"state": optimizer_state, "param_groups": groups},
         "optimizer_param_names": state["optimizer_param_names"], "scheduler": state["scheduler"],
         "torch_rng": tensors["rng/torch"],
     }
-    if set(weights) != {n for n, p in session.rl.model.named_parameters() if p.requires_grad}:
-        raise ResumeError(f"{checkpoint.path} holds other trainable parameters than this run's model.")
+    if set(weights) - {n for n, _ in session.rl.model.named_parameters()}:
+        raise ResumeError(f"{checkpoint.path} holds other parameters than this run's model.")
     session.restore(snapshot)
     control.setup(session.optimizer, batch)
     # After setup, whose measuring pass would otherwise count as an input-variance sample.

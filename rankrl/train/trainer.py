@@ -17,6 +17,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from rankrl import interrupt
 from rankrl.env import LoRARankEnv, env_id, load_env_config
+from rankrl.env.registration import ENV_VERSION
 from rankrl.policy import FEATURES_FILE, METADATA_FILE, POLICY_FILE, save_policy_data
 from rankrl.presets import to_mapping
 from rankrl.runs import atomic_write_text, check_writable, new_run_dir, read_config, write_config
@@ -170,6 +171,10 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int | None
             raise ValueError(f"--resume: {run_dir} is a rankrl {saved.get('command', '?')} run, not a `rankrl train` "
                              "run; resume it with its own command.")
         env, agent, seed = saved["env_preset"], saved["agent_preset"], saved["seed"]
+        trained_on = str(saved.get("env_id", ""))
+        if trained_on and not trained_on.endswith(f"-v{ENV_VERSION}"):
+            raise ValueError(f"{run_dir} was trained on {trained_on}; this rankrl trains environment v{ENV_VERSION}, "
+                             f"whose actions and observations differ. Start a new run: rankrl train --env {env}.")
         timesteps = timesteps if timesteps is not None else int(saved["timesteps"])
         checkpoint_every = checkpoint_every or saved.get("checkpoint_every")
         if not _checkpoints(run_dir):
@@ -235,7 +240,7 @@ def _train(run_dir: Path, saved: dict, env_config, agent_config, spec_env, warm_
         atomic_write_text(run_dir / FEATURES_FILE, json.dumps(layout, indent=2) + "\n")
     except (Exception, KeyboardInterrupt) as err:
         raise _SetupError() from err
-    static = _metadata(env_config, spec_env.deltas, agent_config)
+    static = _metadata(env_config, spec_env, agent_config)
 
     def save_best(model) -> None:
         save_zip(model, run_dir / "best_policy.zip")
@@ -319,10 +324,13 @@ def _load_warm_start(init_policy: str | Path, spec_env: LoRARankEnv, trust_polic
     if loaded.action_space != spec_env.action_space:
         raise PolicyFileError(f"--init-policy {init_policy} acts in {loaded.action_space}, but this "
                               f"environment's action space is {spec_env.action_space}.")
-    deltas = loaded.metadata.get("deltas")
-    if deltas is not None and list(deltas) != [int(d) for d in spec_env.deltas]:
-        raise PolicyFileError(f"--init-policy {init_policy} was trained with rank deltas {deltas}, this "
-                              f"environment uses {[int(d) for d in spec_env.deltas]}.")
+    from rankrl.controllers.learned import check_env_version
+
+    check_env_version(loaded.metadata, init_policy)
+    actions = loaded.metadata.get("actions")
+    if actions is not None and list(actions) != spec_env.actions:
+        raise PolicyFileError(f"--init-policy {init_policy} was trained with actions {actions}, this "
+                              f"environment uses {spec_env.actions}.")
     return loaded.policy
 
 
@@ -336,15 +344,20 @@ def _copy_policy_weights(source, model, init_policy) -> None:
                               f"({err.__class__.__name__}); use the agent preset it was trained with.") from err
 
 
-def _metadata(env_config, deltas, agent_config) -> dict:
+def _metadata(env_config, spec_env: LoRARankEnv, agent_config) -> dict:
     """What a policy records about the environment it was trained in (``metadata.json``, ``policy.json``)."""
+    high = env_config.budget_range[1] if env_config.budget_range else env_config.budget_frac
     return {
         "algo": agent_config.algo, "env": env_config.name, "env_id": env_id(env_config.name),
+        "actions": spec_env.actions,
         "num_groups": env_config.num_action_groups, "split_by_kind": env_config.split_by_kind,
         "r_max": env_config.r_max, "rank_init": env_config.rank_init, "rank_step": env_config.rank_step,
-        "deltas": [int(d) for d in deltas], "memory_scope": env_config.memory_scope, "use_rslora": env_config.use_rslora,
-        # The wall the policy was trained behind, relative to the memory at reset; deployment defaults to it.
-        "budget_frac": env_config.budget_frac if env_config.budget_mb is None else None,
+        "deltas": [int(d) for d in spec_env.deltas], "memory_scope": env_config.memory_scope,
+        "use_rslora": env_config.use_rslora,
+        # The highest wall the policy was trained behind, relative to the reference memory; deployment without
+        # a budget defaults to it (the policy never saw more memory than that).
+        "budget_frac": high if env_config.budget_mb is None else None,
+        "budget_range": env_config.budget_range, "traces": env_config.traces,
         "budget_mb": env_config.budget_mb,
         "group_definition": "group g holds transformer layers [g*L/G, (g+1)*L/G); with split_by_kind each depth "
                             "group is split into attention (2g) and MLP (2g+1) modules",

@@ -58,9 +58,9 @@ def test_finetune_on_local_tsv_files(tmp_path):
     assert result.exit_code == 0, result.output
     assert {p.name for p in out.iterdir()} >= {"config.json", "decisions.jsonl", "metrics.json", "tb", "adapter"}
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["steps"] == 20 and metrics["decisions"] == 4 and 0 <= metrics["accuracy"] <= 1
+    assert metrics["steps"] == 20 and metrics["decisions"] == 5 and 0 <= metrics["accuracy"] <= 1
     assert metrics["peak_memory_bytes"] > 0 and metrics["trainable_params"] > 0 and "macro_f1" in metrics
-    assert [r["step"] for r in DecisionLog.read(out)] == [5, 10, 15, 20]
+    assert [r["step"] for r in DecisionLog.read(out)] == [0, 5, 10, 15, 20]  # 0: before the first step
     config = json.loads((out / "config.json").read_text())
     assert config["controller"] == "importance" and config["text_column"] == "sentence"
     assert (out / "adapter" / "adapter_config.json").exists()
@@ -73,7 +73,7 @@ def test_finetune_on_synthetic_data_with_a_budget(tmp_path):
                       "--every", "4", "--out", str(out))
     assert result.exit_code == 0, result.output
     records = DecisionLog.read(out)
-    assert len(records) == 5 and all(r["memory_after"] <= r["budget"] for r in records)
+    assert len(records) == 6 and all(r["memory_after"] <= r["budget"] for r in records)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["peak_memory_mib"] <= 19.7 and metrics["budget_mib"] == pytest.approx(19.7)
 
@@ -95,7 +95,7 @@ def test_finetune_refuses_an_existing_out(tmp_path):
     (["--controller", "learned:{tmp}/corrupt/policy.zip", "--trust-policy"], "is not a stable-baselines3 zip"),
     (["--controller", "learned:{tmp}/g1"], "trained for 1 layer groups but this run has 2"),
     (["--controller", "greedy-memory"], "needs a memory budget"),
-    (["--controller", "greedy-memory", "--budget-mb", "30", "--budget-frac", "0.9"], "not both"),
+    (["--controller", "greedy-memory", "--budget-mb", "30", "--budget-frac", "0.9"], "not several"),
     (["--controller", "importance", "--budget-frac", "0"], "--budget-frac must be a positive fraction"),
 ])
 def test_bad_input_fails_before_training_and_leaves_nothing(tmp_path, flags, message):
@@ -116,7 +116,7 @@ def test_explain_draws_a_png_and_prints_a_summary(learned_run):
     assert result.exit_code == 0, result.output
     png = learned_run / "explain.png"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "controller learned:" in result.output and "6 decisions" in result.output
+    assert "controller learned:" in result.output and "7 decisions" in result.output
     assert "policy saliency (mean |grad x input|" in result.output
     assert "ranks per group: start [4, 4]" in result.output and str(png) in result.output
 
@@ -135,7 +135,7 @@ def test_explain_of_a_heuristic_run_and_of_a_directory_without_decisions(tmp_pat
 
 def test_learned_policy_runs_behind_the_wall_it_was_trained_with(tmp_path):
     """Without --budget-mb a learned policy gets its training wall (metadata ``budget_frac`` x start memory)."""
-    policy = save_policy(tmp_path / "grow", bias=[0.0, 0.0, 3.0] * 2)  # both groups always ask for +step
+    policy = save_policy(tmp_path / "grow", bias=[0.0, 0.0, 3.0, 0.0, 0.0] * 2)  # both groups always ask for +step
     spec = json.loads((policy / "policy.json").read_text())
     spec["metadata"]["budget_frac"] = 1.0
     (policy / "policy.json").write_text(json.dumps(spec))
@@ -143,7 +143,7 @@ def test_learned_policy_runs_behind_the_wall_it_was_trained_with(tmp_path):
     result = finetune(*SYNTHETIC, "--controller", f"learned:{policy}", "--steps", "12", "--every", "4",
                       "--out", str(out))
     assert result.exit_code == 0, result.output
-    assert "x the start memory" in " ".join(result.output.split())
+    assert "x the reference" in " ".join(result.output.split())
     metrics = json.loads((out / "metrics.json").read_text())
     records = DecisionLog.read(out)
     assert metrics["budget_mib"] == pytest.approx(metrics["peak_memory_mib"])  # the start memory is the wall
