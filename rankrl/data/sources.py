@@ -234,7 +234,8 @@ def load_hub(
         if not reachable:
             raise DataError(
                 f"could not load {name!r}: it is not in the local datasets cache and {unreachable_note()}. "
-                f"(No local file of that name exists either.) Without network, use local files: "
+                f"(No local file of that name exists either.) Hub loading needs network access (or a cached copy). "
+                f"Without network, use local files: "
                 f"{FLAG_DATA} train.tsv {FLAG_EVAL_DATA} dev.tsv, or a built-in task: {FLAG_DATA} synthetic:negation"
             ) from err
         raise DataError(

@@ -253,6 +253,9 @@ def _summary(records: list[dict], metrics: dict, saliency: list, top_k: int, spe
             kinds[kind] = kinds.get(kind, 0.0) + value
         ranked = sorted(kinds.items(), key=lambda item: -item[1])[:5]
         lines.append("  by feature, summed over groups: " + ", ".join(f"{k} {v:.3g}" for k, v in ranked))
+    if metrics.get("diverged"):
+        lines.append(f"the run diverged at step {metrics.get('diverged_at_step')} (non-finite loss): no adapter was "
+                     "saved and it is not a result; lower --lr and run it again")
     if note:
         lines.append(note)
     lines.append(f"picture: {png}")

@@ -39,6 +39,10 @@ def test_a_diverged_run_exits_non_zero_saves_no_adapter_and_says_so(diverged):
 
 def test_explain_of_a_diverged_run_says_what_happened(diverged):
     out, _ = diverged
+    result = runner.invoke(app, ["explain", str(out)])  # its decision at step 0 is drawn; the summary says why
+    assert result.exit_code == 0, result.output
+    assert "the run diverged at step" in result.output and "lower --lr" in result.output
+    (out / "decisions.jsonl").unlink()  # a run that diverged before its first decision
     result = runner.invoke(app, ["explain", str(out)])
     assert result.exit_code == 2 and "diverged at step" in result.output and "Lower --lr" in result.output
 
