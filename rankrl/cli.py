@@ -49,17 +49,21 @@ def demo(
                              "at a difficulty and data seed the policy never trained on)."),
     steps: int = typer.Option(150, "--steps", help="Optimizer steps of each deployment run."),
     every: int = typer.Option(15, "--every", help="Optimizer steps between rank decisions."),
-    controllers: str = typer.Option("learned,learned:default,fixed,importance", "--controllers",
-                                    help="Comma-separated controllers to compare ('learned' = the policy just trained)."),
+    controllers: str = typer.Option("learned,static-fit,autofreeze,fixed", "--controllers",
+                                    help="Comma-separated controllers to compare ('learned' = the policy just trained, "
+                                    "'learned:default' = the shipped one)."),
+    budget_frac: float = typer.Option(0.6, "--budget-frac", help="Budget after the step down, as a fraction of the "
+                                      "reference memory (the run at rank 8 with every group training)."),
     seed: int = typer.Option(0, "--seed", help="Seed of training and of the deployment runs."),
     out: str = typer.Option("runs/demo", "--out", help="Parent of the demo's run directory (<out>/demo_<n>)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
-    """The main job: learn a rank policy, fine-tune with it next to fixed and importance, print the comparison."""
+    """The main job: learn a rank policy, fine-tune with it under a budget that drops, next to the baselines."""
     from rankrl.demo import HELD_OUT_TASK, DemoConfig, run_demo
 
     config = DemoConfig(env=env, timesteps=timesteps, n_envs=n_envs, model=model, task=task or HELD_OUT_TASK,
                         steps=steps, every=every, controllers=[c.strip() for c in controllers.split(",") if c.strip()],
+                        budget_frac=budget_frac,
                         seed=seed, out=out)
     try:
         run_demo(config, progress=progress)

@@ -10,7 +10,7 @@ An *arm* is one way of spending rank, run on every task and seed with everything
   budget: each ``--budget-mb``, each ``--budget-frac`` (of the reference memory) and the ``--budget-trace``.
   A bare ``layerwise`` is a linear ramp from ``rank/2`` (bottom group) to ``3*rank/2`` (top), mean ``rank``.
 * ``oracle-static`` - a small grid of static allocations (the top ``k`` groups at rank ``rank/2``, ``rank``
-  or ``2*rank``, the rest at 0), each run on every seed under every budget it fits (the pre-flight drops
+  or ``2*rank``, or only at ``R`` with ``oracle-static:rank=R``, the rest at 0), each run on every seed under every budget it fits (the pre-flight drops
   the others). The report takes the best of them per task and budget: an upper bound for any static rule,
   chosen on the evaluation data, so it is marked as an oracle.
 * ``adalora`` - PEFT's own AdaLoRA (``init_r = 1.5 * rank``, ``target_r = rank``), see :mod:`.adalora`.
@@ -183,21 +183,27 @@ def _with_budget(arm: Arm, budget: dict, tag: bool) -> Arm:
     return Arm(**{**arm.to_dict(), "label": f"{arm.label}@{arm.budget}"}) if tag and budget else arm
 
 
-def oracle_grid(num_groups: int, rank: int, r_max: int) -> list[list[int]]:
-    """The static allocations of ``oracle-static``: the top ``k`` groups at ``rank/2``, ``rank`` or ``2*rank``."""
-    ranks = sorted({max(1, rank // 2), rank, min(2 * rank, r_max)})
+def oracle_grid(num_groups: int, rank: int, r_max: int, only: int | None = None) -> list[list[int]]:
+    """The static allocations of ``oracle-static``: the top ``k`` groups at ``rank/2``, ``rank`` or ``2*rank``
+    (or at ``only``, a smaller grid)."""
+    ranks = [only] if only is not None else sorted({max(1, rank // 2), rank, min(2 * rank, r_max)})
     return [[0] * (num_groups - k) + [r] * k for k in range(1, num_groups + 1) for r in ranks]
 
 
 def _oracle_arms(config: BenchConfig, args: str) -> list[Arm]:
+    only = None
     if args.strip():
-        raise ValueError(f"{ORACLE_STATIC} takes no options (got {ORACLE_STATIC}:{args}).")
+        key, _, value = args.strip().partition("=")
+        if key.strip() != "rank" or not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"{ORACLE_STATIC} takes one option, rank=R (a smaller grid at that rank only); got "
+                             f"{ORACLE_STATIC}:{args}.")
+        only = int(value)
     variants = budget_variants(config)
     if not variants:
         raise ValueError(f"{ORACLE_STATIC} needs a memory budget; pass --budget-frac, --budget-mb or --budget-trace.")
     r_max = config.r_max or 2 * config.rank
     arms = []
-    for ranks in oracle_grid(config.num_groups, config.rank, r_max):
+    for ranks in oracle_grid(config.num_groups, config.rank, r_max, only):
         text = ",".join(map(str, ranks))
         base = Arm(label=f"{ORACLE_STATIC}[{text}]", kind=ORACLE, spec=f"layerwise:{text}", rank=config.rank,
                    lr=config.lr)

@@ -56,5 +56,11 @@ def _setup(session: FineTuneSession, config: BenchConfig, arm: Arm) -> None:
     control = make_control(session.rl, controller, spec, with_policy_defaults(controller, settings))
     try:
         control.setup(session.optimizer, session.reference_batch(), start=False)
+        if arm.kind == ORACLE:  # a static allocation of the oracle grid must fit as it is, at the lowest budget
+            ranks = controller.group_ranks(session.rl.num_groups)
+            need = control.memory.predict_used(ranks, [False] * len(ranks))
+            floor = control.memory.floor if control.memory.floor is not None else control.memory.budget
+            if need > floor:
+                raise BudgetTooSmallError(f"{arm.label} needs {need} bytes, above the budget's {floor}.")
     finally:
         control.close()

@@ -43,5 +43,8 @@ def prepare_controller(controller: RankController, *, group_ranks: list[int], r_
                     total_steps=total_steps)
     if budget is None:
         return None
-    return check_budget_trainable(budget, controller.minimum_ranks(list(group_ranks), rank_step),
-                                  f"controller '{controller.name}'")
+    # The wall can take any controller down to one live group (dropping or freezing the rest), so the run is
+    # feasible when the controller's own smallest configuration or that one fits.
+    candidates = controller.minimum_ranks(list(group_ranks), rank_step)
+    candidates += RankController.minimum_ranks(controller, list(group_ranks), rank_step)
+    return check_budget_trainable(budget, candidates, f"controller '{controller.name}'")

@@ -8,6 +8,7 @@ import pytest
 import torch
 from peft import PeftModel
 
+from rankrl.budget import BudgetTrace, LiveBudget, WallError
 from rankrl.controllers import BudgetTooSmallError, Decision, DecisionLog, RankController, make_controller
 from rankrl.controllers.base import MIB
 from rankrl.deploy import RankControl
@@ -252,5 +253,49 @@ def test_frozen_modules_survive_the_control_state(session):
         with pytest.raises(ValueError, match="rank 0"):
             control.load_state_dict(corrupt, optimizer=optimizer)
         assert rl.group_ranks == [4, 4] and rl.frozen == set(rl.group_modules(0))
+    finally:
+        control.close()
+
+
+def test_a_budget_that_drops_between_decisions_is_met_before_the_next_step(session, tmp_path):
+    """A step-down trace at step 10 (decisions every 4): the wall frees memory at step 10, not at 12."""
+    session.reset(seed=0)
+    trace = BudgetTrace(((0, 1.0), (10, 0.7)), "frac", "down")
+    control = RankControl(session.rl, make_controller("fixed"), every=EVERY, budget_trace=trace, total_steps=16,
+                          log_dir=tmp_path, r_max=8, rank_step=2, memory_scope="adapter")
+    try:
+        hand_loop(session, control, steps=16)
+    finally:
+        control.close()
+    records = DecisionLog.read(tmp_path)
+    assert [r["step"] for r in records] == [0, 4, 8, 10, 12, 16]
+    drop = records[3]
+    assert drop["budget"] == int(0.7 * control.reference) and drop["frozen_after"] == [True, False]
+    assert drop["ranks_after"] == drop["ranks_before"] and "frozen or dropped" in drop["reason"]
+    assert all(r["memory_after"] <= r["budget"] for r in records)
+    assert control.violations == 0 and control.max_over_wall == 0
+
+
+def test_the_first_decision_meets_a_budget_below_the_start_by_dropping(session, tmp_path):
+    session.reset(seed=0)
+    control = RankControl(session.rl, make_controller("fixed"), every=EVERY, budget_frac=0.7, total_steps=8,
+                          r_max=8, rank_step=2, memory_scope="adapter")
+    try:
+        hand_loop(session, control, steps=8)
+    finally:
+        control.close()
+    assert session.rl.group_ranks == [0, 4] and not any(session.rl.frozen_groups)  # nothing learned: dropped
+    assert control.peak_used <= control.budget.budget < control.reference and control.violations == 0
+
+
+def test_a_live_budget_is_read_at_each_decision(session):
+    session.reset(seed=0)
+    readings = iter([10**9, 10**9, 10**9, 0])  # a co-tenant takes everything before the third decision
+    live = LiveBudget(free=lambda: next(readings), held=lambda: 0, margin_mb=0)
+    control = RankControl(session.rl, make_controller("fixed"), every=EVERY, live_budget=live, total_steps=12,
+                          r_max=8, rank_step=2, memory_scope="adapter")
+    try:
+        with pytest.raises(WallError, match="smallest budget this run fits in"):
+            hand_loop(session, control, steps=12)
     finally:
         control.close()

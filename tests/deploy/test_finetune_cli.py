@@ -173,3 +173,41 @@ def test_lora_scaling_is_the_flag_s_not_the_policy_s(tmp_path):
     learned, _ = build_controller(f"learned:{policy}")
     assert session_config_for(with_policy_defaults(learned, FinetuneConfig())).use_rslora is False
     assert session_config_for(with_policy_defaults(learned, FinetuneConfig(use_rslora=True))).use_rslora is True
+
+
+def test_finetune_under_a_moving_trace_never_exceeds_its_wall(tmp_path):
+    trace = tmp_path / "down.csv"
+    trace.write_text("step,budget_frac\n0,1.0\n10,0.6\n")
+    out = tmp_path / "run"
+    result = finetune(*SYNTHETIC, "--controller", "importance", "--budget-trace", str(trace), "--memory-scope",
+                      "adapter", "--steps", "20", "--every", "4", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["wall_violations"] == 0 and metrics["max_over_wall_mib"] == 0
+    assert metrics["budget_mib"] == pytest.approx(0.6 * metrics["reference_mib"], rel=1e-6)
+    records = DecisionLog.read(out)
+    assert 10 in [r["step"] for r in records]  # the drop is met at once, not at the next decision (12)
+    assert all(r["memory_after"] <= r["budget"] for r in records)
+    explained = runner.invoke(app, ["explain", str(out)])
+    assert explained.exit_code == 0 and (out / "explain.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(("trace", "message"), [
+    ("step,budget_mb\n0,100\n20,90\n10,80\n", "steps must increase"),
+    ("", "is empty"),
+    ("step,budget_mb\n0,abc\n", "is not numeric"),
+])
+def test_a_bad_trace_file_fails_before_anything_is_written(tmp_path, trace, message):
+    path = tmp_path / "trace.csv"
+    path.write_text(trace)
+    out = tmp_path / "run"
+    result = finetune(*SYNTHETIC, "--controller", "fixed", "--budget-trace", str(path), "--out", str(out))
+    assert result.exit_code == 2 and result.output.startswith("error: ") and message in result.output
+    assert not out.exists()
+
+
+def test_budget_fractions_must_be_positive_and_unique_in_kind(tmp_path):
+    result = finetune(*SYNTHETIC, "--budget-frac", "0", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 2 and "--budget-frac must be a positive fraction" in result.output
+    result = finetune(*SYNTHETIC, "--budget", "live", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 2 and "needs CUDA" in result.output

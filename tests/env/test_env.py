@@ -235,3 +235,17 @@ def test_unknown_key_and_wrong_type_name_the_file_and_key(tmp_path):
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(PresetError, match="Known presets: .*tiny"):
         load_env_config("nope")
+
+
+def test_a_drop_inside_the_k_steps_of_a_decision_is_met_before_the_next_optimizer_step():
+    from rankrl.budget import BudgetTrace
+
+    environment = LoRARankEnv(preset="tiny", steps_per_action=4)
+    environment.reset(seed=0)
+    environment.trace = BudgetTrace(((0, 1.0), (6, 0.6)), "frac", "drop at 6")  # inside the second decision
+    environment.reader.budget.budget = environment._budget_at(0)
+    infos = [environment.step(np.array([1, 1]))[4] for _ in range(3)]  # hold: only the wall moves anything
+    assert not infos[0]["forced_groups"] and infos[1]["forced_groups"] == [0] and not infos[2]["forced_groups"]
+    assert infos[1]["frozen"] == [True, False] and infos[1]["ranks"] == [4, 4]  # frozen, its update kept
+    assert infos[1]["memory_used_bytes"] <= infos[1]["budget_bytes"] and infos[1]["reward/wall"] < 0
+    environment.close()
