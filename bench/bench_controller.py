@@ -33,7 +33,6 @@ Run: ``.venv/bin/python bench/bench_controller.py [--blocks 12]``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -49,7 +48,7 @@ from common import minilm_lora, random_batch, train_step  # noqa: E402
 from rankrl.controllers import make_controller  # noqa: E402
 from rankrl.deploy import RankControl  # noqa: E402
 from rankrl.env import LoRARankEnv  # noqa: E402
-from rankrl.policy import FEATURES_FILE, METADATA_FILE, POLICY_FILE  # noqa: E402
+from rankrl.policy import save_policy_data  # noqa: E402
 from rankrl.signals.activations import InputVarianceTracker  # noqa: E402
 
 EVERY = 10
@@ -64,11 +63,9 @@ def hold_policy(directory: Path) -> Path:
     with torch.no_grad():
         model.policy.action_net.weight.zero_()
         model.policy.action_net.bias.copy_(torch.tensor([0.0, 5.0, 0.0] * env.layout.num_groups))
-    model.save(directory / POLICY_FILE)
-    (directory / FEATURES_FILE).write_text(json.dumps(env.layout.to_dict()))
     metadata = {"algo": "PPO", "num_groups": env.layout.num_groups, "r_max": env.config.r_max,
                 "rank_step": env.config.rank_step, "deltas": [int(d) for d in env.deltas]}
-    (directory / METADATA_FILE).write_text(json.dumps(metadata))
+    save_policy_data(model, directory, metadata, layout=env.layout.to_dict())
     return directory
 
 

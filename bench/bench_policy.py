@@ -55,8 +55,8 @@ def scripted(actions: list[list[int]], num_groups: int) -> Callable[[], Callable
 def policy_arm(path: str, env: LoRARankEnv) -> Callable[[], Callable[[np.ndarray], np.ndarray]]:
     from rankrl.policy import load_policy
 
-    model = load_policy(path, env.layout).model
-    return lambda: (lambda obs: model.predict(obs, deterministic=True)[0])
+    policy = load_policy(path, env.layout).policy
+    return lambda: (lambda obs: policy.predict(obs, deterministic=True)[0])
 
 
 def run_arm(env: LoRARankEnv, make_act, seeds: list[int]) -> list[EpisodeSummary]:
@@ -65,7 +65,7 @@ def run_arm(env: LoRARankEnv, make_act, seeds: list[int]) -> list[EpisodeSummary
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("policies", nargs="*", help="policy.zip files or run directories")
+    parser.add_argument("policies", nargs="*", help="policy directories (policy.json + policy.safetensors)")
     parser.add_argument("--env", default="default")
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--no-static", action="store_true", help="only fixed rank and the given policies")

@@ -7,6 +7,8 @@ import sys
 
 import typer
 
+from rankrl import interrupt
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learn how to spend LoRA rank.",
@@ -16,6 +18,25 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learn how to
 def _fail(err: Exception) -> None:
     typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+DIVERGED_EXIT = 3
+"""Exit code of a run whose loss became non-finite (no adapter, not a result)."""
+
+# Reliability options shared by several commands (docs/reliability.md).
+TRUST_HELP = ("Allow a bare stable-baselines3 policy.zip, which can run code when loaded (it holds pickled "
+              "objects). Without it only policies saved as data (policy.json + policy.safetensors) load.")
+CHECKPOINT_HELP = "Steps between checkpoints that --resume continues from"
+ENCODING_HELP = "Text encoding of data files (default utf-8; e.g. latin-1, cp1252)."
+DROP_INVALID_HELP = "Leave out rows with an empty label (counted) instead of refusing them with their row numbers."
+
+
+def _continue_command(flag: str = "--resume") -> str:
+    """The command line that was run, with ``flag`` added: what continues an interrupted benchmark."""
+    import shlex
+
+    args = sys.argv[1:]
+    return shlex.join(["rankrl", *args] + ([] if flag in args else [flag]))
 
 
 @app.command()
@@ -109,24 +130,31 @@ def tasks(
 def train(
     env: str = typer.Option("default", "--env", help="Environment preset name or YAML path (see `rankrl presets`)."),
     agent: str = typer.Option("ppo", "--agent", help="Agent preset name or YAML path."),
-    timesteps: int = typer.Option(20_000, "--timesteps", help="Total environment steps (rank decisions)."),
+    timesteps: int = typer.Option(None, "--timesteps", help="Total environment steps (rank decisions); default "
+                                  "20000, or a resumed run's own target."),
     n_envs: int = typer.Option(1, "--n-envs", help="Parallel environments (subprocesses, 1 torch thread each)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the policy and environments."),
     out: str = typer.Option("runs", "--out", help="Root of run directories: <out>/<env>/<agent>_<seed>_<n>/."),
     resume: str = typer.Option(None, "--resume", help="Continue this run directory from its last checkpoint."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    init_policy: str = typer.Option(None, "--init-policy", help="Warm start from this policy.zip or run directory "
-                                    "(same observation layout and actions, e.g. trained on a cheaper preset)."),
+    init_policy: str = typer.Option(None, "--init-policy", help="Warm start from this policy (run directory or "
+                                    "policy.json; same observation layout and actions, e.g. a cheaper preset's)."),
+    # Reliability options.
+    checkpoint_every: int = typer.Option(None, "--checkpoint-every", help=f"{CHECKPOINT_HELP} (environment steps; "
+                                         "default: the agent preset's checkpoint_freq)."),
+    trust_policy: bool = typer.Option(False, "--trust-policy", help=TRUST_HELP),
 ) -> None:
     """Train a rank-allocation policy with stable-baselines3."""
     from rankrl.train import train_policy
 
     try:
         run_dir = train_policy(env=env, agent=agent, timesteps=timesteps, n_envs=n_envs, seed=seed, out=out,
-                               resume=resume, progress=progress, init_policy=init_policy)
-    except (ValueError, FileNotFoundError) as err:
+                               resume=resume, progress=progress, init_policy=init_policy,
+                               checkpoint_every=checkpoint_every, trust_policy=trust_policy,
+                               say=lambda text: typer.secho(text, fg=typer.colors.YELLOW, err=True))
+    except (ValueError, OSError) as err:
         _fail(err)
-    typer.echo(f"policy: {run_dir / 'policy.zip'}")
+    typer.echo(f"policy: {run_dir / 'policy.json'} (+ policy.safetensors; SB3 model: {run_dir / 'policy.zip'})")
     typer.echo(f"learning curve: {run_dir / 'learning_curve.png'}; TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
 
 
@@ -155,7 +183,8 @@ def presets() -> None:
 @app.command()
 def finetune(
     model: str = typer.Option("default", "--model", help="'default' (MiniLM-L6), 'tiny', a model directory or hub name."),
-    data: str = typer.Option(..., "--data", help="Train data: a .tsv/.csv/.jsonl file, a hub id or synthetic:NAME."),
+    data: str = typer.Option(None, "--data", help="Train data: a .tsv/.csv/.jsonl file, a hub id or synthetic:NAME "
+                             "(required unless --resume)."),
     eval_data: str = typer.Option(None, "--eval-data", help="Eval data (default: held out from --data)."),
     text_column: str = typer.Option(None, "--text-column", help="Text column (default: auto-detected)."),
     data_format: str = typer.Option(None, "--data-format", help="csv, tsv, json or trec for files whose extension "
@@ -164,7 +193,7 @@ def finetune(
     controller: str = typer.Option("fixed", "--controller", help="learned:PATH | fixed[:R] | layerwise:R,R,.. | "
                                    "importance | complexity | variance | greedy-memory | static-fit | autofreeze "
                                    "(options as NAME:key=value)."),
-    policy: str = typer.Option(None, "--policy", help="Policy for --controller learned (policy.zip or run dir)."),
+    policy: str = typer.Option(None, "--policy", help="Policy for --controller learned (run dir or policy.json)."),
     budget_mb: float = typer.Option(None, "--budget-mb", help="Memory budget in MiB (the hard wall); none by default."),
     budget_frac: float = typer.Option(None, "--budget-frac", help="A wall at this fraction of the reference memory: "
                                       "the run at --rank with every group training (default: a learned policy's "
@@ -191,12 +220,31 @@ def finetune(
     num_groups: int = typer.Option(4, "--num-groups", help="Layer groups G (a learned policy fixes G)."),
     num_hidden_layers: int = typer.Option(None, "--num-hidden-layers", help="Keep only the first N layers."),
     seed: int = typer.Option(0, "--seed", help="Seed of adapters, head and data order."),
-    out: str = typer.Option(..., "--out", help="Run directory (must not exist or be empty)."),
+    out: str = typer.Option(None, "--out", help="Run directory (must not exist or be empty; required unless --resume)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    # Reliability options.
+    resume: str = typer.Option(None, "--resume", help="Continue this interrupted run directory from its newest good "
+                               "checkpoint (its own settings; other flags are not needed)."),
+    checkpoint_every: int = typer.Option(None, "--checkpoint-every", help=f"{CHECKPOINT_HELP} (optimizer steps; "
+                                         "default --every; 0: none)."),
+    encoding: str = typer.Option(None, "--encoding", help=ENCODING_HELP),
+    drop_invalid: bool = typer.Option(False, "--drop-invalid", help=DROP_INVALID_HELP),
+    trust_policy: bool = typer.Option(False, "--trust-policy", help=TRUST_HELP),
 ) -> None:
     """Fine-tune with LoRA while a controller spends the rank; writes metrics, decisions, TensorBoard, adapter."""
-    from rankrl.deploy.finetune import FinetuneConfig, run_finetune
+    from rankrl.deploy.finetune import DivergedRunError, FinetuneConfig, resume_finetune, run_finetune
 
+    if resume is not None:
+        try:
+            resume_finetune(resume, progress=progress, trust_policy=trust_policy)
+        except DivergedRunError as err:
+            _diverged(err)
+        except (ValueError, OSError) as err:
+            _fail(err)
+        return
+    missing = [flag for flag, value in (("--data", data), ("--out", out)) if value is None]
+    if missing:
+        _fail(ValueError(f"{' and '.join(missing)} required (or --resume DIR to continue a run)."))
     config = FinetuneConfig(
         model=model, data=data, eval_data=eval_data, data_format=data_format, text_column=text_column,
         label_column=label_column,
@@ -205,11 +253,19 @@ def finetune(
         memory_scope=memory_scope, use_rslora=rslora, steps=steps,
         every=every, eval_every=eval_every, eval_size=eval_size, lr=lr, batch_size=batch_size,
         max_length=max_length, rank=rank, r_max=r_max, rank_step=rank_step, num_groups=num_groups,
-        num_hidden_layers=num_hidden_layers, seed=seed, out=out)
+        num_hidden_layers=num_hidden_layers, seed=seed, out=out, checkpoint_every=checkpoint_every,
+        encoding=encoding, drop_invalid=drop_invalid, trust_policy=trust_policy)
     try:
         run_finetune(config, progress=progress)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except DivergedRunError as err:
+        _diverged(err)
+    except (ValueError, OSError) as err:
         _fail(err)
+
+
+def _diverged(err: Exception) -> None:
+    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(DIVERGED_EXIT)
 
 
 @app.command()
@@ -252,6 +308,10 @@ def bench(
     out: str = typer.Option(..., "--out", help="Benchmark directory (must not exist or be empty, unless --resume)."),
     resume: bool = typer.Option(False, "--resume", help="Continue --out: skip finished runs (same settings required)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    # Reliability options.
+    encoding: str = typer.Option(None, "--encoding", help=ENCODING_HELP),
+    drop_invalid: bool = typer.Option(False, "--drop-invalid", help=DROP_INVALID_HELP),
+    trust_policy: bool = typer.Option(False, "--trust-policy", help=TRUST_HELP),
 ) -> None:
     """Benchmark rank controllers (and PEFT AdaLoRA) against the fixed-rank front: results.csv, report.md, pareto.png."""
     from rankrl.bench import BenchConfig, run_bench
@@ -265,10 +325,13 @@ def bench(
             fixed_lrs=parse_numbers(fixed_lrs, "--fixed-lrs"), text_column=text_column, label_column=label_column,
             memory_scope=memory_scope, use_rslora=rslora, steps=steps, every=every, eval_every=eval_every, eval_size=eval_size, lr=lr,
             batch_size=batch_size, max_length=max_length, rank=rank, r_max=r_max, rank_step=rank_step,
-            num_groups=num_groups, num_hidden_layers=num_hidden_layers, out=out, resume=resume)
+            num_groups=num_groups, num_hidden_layers=num_hidden_layers, out=out, resume=resume,
+            encoding=encoding, drop_invalid=drop_invalid, trust_policy=trust_policy)
         run_bench(config, progress=progress)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, OSError) as err:
         _fail(err)
+    except interrupt.Interrupted as err:
+        raise interrupt.Interrupted(f"{err.message} Continue with: {_continue_command()}", err.signum) from None
 
 
 @app.command()
@@ -277,25 +340,50 @@ def explain(
     out: str = typer.Option(None, "--out", help="PNG path (default: RUN_DIR/explain.png)."),
     policy: str = typer.Option(None, "--policy", help="Policy for the saliency panel (default: the run's own)."),
     top_k: int = typer.Option(8, "--top-k", help="Features shown in the saliency panel."),
+    trust_policy: bool = typer.Option(False, "--trust-policy", help=TRUST_HELP),
 ) -> None:
     """Draw a run's ranks, loss, accuracy, memory and (learned) policy saliency; print a summary."""
     from rankrl.deploy.explain import explain_run
 
     try:
-        result = explain_run(run_dir, out=out, policy=policy, top_k=top_k)
-    except (ValueError, FileNotFoundError) as err:
+        result = explain_run(run_dir, out=out, policy=policy, top_k=top_k, trust_policy=trust_policy)
+    except (ValueError, OSError) as err:
         _fail(err)
     typer.echo(result.summary)
 
 
+policy_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Policy files: convert a trusted SB3 zip "
+                         "to data (policy.json + policy.safetensors).")
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("convert")
+def policy_convert(
+    source: str = typer.Argument(..., help="An SB3 PPO/A2C policy.zip (or its run directory) you trust."),
+    destination: str = typer.Argument(..., help="Directory for policy.json + policy.safetensors."),
+    trust_policy: bool = typer.Option(False, "--trust-policy", help="Required: loading the zip unpickles it, "
+                                      "which can run code it carries."),
+) -> None:
+    """Convert a trusted stable-baselines3 zip into a policy that loads as data (no code can run)."""
+    from rankrl.policy import convert_policy
+
+    try:
+        path = convert_policy(source, destination, trust_policy=trust_policy)
+    except (ValueError, OSError) as err:
+        _fail(err)
+    typer.echo(f"policy: {path} (+ {path.with_suffix('.safetensors').name}); use it as --controller learned:"
+               f"{path.parent}")
+
+
 def main() -> None:
-    """Entry point of the ``rankrl`` script."""
+    """Entry point of the ``rankrl`` script: Ctrl-C / SIGTERM stop the long commands cleanly (rankrl.interrupt)."""
+    interrupt.install()
     try:
         app()
-    except KeyboardInterrupt as err:
-        detail = str(err) or "nothing was overwritten; finished runs and checkpoints are on disk."
+    except interrupt.Interrupted as err:
+        detail = err.message or "nothing was overwritten; finished runs and checkpoints are on disk."
         typer.secho(f"interrupted: {detail}", err=True)
-        sys.exit(130)
+        sys.exit(err.exit_code)
 
 
 if __name__ == "__main__":

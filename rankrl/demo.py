@@ -141,7 +141,7 @@ def run_demo(config: DemoConfig | None = None, console: Console | None = None, p
                       f"{evaluation.get('policy_accuracy', nan):.3f}, memory {evaluation.get('policy_used_frac', nan):.2f} "
                       f"of the budget), fixed rank {evaluation.get('fixed_return', nan):+.3f} (accuracy "
                       f"{evaluation.get('fixed_accuracy', nan):.3f})")
-    console.print(f"  policy: {policy_dir / 'policy.zip'}")
+    console.print(f"  policy: {policy_dir / 'policy.json'} (+ policy.safetensors)")
 
     specs = _controller_specs(config, policy_dir)
     console.rule(f"[bold]2/3  Deploy[/]: fine-tune {config.model} on the held-out task with {len(specs)} controllers")

@@ -31,6 +31,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from rankrl.hub import hub_reachable, unreachable_note
+
 DEFAULT_MODEL = "default"
 TINY_MODEL = "tiny"
 _DEFAULT_ALIASES = {"default", "minilm", "all-minilm-l6-v2", "minilm-l6"}
@@ -112,8 +114,9 @@ def load_tokenizer(name: str = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
     if name.lower() == TINY_MODEL:
         name = DEFAULT_MODEL
     path = _checked_path(name)
+    local_only = not Path(path).expanduser().is_dir() and not hub_reachable()
     try:
-        return AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path, local_files_only=local_only)
     except (OSError, ValueError) as err:
         raise ModelNotFoundError(_not_found_message(name, err)) from err
 
@@ -149,6 +152,8 @@ def load_model(
         kwargs = {"num_labels": num_labels}
         if num_hidden_layers is not None:
             kwargs["num_hidden_layers"] = num_hidden_layers
+        if not Path(path).expanduser().is_dir() and not hub_reachable():
+            kwargs["local_files_only"] = True  # the cache only: no retries against a hub that cannot answer
         try:
             config = AutoConfig.from_pretrained(path, **kwargs)
         except (OSError, ValueError) as err:
@@ -203,8 +208,8 @@ def _not_found_message(name: str, err: Exception) -> str:
     local = Path(name).expanduser()
     if local.is_dir() and not (local / "config.json").exists():
         return f"Unknown model '{name}': the directory has no config.json. " + _CHOICES
-    where = "the hub is offline (HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE") == "1" else (
-        "it could not be loaded from the Hugging Face hub")
+    where = (f"not in the local cache and {unreachable_note()}" if not hub_reachable() else
+             "it could not be loaded from the Hugging Face hub")
     first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
     return f"Unknown model '{name}': not a local model directory and {where} ({first_line}). " + _CHOICES
 

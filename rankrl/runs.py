@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 CONFIG_FILE = "config.json"
@@ -45,11 +47,32 @@ def claim_run_dir(path: str | Path) -> Path:
     return path
 
 
+class NotWritableError(OSError):
+    """An output path rankrl cannot create or write (read-only, or a file where a directory should be)."""
+
+
+def check_writable(path: str | Path, flag: str = "--out") -> None:
+    """Refuse, before any work, an output directory that cannot be created or written.
+
+    The nearest existing ancestor must be a writable directory (``os.access``; for the root user, who may
+    write anywhere, a failing ``mkdir`` still gives the same one clear error where it happens).
+    """
+    path = Path(path).absolute()
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise NotWritableError(f"{flag} {path}: {probe} is a file, not a directory; choose another {flag}.")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise NotWritableError(f"{flag} {path}: {probe} is not writable (read-only or owned by another user); "
+                               f"choose another {flag}.")
+
+
 def write_config(run_dir: Path, config: dict) -> Path:
     """Write the resolved configuration of a run as JSON."""
-    path = Path(run_dir) / CONFIG_FILE
-    path.write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
-    return path
+    return atomic_write_text(Path(run_dir) / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def read_config(run_dir: str | Path) -> dict:
@@ -57,4 +80,37 @@ def read_config(run_dir: str | Path) -> dict:
     path = Path(run_dir) / CONFIG_FILE
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} has no {CONFIG_FILE}: it is not a rankrl run directory.")
-    return json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); it is damaged.") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} must hold a JSON object; it is damaged.")
+    return config
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp)`` then rename ``tmp`` over ``path`` (same directory), so ``path`` is whole or absent.
+
+    A kill during ``write`` leaves only a hidden ``.NAME.tmp-PID`` file, never a truncated ``path``.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        if tmp.is_file():
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # some writers create 0600 files; a run's outputs are ordinary files
+            with tmp.open("rb") as handle:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_file():
+            tmp.unlink()
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text))

@@ -53,7 +53,7 @@ def test_every_run_meets_the_dropping_budget_and_the_learned_run_uses_the_traine
     import json
 
     config = json.loads((demo.run_dir / "finetune" / "learned-just-trained" / "config.json").read_text())
-    assert config["controller_spec"] == f"learned:{(demo.policy_dir / 'policy.zip').resolve()}"
+    assert config["controller_spec"] == f"learned:{(demo.policy_dir / 'policy.json').resolve()}"
 
 
 def test_bad_input_fails_before_a_run_directory_exists(tmp_path):

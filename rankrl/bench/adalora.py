@@ -140,7 +140,8 @@ def run_adalora(config: FinetuneConfig, options: dict) -> Path:
     config.check()
     check_out_free(config.out)
     task = load_task_data(config.data, config.eval_data, text_column=config.text_column,
-                          label_column=config.label_column, seed=config.seed)
+                          label_column=config.label_column, seed=config.seed, encoding=config.encoding,
+                          drop_invalid=config.drop_invalid)
     session = FineTuneSession(session_config_for(config), task=task)
     model = build_adalora(session, options, config.steps)
     session.rl = _EvalView(model)  # the RankedLoRA model of the session is dropped; evaluate() reads this one

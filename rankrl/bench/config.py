@@ -170,6 +170,9 @@ class BenchConfig:
         num_hidden_layers: Keep only the first N layers of the model.
         out: The benchmark directory.
         resume: Continue ``out``: skip finished runs (the settings must be those it was started with).
+        encoding: Text encoding of data files.
+        drop_invalid: Leave out rows with an empty label instead of refusing them.
+        trust_policy: Allow bare SB3 zips as ``learned:`` policies (they are unpickled).
     """
 
     model: str = "default"
@@ -199,6 +202,10 @@ class BenchConfig:
     num_hidden_layers: int | None = None
     out: str = "runs/bench"
     resume: bool = False
+    # Reliability options (docs/reliability.md).
+    encoding: str | None = None
+    drop_invalid: bool = False
+    trust_policy: bool = False
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the flag of the first bad setting (nothing is read or written)."""
@@ -244,13 +251,14 @@ class BenchConfig:
             eval_size=self.eval_size, lr=self.lr if lr is None else lr, batch_size=self.batch_size,
             max_length=self.max_length, rank=self.rank if rank is None else rank, r_max=r_max,
             rank_step=rank_step, num_groups=self.num_groups, num_hidden_layers=self.num_hidden_layers, seed=seed,
-            out=out)
+            out=out, encoding=self.encoding, drop_invalid=self.drop_invalid, trust_policy=self.trust_policy)
 
     def settings(self) -> dict:
         """Everything that defines the results (all flags but ``out`` and ``resume``), JSON-ready."""
         data = asdict(self)
         data.pop("out")
         data.pop("resume")
+        data.pop("trust_policy")  # permission to load a file, not a setting of the results
         data["tasks"] = split_list(self.tasks)
         data["controllers"] = split_controllers(self.controllers)
         return data

@@ -5,8 +5,10 @@ run, appended as each finishes), ``report.md``, ``pareto.png`` and ``runs/<task>
 full ``rankrl finetune`` run directory: ``decisions.jsonl``, ``metrics.json``, ``tb/``, ``adapter/``).
 
 An existing ``DIR`` is refused unless ``resume`` is set; a resume must use the settings ``DIR`` was started
-with, skips every run with a row (or a ``metrics.json``), retries failed ones and moves the directory of a run
-that was interrupted half-way aside (``seed<k>.partial-<n>``) before running it again.
+with, drops half-written rows of ``results.csv`` (a kill while appending), skips every run with a whole row (or
+``metrics.json``), retries failed ones, continues an interrupted run from its last checkpoint, and moves the
+directory of a run interrupted before its first checkpoint aside (``seed<k>.partial-<n>``) before running it
+again. Diverged runs keep their row (status ``diverged``) and never count as results.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from rankrl import interrupt
 from rankrl.bench.config import BenchConfig, TaskSpec, parse_tasks
 from rankrl.bench.plan import Arm, PlannedRun, expand_arms, plan_runs
 from rankrl.bench.plot import PARETO_FILE, plot_pareto
@@ -34,7 +37,8 @@ from rankrl.bench.results import ERROR, ResultsFile, row_from_metrics
 from rankrl.bench.runner import execute
 from rankrl.bench.stats import ArmSummary, Paired, compare_to_fixed, summarize
 from rankrl.deploy.finetune import METRICS_FILE
-from rankrl.runs import CONFIG_FILE, RunDirectoryExistsError, claim_run_dir, write_config
+from rankrl.deploy.resume import list_checkpoints
+from rankrl.runs import CONFIG_FILE, RunDirectoryExistsError, check_writable, claim_run_dir, write_config
 
 
 @dataclass
@@ -88,6 +92,7 @@ def run_bench(config: BenchConfig, console: Console | None = None, progress: boo
     tasks, arms, runs = prepare(config)
     out = Path(config.out)
     resuming = _check_out(out, config)
+    check_writable(out, "--out")
     unfit = preflight(config, tasks, arms)
     runs = [run for run in runs if (run.task.name, run.arm.label) not in unfit]
     if not resuming:
@@ -96,8 +101,11 @@ def run_bench(config: BenchConfig, console: Console | None = None, progress: boo
                            "arms": [a.to_dict() for a in arms], "runs": len(runs),
                            "unfit_oracle_arms": sorted(f"{t}/{a}" for t, a in unfit)})
     results = ResultsFile(out)
+    broken = results.repair()
     retried = results.drop_errors()
-    pending, skipped = _pending(runs, results, out, console)
+    pending, skipped, resumable = _pending(runs, results, out, console)
+    if broken:
+        console.print(f"  {broken} half-written row(s) of {results.path} dropped; their runs are checked again")
     console.print(f"[bold]rankrl bench[/] {config.model}: {len(tasks)} task(s) x {len(arms)} arm(s) x "
                   f"{config.seeds} seed(s) = {len(runs)} runs -> {out}"
                   + (f"\n  resuming: {skipped} finished" + (f", {retried} failed retried" if retried else "")
@@ -109,17 +117,20 @@ def run_bench(config: BenchConfig, console: Console | None = None, progress: boo
         with Progress(*columns, console=console, disable=not progress) as bar:
             task = bar.add_task("bench", total=len(runs), completed=skipped, status="")
             for run in pending:
+                interrupt.stop_point(lambda: "")
                 bar.update(task, status=run.run_id)
-                row = execute(run, config, out)
+                row = execute(run, config, out, resume=run.run_id in resumable)
                 results.append(row)
                 ran += 1
                 bar.console.print(_line(row))
                 bar.advance(task)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, interrupt.Interrupted) as err:
         finished = skipped + ran
         _write_outputs(out, config, tasks, results.read(), len(runs))
-        raise KeyboardInterrupt(f"{finished} of {len(runs)} runs are finished and saved in {out / 'results.csv'}; "
-                                "continue with the same command and --resume.") from None
+        signum = err.signum if isinstance(err, interrupt.Interrupted) else None
+        raise interrupt.Interrupted(
+            f"bench interrupted: {finished} of {len(runs)} runs are finished and saved in {out / 'results.csv'}; "
+            "the run in progress kept its last checkpoint and --resume continues it.", signum) from None
     rows = results.read()
     files = _write_outputs(out, config, tasks, rows, len(runs))
     summaries = summarize(rows)
@@ -152,17 +163,24 @@ def _check_out(out: Path, config: BenchConfig) -> bool:
     return True
 
 
-def _pending(runs: list[PlannedRun], results: ResultsFile, out: Path, console: Console) -> tuple[list[PlannedRun], int]:
-    """Runs still to make; recover rows of runs that finished without one; move half-made runs aside."""
+def _pending(runs: list[PlannedRun], results: ResultsFile, out: Path,
+             console: Console) -> tuple[list[PlannedRun], int, set[str]]:
+    """Runs still to make; recover rows of runs that finished without one; runs with a checkpoint are continued
+    from it (their ids are returned), other half-made runs are moved aside."""
     done = {row["run_id"] for row in results.read()}
-    pending, skipped = [], 0
+    pending, skipped, resumable = [], 0, set()
     for run in runs:
         run_dir = run.directory(out)
+        metrics = _metrics(run_dir)
         if run.run_id in done:
             skipped += 1
-        elif (run_dir / METRICS_FILE).exists():
-            results.append(row_from_metrics(run, run_dir, json.loads((run_dir / METRICS_FILE).read_text()), None))
+        elif metrics is not None:
+            results.append(row_from_metrics(run, run_dir, metrics, None))
             skipped += 1
+        elif list_checkpoints(run_dir) and (run_dir / CONFIG_FILE).exists():
+            console.print(f"  {run.run_id} was interrupted; it continues from its last checkpoint")
+            resumable.add(run.run_id)
+            pending.append(run)
         else:
             if run_dir.exists():
                 n = 1
@@ -172,7 +190,17 @@ def _pending(runs: list[PlannedRun], results: ResultsFile, out: Path, console: C
                 run_dir.rename(aside)
                 console.print(f"  {run.run_id} was interrupted half-way; its directory is kept as {aside}")
             pending.append(run)
-    return pending, skipped
+    return pending, skipped, resumable
+
+
+def _metrics(run_dir: Path) -> dict | None:
+    """A run's ``metrics.json`` when it is whole (a damaged one means the run is made again)."""
+    try:
+        metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    needed = ("accuracy", "macro_f1", "peak_memory_mib", "trainable_params")
+    return metrics if isinstance(metrics, dict) and all(k in metrics for k in needed) else None
 
 
 def _write_outputs(out: Path, config: BenchConfig, tasks: list[TaskSpec], rows: list[dict], planned: int) -> dict[str, Path]:

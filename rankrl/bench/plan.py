@@ -161,7 +161,7 @@ def _adaptive_arms(config: BenchConfig, spec: str, name: str, args: str) -> list
         r_max = config.r_max or 2 * config.rank
         rank_step = config.rank_step or max(1, r_max // 8)
         spec = "layerwise:" + ",".join(map(str, layerwise_ramp(config.num_groups, config.rank, r_max, rank_step)))
-    controller, full_spec = build_controller(spec)
+    controller, full_spec = build_controller(spec, trust_policy=config.trust_policy)
     if isinstance(controller, LearnedController):
         label = f"learned:{controller.path.parent.name or controller.path.stem}"
     variants = budget_variants(config)

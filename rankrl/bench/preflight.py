@@ -27,7 +27,8 @@ def preflight(config: BenchConfig, tasks: list[TaskSpec], arms: list[Arm]) -> se
     for task in tasks:
         try:
             data = load_task_data(task.train, task.eval, text_column=config.text_column,
-                                  label_column=config.label_column, seed=0)
+                                  label_column=config.label_column, seed=0, encoding=config.encoding,
+                                  drop_invalid=config.drop_invalid)
         except DataError as err:
             raise DataError(f"task {task.name!r} ({task.label}): {err}") from err
         settings = config.finetune_config(seed=0, out=config.out, data=task.train, eval_data=task.eval)
@@ -49,7 +50,7 @@ def preflight(config: BenchConfig, tasks: list[TaskSpec], arms: list[Arm]) -> se
 
 def _setup(session: FineTuneSession, config: BenchConfig, arm: Arm, batch: dict, crossings: dict) -> None:
     session.reset(seed=0)
-    controller, spec = build_controller(arm.spec)
+    controller, spec = build_controller(arm.spec, trust_policy=config.trust_policy)
     settings = config.finetune_config(seed=0, out=config.out, controller=arm.spec, budget_mb=arm.budget_mb,
                                       budget_frac=arm.budget_frac, budget_trace=arm.budget_trace,
                                       r_max=config.r_max, rank_step=config.rank_step)

@@ -208,5 +208,6 @@ def _notes(settings: dict, rows: list[dict]) -> list[str]:
         lines.append(f"- **Failed:** `{row['run_id']}`: {row['error']} (retried by `--resume`).")
     diverged = [row["run_id"] for row in rows if row.get("diverged")]
     if diverged:
-        lines.append(f"- **Diverged** (kept, with the accuracy reached): {', '.join(f'`{r}`' for r in diverged)}.")
+        lines.append(f"- **Diverged** (non-finite loss; excluded from every mean, comparison and winner): "
+                     f"{', '.join(f'`{r}`' for r in diverged)}.")
     return lines

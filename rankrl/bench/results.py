@@ -16,7 +16,8 @@ from pathlib import Path
 from rankrl.bench.plan import PlannedRun
 
 RESULTS_FILE = "results.csv"
-OK, ERROR = "ok", "error"
+OK, ERROR, DIVERGED = "ok", "error", "diverged"
+"""Row status: finished; failed (retried by ``--resume``); loss became non-finite (kept, never a result)."""
 COLUMNS = [
     "run_id", "task", "arm", "kind", "controller", "start_rank", "lr", "budget", "budget_mb", "budget_frac",
     "budget_trace", "seed", "status",
@@ -58,7 +59,7 @@ def row_from_metrics(run: PlannedRun, run_dir: Path, metrics: dict, wall_seconds
     """A finished run's row from its ``metrics.json``."""
     row = base_row(run, run_dir)
     row.update(
-        status=OK, accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"],
+        status=DIVERGED if metrics.get("diverged") else OK, accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"],
         initial_accuracy=metrics.get("initial_accuracy"), eval_loss=metrics.get("eval_loss"),
         peak_memory_mib=metrics["peak_memory_mib"], mean_memory_mib=metrics.get("mean_memory_mib"),
         memory_scope=metrics.get("memory_scope"),
@@ -112,20 +113,68 @@ class ResultsFile:
             handle.flush()
             os.fsync(handle.fileno())
 
+    def repair(self) -> int:
+        """Drop rows that are not whole (a kill while appending leaves a cut line) and return how many.
+
+        A row is whole when it has every column, a known status, numbers where numbers belong and, for a
+        finished run, its accuracy and memory. The file is rewritten atomically when anything is dropped
+        (or its last line lacks its newline, which the next append would run into).
+        """
+        if not self.path.exists():
+            return 0
+        text = self.path.read_text(errors="replace")
+        with self.path.open(newline="", errors="replace") as handle:
+            reader = csv.DictReader(handle)
+            header_ok = reader.fieldnames == COLUMNS
+            raw = list(reader) if header_ok else []
+        kept = [row for row in raw if _whole(row)]
+        dropped = len(raw) - len(kept) + (0 if header_ok or not text.strip() else 1)
+        if dropped or (text and not text.endswith("\n")) or (text.strip() and not header_ok):
+            self._rewrite([_typed(row) for row in kept])
+        return dropped
+
+    def _rewrite(self, rows: list[dict]) -> None:
+        tmp = self.path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({key: _cell(row.get(key)) for key in COLUMNS})
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(self.path)
+
     def drop_errors(self) -> int:
         """Remove failed rows (their runs are retried); return how many were removed."""
         rows = self.read()
         kept = [row for row in rows if row["status"] != ERROR]
         if len(kept) == len(rows):
             return 0
-        tmp = self.path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            for row in kept:
-                writer.writerow({key: _cell(row.get(key)) for key in COLUMNS})
-        tmp.replace(self.path)
+        self._rewrite(kept)
         return len(rows) - len(kept)
+
+
+def _whole(row: dict) -> bool:
+    """Whether a raw CSV row was written completely (see :meth:`ResultsFile.repair`)."""
+    if None in row or any(row.get(key) is None for key in COLUMNS):  # too many or too few cells
+        return False
+    if row["status"] not in (OK, ERROR, DIVERGED) or not row["run_id"]:
+        return False
+    try:
+        for key in NUMERIC:
+            if row[key] not in ("", None):
+                float(row[key])
+    except ValueError:
+        return False
+    if row["status"] in (OK, DIVERGED):
+        required = ("accuracy", "peak_memory_mib", "trainable_params", "final_ranks")
+        if any(row[key] == "" for key in required):
+            return False
+        try:
+            json.loads(row["final_ranks"])
+        except json.JSONDecodeError:
+            return False
+    return True
 
 
 def _cell(value) -> str:

@@ -16,7 +16,13 @@ from rankrl.bench.adalora import adalora_options, run_adalora
 from rankrl.bench.config import BenchConfig
 from rankrl.bench.plan import ADALORA, FIXED, PlannedRun
 from rankrl.bench.results import error_row, row_from_metrics
-from rankrl.deploy.finetune import METRICS_FILE, FinetuneConfig, run_finetune
+from rankrl.deploy.finetune import (
+    METRICS_FILE,
+    DivergedRunError,
+    FinetuneConfig,
+    resume_finetune,
+    run_finetune,
+)
 
 
 def finetune_config(run: PlannedRun, config: BenchConfig, root: str | Path) -> FinetuneConfig:
@@ -30,8 +36,12 @@ def finetune_config(run: PlannedRun, config: BenchConfig, root: str | Path) -> F
         r_max=config.r_max if adaptive else None, rank_step=config.rank_step if adaptive else None)
 
 
-def execute(run: PlannedRun, config: BenchConfig, root: str | Path) -> dict:
-    """Make one run and return its ``results.csv`` row; a failure becomes an ``error`` row (Ctrl-C propagates)."""
+def execute(run: PlannedRun, config: BenchConfig, root: str | Path, resume: bool = False) -> dict:
+    """Make one run (``resume``: continue its checkpoints) and return its ``results.csv`` row.
+
+    A failure becomes an ``error`` row, a non-finite loss a ``diverged`` row (never a result); Ctrl-C /
+    SIGTERM propagate (:class:`~rankrl.interrupt.Interrupted`, after the run saved a checkpoint).
+    """
     run_dir = run.directory(root)
     settings = finetune_config(run, config, root)
     started = time.perf_counter()
@@ -39,9 +49,13 @@ def execute(run: PlannedRun, config: BenchConfig, root: str | Path) -> dict:
         if run.arm.kind == ADALORA:
             args = run.arm.spec.partition(":")[2]
             run_adalora(settings, adalora_options(args, config.rank, config.steps, config.every))
+        elif resume:
+            resume_finetune(run_dir, console=Console(quiet=True), progress=False, trust_policy=config.trust_policy)
         else:
             run_finetune(settings, console=Console(quiet=True), progress=False)
         metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    except DivergedRunError as err:
+        return row_from_metrics(run, run_dir, err.metrics, time.perf_counter() - started)
     except Exception as err:  # a failed run must not end the benchmark; it is recorded and retried on resume
         return error_row(run, run_dir, err, time.perf_counter() - started)
     return row_from_metrics(run, run_dir, metrics, time.perf_counter() - started)

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 from rankrl.bench.plan import FIXED
-from rankrl.bench.results import OK
+from rankrl.bench.results import DIVERGED, ERROR, OK
 
 BETTER, WORSE, NOISE, SINGLE = "better", "worse", "within noise", "one seed: no interval"
 _TOLERANCE_MIB = 1e-6
@@ -119,8 +119,9 @@ def summarize(rows: list[dict]) -> list[ArmSummary]:
         summary = ArmSummary(task=task, arm=arm, kind=first["kind"], controller=first["controller"],
                              rank=int(first["start_rank"]), lr=first["lr"], budget_mb=first["budget_mb"],
                              budget=first.get("budget") or "none",
-                             seeds=sorted(int(row["seed"]) for row in ok), failed=len(group) - len(ok),
-                             diverged=sum(bool(row["diverged"]) for row in ok))
+                             seeds=sorted(int(row["seed"]) for row in ok),
+                             failed=sum(row["status"] == ERROR for row in group),
+                             diverged=sum(row["status"] == DIVERGED for row in group))
         summary.stats = {metric: Stat.of([row.get(metric) for row in ok]) for metric in SUMMARY_METRICS}
         out.append(summary)
     return out

@@ -37,14 +37,15 @@ These figures are checked against measured differences in ``tests/budget/test_me
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import torch
 
 from rankrl.lora import RankedLoRA
 from rankrl.lora.optim import unwrap_optimizer
-from rankrl.memory import MemoryReport, SavedActivationMeter
 from rankrl.lora.slots import base_layer, factor_dtype, in_out_features, lora_factors, module_slots
+from rankrl.memory import MemoryReport, SavedActivationMeter
 
 
 @dataclass
@@ -369,6 +370,17 @@ class MemoryBudget:
         self.rl.record_activations(saved)
         return saved
 
+    def crossings_state(self) -> dict:
+        """The measured what-if figures, JSON-ready: a resumed run reloads them and repeats no measuring pass
+        the interrupted run had cached (and so reads memory exactly as it would have)."""
+        return {kind: [[_encode_key(key), value] for key, value in cache.items()]
+                for kind, cache in self._crossings.items()}
+
+    def load_crossings_state(self, state: dict) -> None:
+        """Reload :meth:`crossings_state` (for the kept batch read last; the figures depend only on its shapes)."""
+        for kind, items in state.items():
+            self._crossings[kind] = {_decode_key(key): _decode_value(value) for key, value in items}
+
     def share_crossings(self, cache: dict) -> None:
         """Keep measured crossing figures in ``cache``, shared with other budgets that read the same batch
         object on the same model architecture (the environment shares one per task across episodes).
@@ -444,3 +456,27 @@ class MemoryBudget:
     def would_fit(self, group_ranks: list[int] | dict[str, int], frozen_groups: list[bool] | None = None) -> bool:
         """Whether those ranks (and frozen groups) keep ``used`` within the budget: the hard wall."""
         return self.predict_used(group_ranks, frozen_groups) <= self.budget
+
+
+def _encode_key(key):
+    """A cache key (nested tuples and frozensets of names and ``(name, rank)`` pairs) as JSON."""
+    if isinstance(key, frozenset):
+        return {"set": sorted((_encode_key(item) for item in key), key=json.dumps)}
+    if isinstance(key, tuple):
+        return {"tuple": [_encode_key(item) for item in key]}
+    return key
+
+
+def _decode_key(data):
+    if isinstance(data, dict) and "set" in data:
+        return frozenset(_decode_key(item) for item in data["set"])
+    if isinstance(data, dict) and "tuple" in data:
+        return tuple(_decode_key(item) for item in data["tuple"])
+    return data
+
+
+def _decode_value(value):
+    """``(ranks, bytes)`` pairs of the ``saved`` cache come back from JSON as lists."""
+    if isinstance(value, list) and len(value) == 2 and isinstance(value[0], dict):
+        return dict(value[0]), int(value[1])
+    return value

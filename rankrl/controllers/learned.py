@@ -1,4 +1,4 @@
-"""The learned controller: a stable-baselines3 policy from ``rankrl train``, acting deterministically.
+"""The learned controller: a policy from ``rankrl train`` (data: safetensors + JSON), acting deterministically.
 
 The policy is loaded (and its saved observation layout checked against the live run) by :meth:`bind`, which
 the deployment calls at set-up through :func:`~rankrl.controllers.prepare_controller`, so a policy built for
@@ -11,7 +11,6 @@ environment v0 (rank deltas only) is refused with the command that retrains it.
 from __future__ import annotations
 
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,37 +20,53 @@ from rankrl.controllers.base import ControllerContext, Decision, RankController
 from rankrl.env.lora_rank_env import FREEZE, THAW
 from rankrl.env.observation import ObservationLayout
 from rankrl.env.registration import ENV_VERSION
-from rankrl.policy import LoadedPolicy, PolicyFileError, load_policy, resolve_policy_path
+from rankrl.policy import (
+    METADATA_FILE,
+    LoadedPolicy,
+    PolicyFileError,
+    load_policy,
+    read_json_file,
+    read_policy_spec,
+    resolve_policy_path,
+    zip_algorithm,
+)
 
 
 class LearnedController(RankController):
-    """Drive the ranks with a trained policy (``policy.zip`` from ``rankrl train``, or its run directory).
+    """Drive the ranks with a trained policy (a run directory of ``rankrl train``, or its ``policy.json``).
 
     Args:
-        path: The ``policy.zip`` or the run directory holding it (with ``features.json``, ``metadata.json``).
+        path: The policy directory or ``policy.json`` (a bare SB3 ``policy.zip`` only with ``trust_policy``).
         device: Torch device of the policy.
+        trust_policy: Allow a bare SB3 zip, which is loaded by SB3's unpickling loader.
 
     Raises:
-        PolicyFileError: at construction, when the file is missing or is not a zip; at :meth:`bind`, when
-            stable-baselines3 cannot load it or its action space does not fit the run.
+        PolicyFileError: at construction, when the files are missing or malformed, or the policy is a bare zip
+            and ``trust_policy`` is not set; at :meth:`bind`, when the weights cannot be loaded or its action
+            space does not fit the run.
         ObservationMismatchError: at :meth:`bind`, for a policy saved for another layout or number of groups.
     """
 
     name = "learned"
 
-    def __init__(self, path: str | Path, device: str = "cpu") -> None:
-        self.path = resolve_policy_path(path)
-        if not zipfile.is_zipfile(self.path):
-            raise PolicyFileError(f"{self.path} is not a stable-baselines3 zip (corrupt or another format). "
-                                  "Re-export it with `rankrl train`.")
+    def __init__(self, path: str | Path, device: str = "cpu", trust_policy: bool = False) -> None:
+        self.path = resolve_policy_path(path, trust_policy=trust_policy)
+        self.trust_policy = trust_policy
+        if self.path.suffix == ".json":  # cheap and safe: the spec only, the weights are read by bind()
+            self.metadata: dict = dict(read_policy_spec(self.path).get("metadata") or {})
+        else:
+            zip_algorithm(self.path)  # a clear error for a file that is no SB3 zip at all
+            meta = self.path.parent / METADATA_FILE
+            self.metadata = read_json_file(meta, "policy metadata") if meta.exists() else {}
         self.device = device
         self.policy: LoadedPolicy | None = None
         self.actions: list[str] | None = None
 
     def bind(self, *, num_groups: int, split_by_kind: bool, r_max: int, rank_step: int,
              total_steps: int | None) -> None:
-        self.policy = load_policy(self.path, ObservationLayout(num_groups), device=self.device)
-        nvec = np.asarray(getattr(self.policy.model.action_space, "nvec", []))
+        self.policy = load_policy(self.path, ObservationLayout(num_groups), device=self.device,
+                                  trust_policy=self.trust_policy)
+        nvec = np.asarray(getattr(self.policy.action_space, "nvec", []))
         if nvec.shape != (num_groups,) or len(set(nvec.tolist())) != 1:
             raise PolicyFileError(f"The policy {self.path} acts on {nvec.tolist()} levels per group, not on "
                                   f"{num_groups} groups with one set of levels; use a policy from `rankrl train`.")
@@ -65,7 +80,7 @@ class LearnedController(RankController):
 
             self.actions = action_names(levels - 2, rank_step)
         if len(self.actions) != levels:
-            raise PolicyFileError(f"{self.path}: metadata.json lists {len(self.actions)} actions but the policy has "
+            raise PolicyFileError(f"{self.path}: its metadata lists {len(self.actions)} actions but the policy has "
                                   f"{levels} per group; re-export it with `rankrl train`.")
         trained_r_max = metadata.get("r_max")
         if trained_r_max is not None and trained_r_max != r_max:
@@ -75,10 +90,10 @@ class LearnedController(RankController):
 
     def probabilities(self, observation: np.ndarray) -> list[list[float]]:
         """The policy's probability of every action level, per group."""
-        model = self._model()
-        obs, _ = model.policy.obs_to_tensor(observation)
+        policy = self._policy()
+        obs, _ = policy.obs_to_tensor(observation)
         with torch.no_grad():
-            distribution = model.policy.get_distribution(obs).distribution
+            distribution = policy.get_distribution(obs).distribution
         return [d.probs[0].double().tolist() for d in distribution]
 
     def decide(self, ctx: ControllerContext) -> Decision:
@@ -99,11 +114,11 @@ class LearnedController(RankController):
                            for g, (n, a, p) in enumerate(zip(names, action, probabilities, strict=True)))
         return Decision(targets, f"policy: {detail}", probabilities=probabilities, action=action, frozen=frozen)
 
-    def _model(self):
+    def _policy(self):
         if self.policy is None:
             raise RuntimeError("LearnedController.bind() (or prepare_controller) must run before the first "
                                "decision: it loads the policy and checks it against the run.")
-        return self.policy.model
+        return self.policy.policy
 
 
 def check_env_version(metadata: dict, path: Path | str) -> None:

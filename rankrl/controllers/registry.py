@@ -1,4 +1,4 @@
-"""Controllers by name: ``make_controller("fixed:8")``, ``"layerwise:0,4,8,16"``, ``"learned:runs/x/policy.zip"``.
+"""Controllers by name: ``make_controller("fixed:8")``, ``"layerwise:0,4,8,16"``, ``"learned:runs/x"`` (policy.json).
 
 Spec grammar: ``NAME`` or ``NAME:ARGS``. ``fixed:R`` takes a rank; ``layerwise:`` one rank per group
 (``0,4,8,16``) or per kind (``attention=4,mlp=8``); ``learned:`` a policy path or the name of a policy

@@ -26,6 +26,33 @@ def _check_nulls(ds: datasets.Dataset, columns: Sequence[str], split: str, sourc
             )
 
 
+def invalid_label_rows(ds: datasets.Dataset, column: str) -> list[int]:
+    """0-based indices of rows whose label is missing or a blank string (a CSV row with a missing last cell,
+    a TSV line with an empty label)."""
+    values = ds[column]
+    return [i for i, value in enumerate(values) if value is None or (isinstance(value, str) and not value.strip())]
+
+
+def drop_invalid_labels(ds: datasets.Dataset, column: str, split: str, source: str,
+                        drop: bool) -> tuple[datasets.Dataset, int]:
+    """Refuse rows without a label, naming them, or drop them (``drop``, ``--drop-invalid``) and count them.
+
+    Row numbers are 1-based data rows (a header line is not counted), as a spreadsheet shows them below the
+    header.
+    """
+    bad = invalid_label_rows(ds, column)
+    if not bad:
+        return ds, 0
+    if not drop:
+        shown = ", ".join(str(i + 1) for i in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise DataError(
+            f"{len(bad)} row(s) of the {split} split of {source} have an empty label in column {column!r} "
+            f"(data rows {shown}, header not counted); fix them, or pass --drop-invalid to leave them out"
+        )
+    keep = sorted(set(range(len(ds))) - set(bad))
+    return ds.select(keep), len(bad)
+
+
 def _sort_key(value: Hashable) -> tuple[str, Hashable]:
     return (type(value).__name__, value)
 

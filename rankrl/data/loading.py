@@ -35,7 +35,7 @@ from rankrl.data.errors import (
     FLAG_TEXT_PAIR_COLUMN,
     DataError,
 )
-from rankrl.data.labels import encode_labels
+from rankrl.data.labels import drop_invalid_labels, encode_labels
 from rankrl.data.synthetic import is_synthetic_source, make_synthetic, parse_synthetic_source
 
 TEXT_COLUMNS = ("text", "sentence", "sentence1", "premise", "question1", "question", "content", "review")
@@ -65,6 +65,7 @@ class TaskData:
         text_pair_column: Name of the second text column, or ``None``.
         label_column: Name of the label column.
         label_names: Class names; id ``i`` is ``label_names[i]``.
+        dropped: Rows left out for an empty label (``drop_invalid``).
     """
 
     name: str
@@ -74,6 +75,7 @@ class TaskData:
     text_pair_column: str | None
     label_column: str
     label_names: list[str]
+    dropped: int = 0
 
     @property
     def num_labels(self) -> int:
@@ -90,6 +92,7 @@ class TaskData:
         return (
             f"{self.name}: {len(self.train)} train / {len(self.eval)} eval, {self.num_labels} classes "
             f"({', '.join(self.label_names)}){', sentence pairs' if self.is_pair else ''}"
+            + (f", {self.dropped} row(s) without a label dropped" if self.dropped else "")
         )
 
 
@@ -116,6 +119,7 @@ def load_task_data(
     n_eval: int | None = None,
     name: str | None = None,
     cache_dir: str | None = None,
+    drop_invalid: bool = False,
 ) -> TaskData:
     """Load, validate and label-encode a task from any supported source (see the module docstring).
 
@@ -142,6 +146,8 @@ def load_task_data(
         n_eval: Synthetic tasks only: number of eval examples (source string takes precedence).
         name: Name for the task; derived from the source if ``None``.
         cache_dir: ``datasets`` cache directory for file and hub loading.
+        drop_invalid: Leave out rows with an empty label (counted in ``TaskData.dropped``) instead of
+            refusing them with their row numbers.
 
     Returns:
         The validated task.
@@ -184,6 +190,10 @@ def load_task_data(
                 f"eval data of {name} lacks column(s) {missing} that train has; eval columns: "
                 f"{', '.join(eval_.column_names)}. Give both files the same header (or fix {FLAG_EVAL_DATA})"
             )
+    train, dropped = drop_invalid_labels(train, label_col, "train", name, drop_invalid)
+    if eval_ is not None:
+        eval_, dropped_eval = drop_invalid_labels(eval_, label_col, "eval", name, drop_invalid)
+        dropped += dropped_eval
     train, eval_, names = encode_labels(
         train.select_columns(keep),
         None if eval_ is None else eval_.select_columns(keep),
@@ -196,7 +206,7 @@ def load_task_data(
         train, eval_ = _hold_out(train, label_col, eval_fraction, seed, name)
     train = _subsample(train, max_train, seed)
     eval_ = _subsample(eval_, max_eval, seed)
-    return TaskData(name, train, eval_, text_col, pair_col, label_col, names)
+    return TaskData(name, train, eval_, text_col, pair_col, label_col, names, dropped=dropped)
 
 
 @dataclass(frozen=True)

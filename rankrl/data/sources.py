@@ -88,6 +88,17 @@ def _has_rows(path: Path, data_format: str, encoding: str) -> bool:
     return False
 
 
+def _unicode_error(err: BaseException) -> UnicodeDecodeError | None:
+    """The ``UnicodeDecodeError`` somewhere in an exception's chain (the datasets builders wrap it)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, UnicodeDecodeError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def load_trec(path: str | os.PathLike, *, encoding: str = "iso-8859-1") -> datasets.Dataset:
     """Read a TREC question-classification file (``COARSE:fine question text`` per line).
 
@@ -176,6 +187,13 @@ def load_file(
         )
     except Exception as err:  # the builders raise many types (pandas, pyarrow, DatasetGenerationError)
         cause = err.__cause__ or err
+        decode = _unicode_error(err)
+        if decode is not None:
+            raise DataError(
+                f"{str(path)!r} is not {encoding or 'utf-8'} text ({decode.reason} at byte {decode.start}: "
+                f"{decode.object[decode.start:decode.start + 1]!r}); pass its encoding with --encoding, e.g. "
+                "--encoding latin-1 (or cp1252 for files saved by Windows programs)"
+            ) from err
         raise DataError(
             f"could not read {str(path)!r} as {fmt}: {type(cause).__name__}: {cause}. Check that the file "
             f"really is {fmt} (or pass {FLAG_DATA_FORMAT}); for TSV with quote characters inside text, "
@@ -199,9 +217,27 @@ def load_hub(
     Raises:
         DataError: The hub cannot be reached or has no such dataset or config.
     """
+    from rankrl.hub import hub_reachable, unreachable_note
+
+    reachable = hub_reachable()
     try:
+        if not reachable and not datasets.config.HF_HUB_OFFLINE:
+            saved = datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE
+            # The cache only: no retries against a hub that cannot answer.
+            datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
+            try:
+                return datasets.load_dataset(name, config, cache_dir=cache_dir)
+            finally:
+                datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE = saved
         return datasets.load_dataset(name, config, cache_dir=cache_dir)
     except Exception as err:  # ConnectionError, DatasetNotFoundError, bad config ValueError, ...
+        if not reachable:
+            raise DataError(
+                f"could not load {name!r}: it is not in the local datasets cache and {unreachable_note()}. "
+                f"(No local file of that name exists either.) Hub loading needs network access (or a cached copy). "
+                f"Without network, use local files: "
+                f"{FLAG_DATA} train.tsv {FLAG_EVAL_DATA} dev.tsv, or a built-in task: {FLAG_DATA} synthetic:negation"
+            ) from err
         raise DataError(
             f"could not load {name!r}{f' (config {config!r})' if config else ''} from the Hugging Face hub: "
             f"{type(err).__name__}: {err}. (No local file of that name exists either.) Hub loading needs network "

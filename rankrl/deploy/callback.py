@@ -8,7 +8,8 @@
   the Trainer's (accelerate-wrapped) optimizer, and each decision is appended to ``state.log_history``;
 * ``on_log`` / ``on_evaluate``: the logged ``loss`` and the ``eval_accuracy`` metric feed the signals. The
   Trainer logs after ``on_step_end``, so a decision sees the losses logged up to the previous step;
-* ``on_save``: ``rankrl_control.json`` goes into ``output_dir/checkpoint-<step>``;
+* ``on_save``: ``rankrl_control.json`` (and the signal trackers' EMAs, ``rankrl_signals.safetensors``) go
+  into ``output_dir/checkpoint-<step>``; a resume restores both;
 * ``on_train_end``: the adapter is saved as plain PEFT to ``adapter_dir`` (default ``output_dir/adapter``).
 
 To resume, resize the model first (:func:`~rankrl.deploy.restore_ranks_from_checkpoint`), then call
@@ -25,7 +26,13 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
-from rankrl.deploy.checkpoint import CheckpointError, align_optimizer, read_control_state, save_control_state
+from rankrl.deploy.checkpoint import (
+    CheckpointError,
+    align_optimizer,
+    read_control_state,
+    read_signal_state,
+    save_control_state,
+)
 from rankrl.deploy.control import RankControl
 
 logger = logging.get_logger(__name__)
@@ -54,6 +61,7 @@ class RankRLCallback(TrainerCallback):
         self.adapter_dir = adapter_dir
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.resumed_from: Path | None = None
+        self._signals: dict | None = None  # tracker state of a resumed checkpoint, loaded after setup
 
     # ------------------------------------------------------------------ start
     def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
@@ -65,6 +73,9 @@ class RankRLCallback(TrainerCallback):
         if state.global_step > 0:
             self._resume(args, state, model, optimizer)
         rc.setup(optimizer, self.batch if self.batch is not None else _first_batch(train_dataloader, args))
+        if self._signals is not None:  # after setup: its measuring pass must not count as a sample
+            rc.reader.load_state_dict(self._signals)
+            self._signals = None
 
     def _resume(self, args, state, model, optimizer) -> None:
         directory = self.checkpoint_dir or Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
@@ -85,6 +96,7 @@ class RankRLCallback(TrainerCallback):
         if saved.get("optimizer_params") and optimizer is not None:
             align_optimizer(optimizer, model, saved["optimizer_params"])
         self.control.truncate_log(state.global_step)
+        self._signals = read_signal_state(directory, saved)
         self.resumed_from = directory
 
     # ------------------------------------------------------------------ steps
@@ -114,7 +126,8 @@ class RankRLCallback(TrainerCallback):
     def on_save(self, args, state, control, model=None, optimizer=None, **kwargs):
         directory = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if directory.is_dir():
-            save_control_state(directory, self.control.state_dict(), optimizer=optimizer, model=model)
+            save_control_state(directory, self.control.state_dict(), optimizer=optimizer, model=model,
+                               signals=self.control.reader.state_dict())
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.adapter_dir is False:

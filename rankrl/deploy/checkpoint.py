@@ -22,8 +22,10 @@ from pathlib import Path
 
 from rankrl.lora import RankedLoRA
 from rankrl.lora.optim import unwrap_optimizer
+from rankrl.runs import atomic_write, atomic_write_text
 
 CONTROL_FILE = "rankrl_control.json"
+SIGNALS_FILE = "rankrl_signals.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 
 
@@ -31,16 +33,35 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot restore this run (missing files, another model)."""
 
 
-def save_control_state(directory: str | Path, state: dict, optimizer=None, model=None) -> Path:
-    """Write ``state`` (:meth:`RankControl.state_dict`) and the optimizer's parameter order to ``directory``."""
+def save_control_state(directory: str | Path, state: dict, optimizer=None, model=None,
+                       signals: dict | None = None) -> Path:
+    """Write ``state`` (:meth:`RankControl.state_dict`), the optimizer's parameter order and the signal trackers'
+    state (:meth:`SignalReader.state_dict`: values in the JSON, EMAs in ``rankrl_signals.safetensors``)."""
+    from safetensors.torch import save_file
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     payload = dict(state)
     if optimizer is not None and model is not None:
         payload["optimizer_params"] = optimizer_param_names(optimizer, model)
-    path = directory / CONTROL_FILE
-    path.write_text(json.dumps(payload, indent=1) + "\n")
-    return path
+    if signals is not None:
+        payload["signals"] = signals["values"]
+        tensors = {k: v.contiguous() for k, v in signals["tensors"].items()}
+        atomic_write(directory / SIGNALS_FILE, lambda tmp: save_file(tensors, str(tmp)))
+    return atomic_write_text(directory / CONTROL_FILE, json.dumps(payload, indent=1) + "\n")
+
+
+def read_signal_state(directory: str | Path, state: dict) -> dict | None:
+    """The signal trackers' state saved beside ``state`` (``None`` for a checkpoint written without it)."""
+    from safetensors.torch import load_file
+
+    path = Path(directory) / SIGNALS_FILE
+    if state.get("signals") is None or not path.exists():
+        return None
+    try:
+        return {"values": state["signals"], "tensors": load_file(str(path))}
+    except Exception as err:  # safetensors raises its own error type for a damaged file
+        raise CheckpointError(f"{path} is corrupt ({err}); resume from another checkpoint.") from err
 
 
 def read_control_state(directory: str | Path) -> dict | None:

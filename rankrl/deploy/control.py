@@ -34,10 +34,10 @@ from pathlib import Path
 
 import torch
 
+from rankrl.budget import BudgetTrace, LiveBudget, MemoryBudget
 from rankrl.controllers import (
     DECISIONS_FILE,
     Applied,
-    BudgetTooSmallError,
     ControllerContext,
     DecisionLog,
     RankController,
@@ -45,10 +45,9 @@ from rankrl.controllers import (
     prepare_controller,
 )
 from rankrl.controllers.base import MIB
-from rankrl.budget import BudgetTrace, LiveBudget
 from rankrl.lora import RankedLoRA
 from rankrl.lora.allocation import apply_allocation
-from rankrl.budget import MemoryBudget
+from rankrl.runs import atomic_write_text
 from rankrl.signals import SignalReader
 
 UNBOUNDED = 2**62
@@ -400,8 +399,15 @@ class RankControl:
         path = self.decisions_path
         if path is None or not path.exists():
             return 0
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= after_step]
-        path.write_text("".join(line + "\n" for line in kept))
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill
+                continue
+            if isinstance(record, dict) and record.get("step", after_step + 1) <= after_step:
+                kept.append(line)
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
         return len(kept)
 
     # ------------------------------------------------------------------ checkpoints

@@ -23,6 +23,7 @@ from rankrl.controllers import DECISIONS_FILE, DecisionLog
 from rankrl.controllers.base import MIB
 from rankrl.env.observation import ObservationLayout
 from rankrl.policy import load_policy
+from rankrl.runs import check_writable
 
 PNG_FILE = "explain.png"
 
@@ -48,11 +49,22 @@ def find_decisions(run_dir: str | Path) -> Path:
     for path in (run_dir, run_dir / DECISIONS_FILE, run_dir / "rankrl" / DECISIONS_FILE):
         if path.is_file():
             return path
+    config = _json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
+    if config.get("command") == "finetune":
+        metrics = _json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
+        if metrics.get("diverged"):
+            raise ValueError(f"{run_dir} diverged at step {metrics.get('diverged_at_step')}, before its first "
+                             f"decision (every {config.get('every')} steps): there is nothing to explain. Lower "
+                             "--lr and run it again.")
+        raise ValueError(f"{run_dir} stopped before its first decision (every {config.get('every')} steps): there "
+                         f"is nothing to explain yet" + ("." if metrics else "; continue it with "
+                                                           f"`rankrl finetune --resume {run_dir}`."))
     raise FileNotFoundError(f"No {DECISIONS_FILE} in {run_dir}: pass a directory written by `rankrl finetune` or "
                             "a Trainer output_dir that used RankRLCallback.")
 
 
-def policy_saliency(policy_path: str | Path, records: list[dict]) -> list[tuple[str, float, float]]:
+def policy_saliency(policy_path: str | Path, records: list[dict],
+                    trust_policy: bool = False) -> list[tuple[str, float, float]]:
     """Input-gradient saliency of a policy's chosen actions over the logged decisions.
 
     For every decision with policy levels, the gradient of ``log pi(action | observation)`` (summed over
@@ -66,8 +78,7 @@ def policy_saliency(policy_path: str | Path, records: list[dict]) -> list[tuple[
         return []
     groups = len(rows[0]["ranks_after"])
     layout = ObservationLayout(groups)
-    model = load_policy(policy_path, layout).model
-    policy = model.policy
+    policy = load_policy(policy_path, layout, trust_policy=trust_policy).policy
     policy.set_training_mode(False)
     vectors = np.stack([layout.vector(r["observation"]) for r in rows])
     obs = torch.as_tensor(vectors, dtype=torch.float32, device=policy.device).requires_grad_(True)
@@ -81,7 +92,7 @@ def policy_saliency(policy_path: str | Path, records: list[dict]) -> list[tuple[
 
 
 def explain_run(run_dir: str | Path, out: str | Path | None = None, policy: str | Path | None = None,
-                top_k: int = 8) -> Explanation:
+                top_k: int = 8, trust_policy: bool = False) -> Explanation:
     """Draw the run's PNG and return it with a text summary.
 
     Args:
@@ -89,10 +100,15 @@ def explain_run(run_dir: str | Path, out: str | Path | None = None, policy: str 
         out: PNG path; default ``RUN_DIR/explain.png`` (beside ``decisions.jsonl``).
         policy: The policy for the saliency panel; default the run's own ``learned:PATH``.
         top_k: Features in the saliency panel and summary.
+        trust_policy: Allow a bare SB3 zip as the policy (it is unpickled). Without it, a run whose policy is
+            a zip is drawn without the saliency panel (a note says why), and ``policy`` must be data.
 
     Raises:
-        FileNotFoundError: no decisions.jsonl; ValueError: it holds no decisions.
+        FileNotFoundError: no decisions.jsonl; ValueError: it holds no decisions, bad ``top_k``, an ``out``
+            that cannot be written, an explicit ``policy`` that cannot be loaded.
     """
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"--top-k must be a positive number of features, got {top_k}.")
     path = find_decisions(run_dir)
     records = DecisionLog.read(path)
     if not records:
@@ -101,22 +117,34 @@ def explain_run(run_dir: str | Path, out: str | Path | None = None, policy: str 
     config = _json(base / "config.json")
     metrics = _json(base / "metrics.json")
     spec = config.get("controller_spec") or records[0].get("controller", "?")
+    png = Path(out) if out is not None else base / PNG_FILE
+    check_writable(png.parent, "--out")
+    explicit = policy is not None
     if policy is None and str(spec).startswith("learned:"):
         policy = spec.partition(":")[2]
     saliency, note = [], None
     if policy is not None and any(r.get("action_kind") == "policy_levels" for r in records):
         try:
-            saliency = policy_saliency(policy, records)
+            saliency = policy_saliency(policy, records, trust_policy=trust_policy)
         except (ValueError, FileNotFoundError) as err:
+            if explicit:
+                raise
             note = f"saliency skipped: {err}"
-    png = Path(out) if out is not None else base / PNG_FILE
     _draw(records, metrics, saliency, top_k, spec, png)
     summary = _summary(records, metrics, saliency, top_k, spec, png, note)
     return Explanation(png=png, summary=summary, saliency=saliency)
 
 
 def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); it is damaged.") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold a JSON object; it is damaged.")
+    return value
 
 
 def _draw(records: list[dict], metrics: dict, saliency: list, top_k: int, spec: str, png: Path) -> None:
@@ -236,6 +264,9 @@ def _summary(records: list[dict], metrics: dict, saliency: list, top_k: int, spe
             kinds[kind] = kinds.get(kind, 0.0) + value
         ranked = sorted(kinds.items(), key=lambda item: -item[1])[:5]
         lines.append("  by feature, summed over groups: " + ", ".join(f"{k} {v:.3g}" for k, v in ranked))
+    if metrics.get("diverged"):
+        lines.append(f"the run diverged at step {metrics.get('diverged_at_step')} (non-finite loss): no adapter was "
+                     "saved and it is not a result; lower --lr and run it again")
     if note:
         lines.append(note)
     lines.append(f"picture: {png}")

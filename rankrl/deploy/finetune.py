@@ -1,13 +1,18 @@
 """``rankrl finetune``: a full LoRA fine-tuning run with a rank controller, from data files to a PEFT adapter.
 
 Every check runs before the first training step and before the run directory is created, so bad input
-(an unknown controller, a missing or corrupt ``policy.zip``, a policy for another observation layout or
+(an unknown controller, a missing, corrupt or untrusted policy, a policy for another observation layout or
 number of groups, a budget below the smallest trainable configuration, bad data) fails with one clear error
 and leaves nothing behind. An existing non-empty ``--out`` is refused, as everywhere in rankrl.
 
 The run directory holds ``config.json``, ``decisions.jsonl`` (one line per decision), ``metrics.json``
 (final accuracy and macro-F1, peak measured memory, trainable parameters), ``tb/`` (TensorBoard) and
 ``adapter/`` (a plain PEFT adapter with ``rank_pattern``). ``rankrl explain RUN_DIR`` draws it.
+
+While it trains, ``checkpoints/step_<n>/`` holds the two newest periodic checkpoints (every
+``--checkpoint-every`` steps, default ``--every``), from which ``rankrl finetune --resume DIR`` continues to
+the same end (:mod:`rankrl.deploy.resume`). A run whose loss turns non-finite writes ``metrics.json`` with
+``diverged: true``, saves no adapter and raises :class:`DivergedRunError`.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -28,8 +33,14 @@ from rankrl.data import load_task_data
 from rankrl.deploy.control import RankControl
 from rankrl.lora import RankedLoRA
 from rankrl.memory import device_figures, parameter_bytes
-from rankrl.policy import METADATA_FILE
-from rankrl.runs import RunDirectoryExistsError, claim_run_dir, write_config
+from rankrl.runs import (
+    RunDirectoryExistsError,
+    atomic_write_text,
+    check_writable,
+    claim_run_dir,
+    read_config,
+    write_config,
+)
 from rankrl.session import FineTuneSession, SessionConfig
 
 METRICS_FILE = "metrics.json"
@@ -69,6 +80,11 @@ class FinetuneConfig:
     num_hidden_layers: int | None = None
     seed: int = 0
     out: str = "runs/finetune"
+    # Reliability options (docs/reliability.md).
+    checkpoint_every: int | None = None
+    encoding: str | None = None
+    drop_invalid: bool = False
+    trust_policy: bool = False
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the flag of the first bad setting."""
@@ -91,22 +107,34 @@ class FinetuneConfig:
             raise ValueError(f"Give one budget: {' or '.join(given)}, not several.")
         if self.budget_trace is not None:
             BudgetTrace.from_csv(self.budget_trace)  # a bad file fails here, before any run directory exists
-        if not self.lr > 0:
-            raise ValueError(f"--lr must be positive, got {self.lr}.")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"--lr must be a positive finite number, got {self.lr}.")
         if self.eval_every is not None and self.eval_every < 0:
             raise ValueError(f"--eval-every must be >= 0 (0: only at the start and the end), got {self.eval_every}.")
+        if self.checkpoint_every is not None and self.checkpoint_every < 0:
+            raise ValueError(f"--checkpoint-every must be >= 0 (0: no periodic checkpoints), got "
+                             f"{self.checkpoint_every}.")
+        if self.encoding is not None:
+            import codecs
+
+            try:
+                codecs.lookup(self.encoding)
+            except LookupError:
+                raise ValueError(f"--encoding {self.encoding!r} is not a known text encoding (e.g. utf-8, "
+                                 "latin-1, cp1252).") from None
         if self.memory_scope not in (None, "total", "adapter"):
             raise ValueError(f"--memory-scope must be 'total' or 'adapter', got {self.memory_scope!r}.")
 
 
-def build_controller(spec: str, policy: str | None = None) -> tuple[RankController, str]:
+def build_controller(spec: str, policy: str | None = None, trust_policy: bool = False) -> tuple[RankController, str]:
     """The controller of ``--controller`` (and ``--policy``) and its full spec; unknown names list the known ones."""
     if policy is not None:
         name = spec.partition(":")[0].strip().lower()
         if name != "learned" or ":" in spec:
             raise ValueError(f"--policy goes with --controller learned (got --controller {spec}).")
         spec = f"learned:{policy}"
-    controller = make_controller(spec)
+    name = spec.partition(":")[0].strip().lower()
+    controller = make_controller(spec, trust_policy=trust_policy) if name == "learned" else make_controller(spec)
     if isinstance(controller, LearnedController):
         spec = f"learned:{controller.path.resolve()}"
     return controller, spec
@@ -115,8 +143,7 @@ def build_controller(spec: str, policy: str | None = None) -> tuple[RankControll
 def rank_grid(controller: RankController, rank: int, r_max: int | None, rank_step: int | None) -> tuple[int, int]:
     """``(r_max, rank_step)``: the flags, else a learned policy's own grid, else ``2 * rank`` and ``r_max // 8``."""
     if isinstance(controller, LearnedController):
-        path = controller.path.parent / METADATA_FILE
-        metadata = json.loads(path.read_text()) if path.exists() else {}
+        metadata = controller.metadata
         r_max = r_max if r_max is not None else metadata.get("r_max")
         rank_step = rank_step if rank_step is not None else metadata.get("rank_step")
     r_max = int(r_max) if r_max is not None else 2 * rank
@@ -128,10 +155,7 @@ def rank_grid(controller: RankController, rank: int, r_max: int | None, rank_ste
 
 def _policy_metadata(controller: RankController) -> dict:
     """A learned policy's ``metadata.json`` (empty for heuristics and bare zips)."""
-    if not isinstance(controller, LearnedController):
-        return {}
-    path = controller.path.parent / METADATA_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    return dict(controller.metadata) if isinstance(controller, LearnedController) else {}
 
 
 def with_policy_defaults(controller: RankController, config: FinetuneConfig) -> FinetuneConfig:
@@ -185,20 +209,33 @@ def session_config_for(config: FinetuneConfig) -> SessionConfig:
         seed=config.seed)
 
 
+class DivergedRunError(RuntimeError):
+    """A run whose loss became non-finite: its ``metrics.json`` says so, no adapter was saved, and it never
+    counts as a result (``rankrl finetune`` exits non-zero; ``bench`` marks the row ``diverged``)."""
+
+    def __init__(self, message: str, run_dir: Path, metrics: dict) -> None:
+        super().__init__(message)
+        self.run_dir = run_dir
+        self.metrics = metrics
+
+
 def run_finetune(config: FinetuneConfig, console: Console | None = None, progress: bool = True) -> Path:
     """Fine-tune with a rank controller and return the run directory (see the module docstring).
 
     Raises:
         ValueError: bad settings, data, controller, policy or budget (before training; nothing is written).
         RunDirectoryExistsError: ``--out`` exists and is not empty.
+        NotWritableError: ``--out`` cannot be created or written (checked before any work).
+        DivergedRunError: the loss became non-finite (``metrics.json`` written, no adapter).
+        Interrupted: Ctrl-C / SIGTERM; the last checkpoint is on disk (``rankrl finetune --resume DIR``).
     """
     console = console or Console()
     config.check()
-    controller, spec = build_controller(config.controller, config.policy)
-    config = with_policy_defaults(controller, config)
     check_out_free(config.out)
-    task = load_task_data(config.data, config.eval_data, data_format=config.data_format, text_column=config.text_column,
-                          label_column=config.label_column, seed=config.seed)
+    check_writable(config.out, "--out")
+    controller, spec = build_controller(config.controller, config.policy, config.trust_policy)
+    config = with_policy_defaults(controller, config)
+    task = _load_task(config)
     session_config = session_config_for(config)
     session = FineTuneSession(session_config, task=task)
     control = make_control(session.rl, controller, spec, config)
@@ -219,11 +256,70 @@ def run_finetune(config: FinetuneConfig, console: Console | None = None, progres
         console.print(f"[bold]rankrl finetune[/] {config.model} on {task.summary()}\n  controller {spec}, "
                       f"every {config.every} steps, budget {_mib(control.budget.budget if control.budget else None)}"
                       f"{relative} -> {run_dir}")
-        metrics = _train(session, control, config, console, progress)
-        metrics["adapter"] = _save_adapter(session.rl, control, run_dir / ADAPTER_DIR, console)
-        (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        metrics = _train(session, control, config, console, progress, run_dir)
+        return _finish(session, control, metrics, run_dir, console)
     finally:
         control.close()
+
+
+def resume_finetune(run_dir: str | Path, console: Console | None = None, progress: bool = True,
+                    trust_policy: bool = False) -> Path:
+    """Continue an interrupted ``rankrl finetune`` run from its newest good checkpoint, to the same end.
+
+    The run's own ``config.json`` defines it; the checkpoint holds the adapter factors at their current
+    ranks, the optimizer, the schedule, the controller and signal-tracker state and the step, and data order
+    is a function of ``(seed, step)``: the resumed run ends where an uninterrupted one would.
+
+    Raises:
+        ValueError: not a finetune run directory, a finished run, no usable checkpoint.
+    """
+    from rankrl.deploy.resume import load_latest_checkpoint, restore_checkpoint
+
+    console = console or Console()
+    run_dir = Path(run_dir)
+    saved = read_config(run_dir)
+    if saved.get("command") != "finetune":
+        raise ValueError(f"--resume: {run_dir} is a rankrl {saved.get('command', '?')} run, not a finetune run; "
+                         f"continue it with `rankrl {saved.get('command', '?')}`.")
+    if (run_dir / METRICS_FILE).exists():
+        raise ValueError(f"--resume: {run_dir} has finished (it has {METRICS_FILE}); nothing to continue.")
+    check_writable(run_dir, "--resume")
+    known = {f.name for f in fields(FinetuneConfig)}
+    config = FinetuneConfig(**{k: v for k, v in saved.items() if k in known})
+    config.trust_policy = trust_policy or config.trust_policy
+    controller, spec = build_controller(saved.get("controller_spec") or config.controller, None, config.trust_policy)
+    config.check()
+    task = _load_task(config)
+    session = FineTuneSession(session_config_for(config), task=task)
+    control = make_control(session.rl, controller, spec, config)
+    control.log_dir = run_dir
+    try:
+        checkpoint = load_latest_checkpoint(run_dir, say=lambda text: console.print(f"[yellow]{text}[/]"))
+        restore_checkpoint(checkpoint, session, control, session.reference_batch())
+        console.print(f"[bold]rankrl finetune[/] resuming {run_dir} at step {checkpoint.step} of {config.steps} "
+                      f"(from {checkpoint.path.name}), ranks {session.rl.group_ranks}")
+        metrics = _train(session, control, config, console, progress, run_dir, loop=checkpoint.state["loop"])
+        return _finish(session, control, metrics, run_dir, console)
+    finally:
+        control.close()
+
+
+def _load_task(config: FinetuneConfig):
+    return load_task_data(config.data, config.eval_data, data_format=config.data_format, text_column=config.text_column,
+                          label_column=config.label_column, seed=config.seed, encoding=config.encoding,
+                          drop_invalid=config.drop_invalid)
+
+
+def _finish(session: FineTuneSession, control: RankControl, metrics: dict, run_dir: Path, console: Console) -> Path:
+    if metrics["diverged"]:
+        metrics["adapter"] = None
+        atomic_write_text(run_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+        control.flush()
+        raise DivergedRunError(f"training diverged at step {metrics['diverged_at_step']} (non-finite loss): no "
+                               f"adapter was saved and the run is not a result. Lower --lr (now "
+                               f"{metrics['lr']:g}); details in {run_dir / METRICS_FILE}.", run_dir, metrics)
+    metrics["adapter"] = _save_adapter(session.rl, control, run_dir / ADAPTER_DIR, console)
+    atomic_write_text(run_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
     console.print(f"  accuracy {metrics['accuracy']:.3f} (macro-F1 {metrics['macro_f1']:.3f}), peak memory "
                   f"{metrics['peak_memory_mib']:.2f} MiB, final ranks {metrics['group_ranks']}, "
                   f"{metrics['decisions']} decisions ({metrics['wall_hits']} at the wall)")
@@ -233,33 +329,63 @@ def run_finetune(config: FinetuneConfig, console: Console | None = None, progres
 
 
 def _train(session: FineTuneSession, control: RankControl, config: FinetuneConfig, console: Console,
-           progress: bool) -> dict:
+           progress: bool, run_dir: Path, loop: dict | None = None) -> dict:
+    from rankrl import interrupt
+    from rankrl.deploy.resume import save_checkpoint
+
     eval_every = config.every if config.eval_every is None else config.eval_every
+    checkpoint_every = config.checkpoint_every if config.checkpoint_every is not None else config.every
     timer = _Timer()
     session.after_backward = [lambda _session: timer.call(control.after_backward)]
-    first = session.evaluate()
-    control.record_eval(first.accuracy, 0)
-    started, diverged, peak_params = time.perf_counter(), False, control.trainable_params()
-    peak_state = control.reader.importance.state_bytes()
+    if loop is None:  # a fresh run; a resumed one carries these in its checkpoint
+        first = session.evaluate()
+        control.record_eval(first.accuracy, 0)
+        loop = {"initial_accuracy": first.accuracy, "train_seconds": 0.0, "controller_seconds": 0.0,
+                "peak_params": control.trainable_params(), "peak_state": control.reader.importance.state_bytes()}
+    timer.seconds = loop["controller_seconds"]
+    started, diverged_at = time.perf_counter() - loop["train_seconds"], None
+    peak_params, peak_state = loop["peak_params"], loop["peak_state"]
+
+    def snapshot() -> dict:
+        return {"initial_accuracy": loop["initial_accuracy"], "train_seconds": time.perf_counter() - started,
+                "controller_seconds": timer.seconds, "peak_params": peak_params, "peak_state": peak_state}
+
+    def interrupted(save: bool = True) -> str:
+        """Save at a step boundary (a KeyboardInterrupt may have hit mid-step: keep the last periodic one)."""
+        from rankrl.deploy.resume import list_checkpoints
+
+        path = save_checkpoint(run_dir, session, control, snapshot()) if save and session.step else None
+        control.flush()
+        path = path or next(iter(list_checkpoints(run_dir)), None)
+        kept = f"kept {path}" if path else "no checkpoint yet (interrupted before the first one)"
+        return (f"finetune interrupted at step {session.step} of {config.steps}; {kept}. Continue with: "
+                f"rankrl finetune --resume {run_dir}")
+
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                TextColumn("{task.fields[status]}")]
     with Progress(*columns, console=console, transient=True, disable=not progress) as bar:
-        task = bar.add_task("fine-tuning", total=config.steps, status="")
-        for _ in range(config.steps):
-            result = session.train(1)
-            if result.diverged:
-                diverged = True
-                console.print(f"[red]training diverged at step {session.step + 1} (loss {result.losses[-1]}); "
-                              "stopping and saving what was learned.[/]")
-                break
-            step = session.step
-            accuracy = session.evaluate().accuracy if eval_every and step % eval_every == 0 else None
-            applied = timer.call(control.step, step, result.losses[-1], session.optimizer, eval_accuracy=accuracy)
-            peak_params = max(peak_params, control.trainable_params())
-            if applied is not None or step == 1:
-                peak_state = max(peak_state, control.reader.importance.state_bytes())
-                bar.update(task, status=f"loss {result.losses[-1]:.3f} ranks {session.rl.group_ranks}")
-            bar.advance(task)
+        task = bar.add_task("fine-tuning", total=config.steps, completed=session.step, status="")
+        try:
+            while session.step < config.steps:
+                interrupt.stop_point(interrupted)
+                result = session.train(1)
+                if result.diverged:
+                    diverged_at = session.step + 1
+                    console.print(f"[red]training diverged at step {diverged_at} (loss {result.losses[-1]}); "
+                                  "stopping: no adapter is saved and the run does not count as a result.[/]")
+                    break
+                step = session.step
+                accuracy = session.evaluate().accuracy if eval_every and step % eval_every == 0 else None
+                applied = timer.call(control.step, step, result.losses[-1], session.optimizer, eval_accuracy=accuracy)
+                peak_params = max(peak_params, control.trainable_params())
+                if applied is not None or step == 1:
+                    peak_state = max(peak_state, control.reader.importance.state_bytes())
+                    bar.update(task, status=f"loss {result.losses[-1]:.3f} ranks {session.rl.group_ranks}")
+                bar.advance(task)
+                if checkpoint_every and step % checkpoint_every == 0 and step < config.steps:
+                    save_checkpoint(run_dir, session, control, snapshot())
+        except KeyboardInterrupt:  # library use without rankrl's signal handlers
+            raise interrupt.Interrupted(interrupted(save=False)) from None
     train_seconds = time.perf_counter() - started
     final = session.evaluate()
     control.record_eval(final.accuracy, session.step)
@@ -273,7 +399,8 @@ def _train(session: FineTuneSession, control: RankControl, config: FinetuneConfi
     records = [json.loads(line) for line in records if line.strip()]
     return {
         "accuracy": final.accuracy, "macro_f1": final.macro_f1, "eval_loss": final.loss,
-        "initial_accuracy": first.accuracy, "steps": session.step, "diverged": diverged,
+        "initial_accuracy": loop["initial_accuracy"], "steps": session.step, "diverged": diverged_at is not None,
+        "diverged_at_step": diverged_at, "lr": config.lr,
         "decisions": control.decisions, "wall_hits": sum(bool(r["clipped_groups"]) for r in records),
         "rank_changes": sum(r["ranks_after"] != r["ranks_before"] for r in records),
         "group_ranks": session.rl.group_ranks, "peak_memory_bytes": control.peak_used,

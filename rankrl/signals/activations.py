@@ -230,6 +230,25 @@ class InputVarianceTracker:
             out[name] = self._ema[name] / (1.0 - self.beta**n) if n else 0.0
         return out
 
+    def state_dict(self) -> dict:
+        """EMAs, sample counts and per-module call counters (JSON-ready; the sampling phase is restored too)."""
+        self._fold()
+        return {"names": self.names, "ema": dict(self._ema), "samples": dict(self.samples),
+                "calls": dict(self._calls)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (hooks stay as they are).
+
+        Raises:
+            ValueError: the state is of another model.
+        """
+        if list(state["names"]) != self.names:
+            raise ValueError("The saved input-variance state is of another model (its modules differ).")
+        self._pending = []
+        self._ema = {name: float(value) for name, value in state["ema"].items()}
+        self.samples = {name: int(state["samples"][name]) for name in self.names}
+        self._calls = {name: int(state["calls"][name]) for name in self.names}
+
     def reset(self) -> None:
         """Forget all samples (hooks stay installed)."""
         self._ema.clear()

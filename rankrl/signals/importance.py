@@ -225,6 +225,53 @@ class ImportanceTracker:
         """Bytes of the per-element EMA state (not counted by :meth:`RankedLoRA.memory`)."""
         return sum(t.nbytes for t in self._flat_ipt) + sum(t.nbytes for t in self._flat_unc)
 
+    def state_dict(self) -> dict:
+        """The EMAs and counters: ``{"tensors": {name: tensor}, "values": JSON-ready dict}``.
+
+        The per-element EMAs are keyed ``<module>/ipt_A`` etc. at the module's current rank, so they load
+        into a model resized to the same ranks (:meth:`load_state_dict`).
+        """
+        self.sync()
+        self._flush_norms()
+        tensors = {}
+        for name, state in self._states.items():
+            for kind, pair in (("ipt", state.ipt), ("unc", state.unc)):
+                tensors[f"{name}/{kind}_A"] = pair[0].detach().clone()
+                tensors[f"{name}/{kind}_B"] = pair[1].detach().clone()
+        values = {"names": self.names, "grad_ema": list(self._grad_ema), "grad_count": list(self._grad_count),
+                  "sens_count": list(self._sens_count), "calls": self._calls, "updates": self.updates}
+        return {"tensors": tensors, "values": values}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` into a model at the same ranks.
+
+        Raises:
+            ValueError: other modules, or EMAs whose shapes do not match the live factors (other ranks).
+        """
+        values, tensors = state["values"], state["tensors"]
+        if list(values["names"]) != self.names:
+            raise ValueError("The saved importance state is of another model (its modules differ).")
+        self.reset()
+        self.sync()
+        saved = {key.rsplit("/", 1)[0] for key in tensors}
+        if saved != set(self._states):
+            raise ValueError(f"The saved importance state covers modules {sorted(saved)[:3]}..., the model has live "
+                             f"modules {sorted(self._states)[:3]}...; restore the ranks first.")
+        with torch.no_grad():
+            for name, live in self._states.items():
+                for kind, pair in (("ipt", live.ipt), ("unc", live.unc)):
+                    for index, factor in enumerate("AB"):
+                        value = tensors[f"{name}/{kind}_{factor}"]
+                        if value.shape != pair[index].shape:
+                            raise ValueError(f"The saved importance EMA of {name} has shape {tuple(value.shape)}, "
+                                             f"the live factor {tuple(pair[index].shape)}: other ranks.")
+                        pair[index].copy_(value)
+        self._grad_ema = [float(v) for v in values["grad_ema"]]
+        self._grad_count = [int(v) for v in values["grad_count"]]
+        self._sens_count = [int(v) for v in values["sens_count"]]
+        self._calls = int(values["calls"])
+        self.updates = int(values["updates"])
+
     def reset(self) -> None:
         """Drop all accumulated state (the next :meth:`accumulate` starts from zero)."""
         self._states.clear()

@@ -70,6 +70,23 @@ class LossTracker:
         self.best_eval_accuracy: float | None = None
         self.evals = 0
 
+    def state_dict(self) -> dict:
+        """Everything seen so far (JSON-ready)."""
+        return {"steps": self.steps, "nonfinite": self.nonfinite, "initial": self.initial, "last": self.last,
+                "ema": self._ema, "ema_count": self._ema_count, "recent": list(self._recent),
+                "eval_accuracy": self.eval_accuracy, "eval_delta": self.eval_delta,
+                "best_eval_accuracy": self.best_eval_accuracy, "evals": self.evals}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        self.reset()
+        self.steps, self.nonfinite = int(state["steps"]), int(state["nonfinite"])
+        self.initial, self.last = state["initial"], state["last"]
+        self._ema, self._ema_count = float(state["ema"]), int(state["ema_count"])
+        self._recent.extend(float(v) for v in state["recent"])
+        self.eval_accuracy, self.eval_delta = state["eval_accuracy"], float(state["eval_delta"])
+        self.best_eval_accuracy, self.evals = state["best_eval_accuracy"], int(state["evals"])
+
     # ------------------------------------------------------------------ updates
     def update(self, loss: float | torch.Tensor) -> None:
         """Record the training loss of one step (a float or a scalar tensor; a tensor is read with ``.item()``)."""

@@ -32,12 +32,12 @@ from dataclasses import dataclass
 
 import torch
 
+from rankrl.budget.meter import MemoryBudget, MemoryStatus
 from rankrl.lora import RankedLoRA
 from rankrl.lora.slots import module_slots
 from rankrl.signals.activations import InputVarianceTracker
 from rankrl.signals.importance import ImportanceTracker
 from rankrl.signals.loss import LossTracker
-from rankrl.budget.meter import MemoryBudget, MemoryStatus
 from rankrl.signals.spectral import SPECTRAL_FEATURES, module_spectral_features
 
 _SUMMED = ("importance", "sensitivity", "complexity")
@@ -121,6 +121,24 @@ class SignalReader:
     def update_eval(self, accuracy: float) -> None:
         """Record an evaluation accuracy."""
         self.loss.update_eval(accuracy)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """The trackers' state: ``{"tensors": {...}, "values": {...}}`` (tensors for safetensors, values JSON)."""
+        importance = self.importance.state_dict()
+        values = {"loss": self.loss.state_dict(), "importance": importance["values"],
+                  "variance": self.variance.state_dict() if self.variance is not None else None}
+        return {"tensors": {f"importance/{k}": v for k, v in importance["tensors"].items()}, "values": values}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (the model must be at the saved ranks)."""
+        values = state["values"]
+        self.loss.load_state_dict(values["loss"])
+        prefix = "importance/"
+        self.importance.load_state_dict({"values": values["importance"], "tensors": {
+            k[len(prefix):]: v for k, v in state["tensors"].items() if k.startswith(prefix)}})
+        if self.variance is not None and values.get("variance") is not None:
+            self.variance.load_state_dict(values["variance"])
 
     # ------------------------------------------------------------------ reading
     def read(self, *, spectral: bool = True, memory_batch: dict | None = None) -> Signals:

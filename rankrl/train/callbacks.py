@@ -89,6 +89,20 @@ def check_eval_episodes(env_config: EnvConfig, episodes: int) -> None:
                          f"{len(env_config.eval_seeds)} eval_seeds; lower eval_episodes or add eval_seeds.")
 
 
+def read_evaluations(run_dir: Path) -> list[dict]:
+    """The records of ``evaluations.jsonl`` (a half-written last line is skipped)."""
+    path = Path(run_dir) / "evaluations.jsonl"
+    records = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "policy_return" in record:
+            records.append(record)
+    return records
+
+
 class BaselineEvalCallback(BaseCallback):
     """Every ``eval_freq`` environment steps, compare the deterministic policy with the fixed-rank baseline.
 
@@ -105,8 +119,10 @@ class BaselineEvalCallback(BaseCallback):
         episodes: Number of held-out episodes (at most ``len(env_config.eval_seeds)``).
     """
 
-    def __init__(self, env_config: EnvConfig, run_dir: Path, eval_freq: int, episodes: int, verbose: int = 0):
+    def __init__(self, env_config: EnvConfig, run_dir: Path, eval_freq: int, episodes: int, verbose: int = 0,
+                 on_best: Callable | None = None):
         super().__init__(verbose)
+        self.on_best = on_best
         self.env_config = env_config
         self.run_dir = Path(run_dir)
         self.eval_freq = eval_freq
@@ -114,7 +130,8 @@ class BaselineEvalCallback(BaseCallback):
         self.episodes = held_out_episodes(env_config, list(env_config.eval_seeds[:episodes]))
         self.env: LoRARankEnv | None = None
         self.baseline: list[EpisodeSummary] = []
-        self.best = -np.inf
+        # The best score so far: kept across resumes (evaluations.jsonl holds every earlier evaluation).
+        self.best = max((e["policy_return"] for e in read_evaluations(self.run_dir)), default=-np.inf)
         self._next = eval_freq
 
     def _init_callback(self) -> None:
@@ -132,7 +149,10 @@ class BaselineEvalCallback(BaseCallback):
         return True
 
     def _on_training_end(self) -> None:
-        self.evaluate()
+        from rankrl import interrupt
+
+        if interrupt.requested() is None:  # a stop request leaves at once; the resumed run evaluates
+            self.evaluate()
 
     def evaluate(self) -> dict:
         """Run the evaluation now, log it, and return its figures."""
@@ -160,6 +180,9 @@ class BaselineEvalCallback(BaseCallback):
             handle.write(json.dumps(record) + "\n")
         if figures["policy_return"] > self.best:
             self.best = figures["policy_return"]
-            self.model.save(self.run_dir / "best_policy.zip")
+            if self.on_best is not None:
+                self.on_best(self.model)
+            else:
+                self.model.save(self.run_dir / "best_policy.zip")
         self.last = figures
         return figures

@@ -18,11 +18,19 @@ def plot_learning_curve(run_dir: str | Path) -> Path | None:
     episodes = []
     for path in sorted((run_dir / "monitor").glob("*.csv")):
         with path.open() as handle:
-            next(handle, None)  # SB3's JSON header line
-            episodes += [(float(row["t"]), float(row["r"])) for row in csv.DictReader(handle)]
-    evaluations = []
-    if (run_dir / "evaluations.jsonl").exists():
-        evaluations = [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines() if line]
+            header = next(handle, "#{}")  # SB3's JSON header line: t_start orders the legs of a resumed run
+            try:
+                start = float(json.loads(header.lstrip("#")).get("t_start", 0.0))
+            except (ValueError, AttributeError):
+                start = 0.0
+            for row in csv.DictReader(handle):
+                try:
+                    episodes.append((start + float(row["t"]), float(row["r"])))
+                except (KeyError, TypeError, ValueError):  # a line cut by a kill
+                    continue
+    from rankrl.train.callbacks import read_evaluations
+
+    evaluations = [e for e in read_evaluations(run_dir) if "fixed_return" in e and "timesteps" in e]
     if not episodes and not evaluations:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))

@@ -2,25 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
 import re
+import shutil
+import zipfile
 from pathlib import Path
 
 import gymnasium as gym
 from gymnasium.wrappers import TimeLimit
+from stable_baselines3.common.callbacks import BaseCallback
 
+from rankrl import interrupt
 from rankrl.env import LoRARankEnv, env_id, load_env_config
 from rankrl.env.registration import ENV_VERSION
-from rankrl.policy import FEATURES_FILE, METADATA_FILE, POLICY_FILE
+from rankrl.policy import FEATURES_FILE, METADATA_FILE, POLICY_FILE, save_policy_data
 from rankrl.presets import to_mapping
-from rankrl.runs import new_run_dir, read_config, write_config
+from rankrl.runs import atomic_write_text, check_writable, new_run_dir, read_config, write_config
 from rankrl.train.agent_config import load_agent_config
 from rankrl.train.callbacks import BaselineEvalCallback, RankLoggingCallback, check_eval_episodes
 
+DEFAULT_TIMESTEPS = 20_000
+
 
 def make_limited_env(config, torch_threads: int | None = None) -> gym.Env:
-    """A ``LoRARankEnv`` under the episode limit its registration gives (works for preset files too)."""
+    """A ``LoRARankEnv`` under the episode limit its registration gives (works for preset files too).
+
+    In a worker subprocess (``torch_threads`` set) Ctrl-C is left to the parent, which stops cleanly and
+    closes the workers; otherwise a terminal's Ctrl-C would kill them mid-step.
+    """
+    if torch_threads is not None:
+        interrupt.ignore_in_worker()
     return TimeLimit(LoRARankEnv(config=config, torch_threads=torch_threads), max_episode_steps=config.episode_length)
 
 
@@ -36,121 +50,279 @@ def _vec_env(config, n_envs: int, seed: int, monitor_dir: Path | None):
                         env_kwargs={"config": config}, vec_env_cls=DummyVecEnv)
 
 
-def _latest_checkpoint(run_dir: Path) -> Path | None:
+def _checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(timesteps, path)`` of the run's checkpoints, newest first (partial files are not listed)."""
     checkpoints = []
     for path in (run_dir / "checkpoints").glob("*.zip"):
         match = re.search(r"_(\d+)_steps\.zip$", path.name)
         if match:
             checkpoints.append((int(match.group(1)), path))
-    return max(checkpoints)[1] if checkpoints else None
+    return sorted(checkpoints, reverse=True)
 
 
-def train_policy(env: str = "default", agent: str = "ppo", timesteps: int = 20_000, n_envs: int = 1,
+def save_zip(model, path: Path) -> Path:
+    """``model.save`` to a temporary name, then rename: a kill mid-save never leaves a truncated zip."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.stem}.partial.zip")
+    model.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+class CheckpointEvery(BaseCallback):
+    """Save ``checkpoints/policy_<timesteps>_steps.zip`` atomically every ``every`` environment steps, and stop
+    training at the next step after Ctrl-C / SIGTERM (:mod:`rankrl.interrupt`)."""
+
+    def __init__(self, run_dir: Path, every: int) -> None:
+        super().__init__()
+        self.directory = Path(run_dir) / "checkpoints"
+        self.every = every
+        self.last: int | None = None
+        self.stopped = False
+
+    def _init_callback(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.last = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps // self.every > self.last // self.every:
+            self.save()
+        if interrupt.requested() is not None:
+            self.stopped = True
+            return False
+        return True
+
+    def save(self) -> Path:
+        self.last = self.num_timesteps
+        return save_zip(self.model, self.directory / f"policy_{self.num_timesteps}_steps.zip")
+
+
+def _resume_model(algorithm, run_dir: Path, vec_env, build, say) -> object:
+    """A fresh model with the newest checkpoint's weights and optimizer, read without unpickling.
+
+    SB3's ``set_parameters`` reads only the ``.pth`` entries (``torch.load(weights_only=True)``); the step
+    count comes from the zip's JSON ``data``. A damaged checkpoint (a kill during an older, non-atomic save)
+    is reported and the previous one is used.
+    """
+    for timesteps, path in _checkpoints(run_dir):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                data = json.loads(archive.read("data"))
+            model = build()
+            model.set_parameters(str(path), exact_match=True, device=model.device)
+        except Exception as err:  # any damage: fall back to the previous checkpoint
+            say(f"checkpoint {path.name} is unusable ({type(err).__name__}: {err}); trying the previous one")
+            continue
+        model.num_timesteps = int(data.get("num_timesteps", timesteps))
+        model._n_updates = int(data.get("_n_updates", 0))
+        return model
+    raise ValueError(f"{run_dir} has no usable checkpoints to resume from (checkpoints/*_steps.zip); start a new "
+                     "run instead.")
+
+
+def train_policy(env: str = "default", agent: str = "ppo", timesteps: int | None = None, n_envs: int = 1,
                  seed: int = 0, out: str | Path = "runs", resume: str | Path | None = None,
-                 progress: bool = True, device: str = "cpu", init_policy: str | Path | None = None) -> Path:
+                 progress: bool = True, device: str = "cpu", init_policy: str | Path | None = None,
+                 checkpoint_every: int | None = None, trust_policy: bool = False, say=print) -> Path:
     """Train a rank-allocation policy and write a run directory ``<out>/<env>/<agent>_<seed>_<n>/``.
 
-    The run directory holds ``config.json`` (everything resolved), ``policy.zip`` (SB3), ``features.json``
-    (the observation layout the policy expects), ``metadata.json`` (groups, rank bounds, deltas, the
-    baseline comparison), ``best_policy.zip``, ``checkpoints/``, ``monitor/``, ``tb/`` (TensorBoard) and
+    The run directory holds ``config.json`` (everything resolved), ``policy.json`` + ``policy.safetensors``
+    (the policy as data, what ``learned:`` loads), ``policy.zip`` (the SB3 model), ``features.json`` (the
+    observation layout), ``metadata.json`` (groups, rank bounds, deltas, the baseline comparison),
+    ``best_policy.{json,safetensors,zip}``, ``checkpoints/``, ``monitor/``, ``tb/`` (TensorBoard) and
     ``learning_curve.png``.
 
     Args:
         env: Environment preset name or YAML path.
         agent: Agent preset name or YAML path.
-        timesteps: Total environment steps (decisions) to train for.
+        timesteps: Total environment steps (decisions) to train for; default 20,000, or a resumed run's own
+            target.
         n_envs: Parallel environments (subprocess workers, one torch thread each, when > 1).
         seed: Seed of the policy and of the environments.
         out: Root of run directories.
-        resume: A run directory to continue from its last checkpoint (up to ``timesteps`` in total).
+        resume: A run directory to continue from its newest good checkpoint: its config, monitor history,
+            evaluations and best score are kept.
         progress: Show a progress bar.
         device: Torch device of the policy.
-        init_policy: Warm start: copy the network weights of this policy (a ``policy.zip`` or run directory
-            with the same observation layout, action space and ``net_arch``), e.g. one trained on the cheap
-            ``default`` preset before a run on ``minilm``.
+        init_policy: Warm start: copy the network weights of this policy (a run directory or ``policy.json``
+            with the same observation layout, action space and ``net_arch``; a bare zip needs
+            ``trust_policy``), e.g. one trained on the cheap ``default`` preset before a run on ``minilm``.
+        checkpoint_every: Environment steps between checkpoints (default: the agent preset's).
+        trust_policy: Allow a bare SB3 zip as ``init_policy`` (it is unpickled).
+        say: Where resume messages go.
 
     Raises:
-        ValueError: ``timesteps`` or ``n_envs`` < 1, unknown presets, a resume directory without checkpoints,
-            an ``init_policy`` that does not fit (:class:`~rankrl.policy.PolicyFileError`).
+        ValueError: ``timesteps`` or ``n_envs`` < 1, unknown presets, a resume directory that is not a train
+            run or has no usable checkpoint, an ``init_policy`` that does not fit
+            (:class:`~rankrl.policy.PolicyFileError`).
+        Interrupted: Ctrl-C / SIGTERM, after saving a checkpoint (the message says how to continue).
     """
-    if timesteps < 1:
+    if timesteps is not None and timesteps < 1:
         raise ValueError(f"--timesteps must be a positive number of environment steps, got {timesteps}.")
     if n_envs < 1:
         raise ValueError(f"--n-envs must be >= 1, got {n_envs}.")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every must be a positive number of environment steps, got {checkpoint_every}.")
+    saved: dict = {}
     if resume is not None:
         run_dir = Path(resume)
         saved = read_config(run_dir)
+        if saved.get("command", "train") != "train" or "env_preset" not in saved:
+            raise ValueError(f"--resume: {run_dir} is a rankrl {saved.get('command', '?')} run, not a `rankrl train` "
+                             "run; resume it with its own command.")
         env, agent, seed = saved["env_preset"], saved["agent_preset"], saved["seed"]
         trained_on = str(saved.get("env_id", ""))
         if trained_on and not trained_on.endswith(f"-v{ENV_VERSION}"):
             raise ValueError(f"{run_dir} was trained on {trained_on}; this rankrl trains environment v{ENV_VERSION}, "
                              f"whose actions and observations differ. Start a new run: rankrl train --env {env}.")
-        checkpoint = _latest_checkpoint(run_dir)
-        if checkpoint is None:
+        timesteps = timesteps if timesteps is not None else int(saved["timesteps"])
+        checkpoint_every = checkpoint_every or saved.get("checkpoint_every")
+        if not _checkpoints(run_dir):
             raise ValueError(f"{run_dir} has no checkpoints to resume from (checkpoints/*_steps.zip).")
+        check_writable(run_dir, "--resume")
+    else:
+        check_writable(out, "--out")
+    timesteps = timesteps if timesteps is not None else DEFAULT_TIMESTEPS
     env_config = load_env_config(env)
     agent_config = load_agent_config(agent, env_name=env_config.name)
     check_eval_episodes(env_config, agent_config.eval_episodes)
     spec_env = LoRARankEnv(config=env_config)  # cheap: builds the spaces, layout and deltas only
-    warm_start = _load_warm_start(init_policy, spec_env) if init_policy is not None and resume is None else None
+    warm_start = (_load_warm_start(init_policy, spec_env, trust_policy)
+                  if init_policy is not None and resume is None else None)
+    every = checkpoint_every or agent_config.checkpoint_freq
     if resume is None:
         run_dir = new_run_dir(Path(out) / env_config.name, f"{agent_config.name}_{seed}")
-        write_config(run_dir, {
+        saved = {
             "command": "train", "env_preset": str(env), "agent_preset": str(agent), "env_id": env_id(env_config.name),
-            "timesteps": timesteps, "n_envs": n_envs, "seed": seed, "device": device,
+            "timesteps": timesteps, "n_envs": n_envs, "seed": seed, "device": device, "checkpoint_every": every,
             "init_policy": None if init_policy is None else str(Path(init_policy).resolve()),
             "env": to_mapping(env_config), "agent": agent_config.to_dict(), "python": platform.python_version(),
-        })
-    (run_dir / FEATURES_FILE).write_text(json.dumps(spec_env.layout.to_dict(), indent=2) + "\n")
+        }
+    try:
+        return _train(run_dir, saved, env_config, agent_config, spec_env, warm_start, init_policy, timesteps,
+                      n_envs, seed, every, resume is not None, progress, device, say)
+    except _SetupError as err:  # nothing trained yet: a new run leaves no directory behind
+        if resume is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise err.__cause__ from None
 
-    from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
 
-    vec_env = _vec_env(env_config, n_envs, seed, run_dir / "monitor")
-    algorithm = agent_config.algorithm_class()
-    if resume is not None:
-        model = algorithm.load(checkpoint, env=vec_env, device=device, tensorboard_log=str(run_dir / "tb"))
-    else:
-        model = algorithm(agent_config.policy, vec_env, seed=seed, device=device, verbose=0,
-                          tensorboard_log=str(run_dir / "tb"), policy_kwargs={"net_arch": agent_config.net_arch},
-                          **to_mapping(agent_config.hyperparams))
-        if warm_start is not None:
-            _copy_policy_weights(warm_start, model, init_policy)
-    evaluation = BaselineEvalCallback(env_config, run_dir, agent_config.eval_freq, agent_config.eval_episodes)
-    callbacks = CallbackList([
-        RankLoggingCallback(),
-        CheckpointCallback(save_freq=max(agent_config.checkpoint_freq // n_envs, 1),
-                           save_path=str(run_dir / "checkpoints"), name_prefix="policy"),
-        evaluation,
-    ])
-    remaining = timesteps - model.num_timesteps
+class _SetupError(Exception):
+    """A failure before the first training step (its cause is re-raised)."""
+
+
+def _train(run_dir: Path, saved: dict, env_config, agent_config, spec_env, warm_start, init_policy, timesteps: int,
+           n_envs: int, seed: int, every: int, resuming: bool, progress: bool, device: str, say) -> Path:
+    from stable_baselines3.common.callbacks import CallbackList
+
+    layout = spec_env.layout.to_dict()
+    try:
+        if resuming:
+            keep_history(run_dir)
+        vec_env = _vec_env(env_config, n_envs, seed, run_dir / "monitor")
+        algorithm = agent_config.algorithm_class()
+
+        def build():
+            return algorithm(agent_config.policy, vec_env, seed=seed, device=device, verbose=0,
+                             tensorboard_log=str(run_dir / "tb"), policy_kwargs={"net_arch": agent_config.net_arch},
+                             **to_mapping(agent_config.hyperparams))
+
+        if resuming:
+            model = _resume_model(algorithm, run_dir, vec_env, build, say)
+            truncate_evaluations(run_dir, model.num_timesteps)
+            saved.setdefault("resumed", []).append({"from_timesteps": int(model.num_timesteps), "target": timesteps})
+            saved["timesteps"] = timesteps
+        else:
+            model = build()
+            if warm_start is not None:
+                _copy_policy_weights(warm_start, model, init_policy)
+        write_config(run_dir, saved)
+        atomic_write_text(run_dir / FEATURES_FILE, json.dumps(layout, indent=2) + "\n")
+    except (Exception, KeyboardInterrupt) as err:
+        raise _SetupError() from err
+    static = _metadata(env_config, spec_env, agent_config)
+
+    def save_best(model) -> None:
+        save_zip(model, run_dir / "best_policy.zip")
+        save_policy_data(model, run_dir, static, layout=layout, stem="best_policy")
+
+    evaluation = BaselineEvalCallback(env_config, run_dir, agent_config.eval_freq, agent_config.eval_episodes,
+                                      on_best=save_best)
+    checkpoints = CheckpointEvery(run_dir, every)
+    callbacks = CallbackList([RankLoggingCallback(), checkpoints, evaluation])
+    start = model.num_timesteps
+    remaining = timesteps - start
     try:
         if remaining > 0:
             model.learn(remaining, callback=callbacks, progress_bar=progress, tb_log_name=agent_config.name,
-                        reset_num_timesteps=resume is None)
-    except KeyboardInterrupt:
-        path = run_dir / "checkpoints" / f"policy_{model.num_timesteps}_steps.zip"
-        model.save(path)
-        vec_env.close()
-        raise KeyboardInterrupt(
-            f"Interrupted at {model.num_timesteps} steps; saved {path}. Continue with: "
-            f"rankrl train --resume {run_dir} --timesteps {timesteps}"
+                        reset_num_timesteps=not resuming)
+    except KeyboardInterrupt:  # library use without rankrl's signal handlers
+        checkpoints.stopped = True
+    except Exception as err:
+        if model.num_timesteps == start:  # the environments failed before the first step (e.g. a bad model)
+            _close(vec_env)
+            raise _SetupError() from err
+        raise
+    if checkpoints.stopped:
+        path = checkpoints.save()
+        _close(vec_env)
+        raise interrupt.Interrupted(
+            f"train interrupted at {model.num_timesteps} of {timesteps} steps; kept {path} (and the monitor, "
+            f"evaluations and TensorBoard logs). Continue with: rankrl train --resume {run_dir}"
         ) from None
-    model.save(run_dir / POLICY_FILE)
-    vec_env.close()
-    _write_metadata(run_dir, env_config, spec_env, agent_config, evaluation, model.num_timesteps)
+    save_zip(model, run_dir / POLICY_FILE)
+    _close(vec_env)
+    metadata = {**static, "timesteps": int(model.num_timesteps), "last_evaluation": getattr(evaluation, "last", None)}
+    atomic_write_text(run_dir / METADATA_FILE, json.dumps(metadata, indent=2) + "\n")
+    save_policy_data(model, run_dir, metadata, layout=layout)
     from rankrl.train.plots import plot_learning_curve
 
     plot_learning_curve(run_dir)
     return run_dir
 
 
-def _load_warm_start(init_policy: str | Path, spec_env: LoRARankEnv):
+def keep_history(run_dir: Path) -> None:
+    """Before a resumed leg: move the monitor files of the earlier leg to ``<i>.leg<k>.monitor.csv``, so the new
+    leg's monitors (SB3 rewrites ``<i>.monitor.csv``) add to the history instead of replacing it."""
+    monitor = run_dir / "monitor"
+    current = sorted(monitor.glob("[0-9]*.monitor.csv")) if monitor.is_dir() else []
+    current = [p for p in current if re.fullmatch(r"\d+\.monitor\.csv", p.name)]
+    if not current:
+        return
+    leg = 1 + max((int(m.group(1)) for p in monitor.glob("*.leg*.monitor.csv")
+                   if (m := re.search(r"\.leg(\d+)\.monitor\.csv$", p.name))), default=0)
+    for path in current:
+        path.rename(path.with_name(path.name.replace(".monitor.csv", f".leg{leg}.monitor.csv")))
+
+
+def truncate_evaluations(run_dir: Path, timesteps: int) -> None:
+    """Drop evaluations after the checkpoint a resume starts from (they are redone) and any half-written line."""
+    path = run_dir / "evaluations.jsonl"
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("timesteps", 0) <= timesteps:
+            kept.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _close(vec_env) -> None:
+    with contextlib.suppress(EOFError, BrokenPipeError, ConnectionResetError):  # workers gone (terminal Ctrl-C)
+        vec_env.close()
+
+
+def _load_warm_start(init_policy: str | Path, spec_env: LoRARankEnv, trust_policy: bool = False):
     """Load ``init_policy`` for a warm start, checked against the new run's layout and action space."""
     from rankrl.policy import PolicyFileError, load_policy
 
-    loaded = load_policy(init_policy, spec_env.layout)
-    if loaded.model.action_space != spec_env.action_space:
-        raise PolicyFileError(f"--init-policy {init_policy} acts in {loaded.model.action_space}, but this "
+    loaded = load_policy(init_policy, spec_env.layout, trust_policy=trust_policy)
+    if loaded.action_space != spec_env.action_space:
+        raise PolicyFileError(f"--init-policy {init_policy} acts in {loaded.action_space}, but this "
                               f"environment's action space is {spec_env.action_space}.")
     from rankrl.controllers.learned import check_env_version
 
@@ -159,28 +331,29 @@ def _load_warm_start(init_policy: str | Path, spec_env: LoRARankEnv):
     if actions is not None and list(actions) != spec_env.actions:
         raise PolicyFileError(f"--init-policy {init_policy} was trained with actions {actions}, this "
                               f"environment uses {spec_env.actions}.")
-    return loaded.model
+    return loaded.policy
 
 
 def _copy_policy_weights(source, model, init_policy) -> None:
     from rankrl.policy import PolicyFileError
 
     try:
-        model.policy.load_state_dict(source.policy.state_dict())
+        model.policy.load_state_dict(source.state_dict())
     except RuntimeError as err:
         raise PolicyFileError(f"--init-policy {init_policy} has another network shape than this agent preset "
                               f"({err.__class__.__name__}); use the agent preset it was trained with.") from err
 
 
-def _write_metadata(run_dir: Path, env_config, spec_env: LoRARankEnv, agent_config, evaluation, steps: int) -> None:
-    deltas = [int(d) for d in spec_env.deltas]
+def _metadata(env_config, spec_env: LoRARankEnv, agent_config) -> dict:
+    """What a policy records about the environment it was trained in (``metadata.json``, ``policy.json``)."""
     high = env_config.budget_range[1] if env_config.budget_range else env_config.budget_frac
-    metadata = {
-        "algo": agent_config.algo, "timesteps": steps, "env": env_config.name, "env_id": env_id(env_config.name),
+    return {
+        "algo": agent_config.algo, "env": env_config.name, "env_id": env_id(env_config.name),
         "actions": spec_env.actions,
         "num_groups": env_config.num_action_groups, "split_by_kind": env_config.split_by_kind,
         "r_max": env_config.r_max, "rank_init": env_config.rank_init, "rank_step": env_config.rank_step,
-        "deltas": deltas, "memory_scope": env_config.memory_scope, "use_rslora": env_config.use_rslora,
+        "deltas": [int(d) for d in spec_env.deltas], "memory_scope": env_config.memory_scope,
+        "use_rslora": env_config.use_rslora,
         # The highest wall the policy was trained behind, relative to the reference memory; deployment without
         # a budget defaults to it (the policy never saw more memory than that).
         "budget_frac": high if env_config.budget_mb is None else None,
@@ -190,6 +363,4 @@ def _write_metadata(run_dir: Path, env_config, spec_env: LoRARankEnv, agent_conf
                             "group is split into attention (2g) and MLP (2g+1) modules",
         "rank_pattern_note": "rank per group -> rank_pattern: every LoRA module of group g gets the group's rank "
                              "(RankedLoRA.groups maps module names to groups on any model)",
-        "last_evaluation": getattr(evaluation, "last", None),
     }
-    (run_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")

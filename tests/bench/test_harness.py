@@ -10,6 +10,7 @@ import pytest
 from rankrl.bench import COLUMNS, run_bench
 from rankrl.bench import harness as harness_module
 from rankrl.bench import runner as runner_module
+from rankrl.interrupt import Interrupted
 from rankrl.runs import RunDirectoryExistsError
 from tests.bench.conftest import TASK, tiny_config
 
@@ -109,15 +110,15 @@ def test_interrupted_bench_resumes_where_it_stopped(tmp_path, monkeypatch):
     config = tiny_config(tmp_path / "out", controllers=["fixed:2,importance"], seeds=2)
     real, calls = runner_module.execute, []
 
-    def interrupted(run, cfg, root):
+    def interrupted(run, cfg, root, resume=False):
         calls.append(run.run_id)
         if len(calls) == 3:
             (run.directory(root) / "tb").mkdir(parents=True)  # half a run on disk, as Ctrl-C leaves it
             raise KeyboardInterrupt
-        return real(run, cfg, root)
+        return real(run, cfg, root, resume=resume)
 
     monkeypatch.setattr(harness_module, "execute", interrupted)
-    with pytest.raises(KeyboardInterrupt, match="2 of 4 runs are finished.*--resume"):
+    with pytest.raises(Interrupted, match="2 of 4 runs are finished.*--resume"):
         run_bench(config, progress=False)
     assert len(read_csv(tmp_path / "out" / "results.csv")) == 2
     assert "2 of 4 runs finished" in (tmp_path / "out" / "report.md").read_text()

@@ -1,4 +1,4 @@
-"""The learned controller: an SB3 policy saved like ``rankrl train`` saves it, checked against the live run."""
+"""The learned controller: a policy saved as data like ``rankrl train`` saves it, checked against the live run."""
 
 from __future__ import annotations
 
@@ -12,15 +12,24 @@ from stable_baselines3 import PPO
 
 from rankrl.controllers import LearnedController, make_controller
 from rankrl.env import LoRARankEnv, ObservationMismatchError
-from rankrl.policy import FEATURES_FILE, METADATA_FILE, POLICY_FILE, PolicyFileError
+from rankrl.policy import (
+    FEATURES_FILE,
+    METADATA_FILE,
+    POLICY_FILE,
+    SPEC_FILE,
+    PolicyFileError,
+    save_policy_data,
+)
 
 # Output bias of the policy's action head (5 actions per group: -step, 0, +step, freeze, thaw): group 0
 # prefers +step, group 1 prefers -step.
 BIAS = [0.0, 0.0, 3.0, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0, 0.0]
 
 
-def save_policy(directory, num_groups: int = 2, features: bool = True, bias: list[float] | None = None):
-    """An untrained PPO on the tiny environment, saved with features.json and metadata.json."""
+def save_policy(directory, num_groups: int = 2, features: bool = True, bias: list[float] | None = None,
+                as_zip: bool = False):
+    """An untrained PPO on the tiny environment, saved as data (policy.json + policy.safetensors) or, with
+    ``as_zip``, as a bare SB3 zip with features.json and metadata.json."""
     env = LoRARankEnv(preset="tiny", num_groups=num_groups)
     model = PPO("MlpPolicy", env, seed=0, n_steps=8, batch_size=8, policy_kwargs={"net_arch": [8]}, device="cpu")
     if bias is not None:  # a policy with known preferences: zero weights, so the bias alone decides
@@ -28,11 +37,14 @@ def save_policy(directory, num_groups: int = 2, features: bool = True, bias: lis
             model.policy.action_net.weight.zero_()
             model.policy.action_net.bias.copy_(torch.tensor(bias))
     directory.mkdir(parents=True, exist_ok=True)
+    metadata = {"algo": "PPO", "num_groups": num_groups, "r_max": env.config.r_max,
+                "rank_step": env.config.rank_step, "actions": env.actions, "env_id": "rankrl/tiny-v1"}
+    if not as_zip:
+        save_policy_data(model, directory, metadata, layout=env.layout.to_dict() if features else None)
+        return directory
     model.save(directory / POLICY_FILE)
     if features:
         (directory / FEATURES_FILE).write_text(json.dumps(env.layout.to_dict()))
-    metadata = {"algo": "PPO", "num_groups": num_groups, "r_max": env.config.r_max,
-                "rank_step": env.config.rank_step, "actions": env.actions, "env_id": "rankrl/tiny-v1"}
     (directory / METADATA_FILE).write_text(json.dumps(metadata))
     return directory
 
@@ -63,11 +75,25 @@ def test_learned_acts_deterministically_and_reports_probabilities(make_loop, pol
 def test_learned_decision_matches_sb3_predict(make_loop, tmp_path):
     directory = save_policy(tmp_path / "plain")  # an untrained policy, no hand-set preferences
     loop = make_loop(budget_frac=None)
-    controller = LearnedController(directory / POLICY_FILE)
+    controller = LearnedController(directory / SPEC_FILE)
     loop.prepare(controller)
     ctx = loop.context()
-    predicted, _ = controller.policy.model.predict(ctx.observation, deterministic=True)
+    predicted, _ = controller.policy.policy.predict(ctx.observation, deterministic=True)
     assert controller.decide(ctx).action == predicted.tolist()
+
+
+def test_data_policy_acts_exactly_like_the_sb3_model_it_was_saved_from(make_loop, tmp_path):
+    directory = save_policy(tmp_path / "zip", as_zip=True, bias=BIAS)
+    save_policy_data(PPO.load(directory / POLICY_FILE, device="cpu"), tmp_path / "data",
+                     json.loads((directory / METADATA_FILE).read_text()),
+                     layout=LoRARankEnv(preset="tiny", num_groups=2).layout.to_dict())
+    loop = make_loop(budget_frac=None)
+    trusted = LearnedController(directory / POLICY_FILE, trust_policy=True)
+    data = LearnedController(tmp_path / "data")
+    loop.prepare(trusted)
+    loop.prepare(data)
+    ctx = loop.context()
+    assert data.probabilities(ctx.observation) == trusted.probabilities(ctx.observation)
 
 
 def test_policy_for_another_number_of_groups_is_refused_before_training(make_loop, tmp_path):
@@ -80,17 +106,26 @@ def test_policy_for_another_number_of_groups_is_refused_before_training(make_loo
 
 def test_policy_for_another_layout_is_refused(make_loop, tmp_path):
     directory = save_policy(tmp_path / "layout")
-    saved = json.loads((directory / FEATURES_FILE).read_text())
-    saved["features"] = [name.replace("importance_share", "sensitivity_share") for name in saved["features"]]
-    (directory / FEATURES_FILE).write_text(json.dumps(saved))
+    saved = json.loads((directory / SPEC_FILE).read_text())
+    layout = saved["observation_layout"]
+    layout["features"] = [name.replace("importance_share", "sensitivity_share") for name in layout["features"]]
+    (directory / SPEC_FILE).write_text(json.dumps(saved))
     with pytest.raises(ObservationMismatchError, match="retrain it"):
         make_loop(budget_frac=None).prepare(LearnedController(directory))
 
 
-def test_policy_without_features_json_is_checked_by_its_observation_space(make_loop, tmp_path):
-    directory = save_policy(tmp_path / "bare", num_groups=1, features=False)
+@pytest.mark.parametrize("as_zip", [False, True])
+def test_policy_without_a_layout_is_checked_by_its_observation_space(make_loop, tmp_path, as_zip):
+    directory = save_policy(tmp_path / "bare", num_groups=1, features=False, as_zip=as_zip)
     with pytest.raises(PolicyFileError, match="num_groups=2"):
-        make_loop(budget_frac=None).prepare(LearnedController(directory))
+        make_loop(budget_frac=None).prepare(LearnedController(directory, trust_policy=as_zip))
+
+
+def test_a_bare_zip_needs_trust_policy_and_says_why(tmp_path):
+    directory = save_policy(tmp_path / "zip", as_zip=True)
+    with pytest.raises(PolicyFileError, match="can run arbitrary code.*--trust-policy"):
+        make_controller(f"learned:{directory}")
+    assert LearnedController(directory, trust_policy=True).metadata["r_max"] == 8
 
 
 def test_missing_or_corrupt_policy_files(tmp_path):
@@ -100,11 +135,34 @@ def test_missing_or_corrupt_policy_files(tmp_path):
     corrupt.parent.mkdir()
     corrupt.write_bytes(b"not a zip at all")
     with pytest.raises(PolicyFileError, match="not a stable-baselines3 zip"):
-        LearnedController(corrupt)
+        LearnedController(corrupt, trust_policy=True)
     with zipfile.ZipFile(corrupt, "w") as archive:  # a zip, but not a policy
         archive.writestr("data", "{}")
     with pytest.raises(PolicyFileError, match="could not be loaded"):
-        LearnedController(corrupt).bind(num_groups=2, split_by_kind=False, r_max=8, rank_step=2, total_steps=None)
+        LearnedController(corrupt, trust_policy=True).bind(num_groups=2, split_by_kind=False, r_max=8, rank_step=2,
+                                                           total_steps=None)
+
+
+def test_damaged_data_policies_are_refused_naming_the_file(tmp_path):
+    directory = save_policy(tmp_path / "data")
+    spec = json.loads((directory / SPEC_FILE).read_text())
+    (directory / SPEC_FILE).write_text("{not json")
+    with pytest.raises(PolicyFileError, match=r"policy\.json \(policy spec\) is not valid JSON"):
+        LearnedController(directory)
+    for key, value, message in (("activation_fn", "os.system", "activation"),
+                                ("net_arch", "[64]; import os", "net_arch"),
+                                ("features_extractor_class", "Evil", "policy_kwargs may hold only")):
+        broken = json.loads(json.dumps(spec))
+        broken["policy_kwargs"][key] = value
+        (directory / SPEC_FILE).write_text(json.dumps(broken))
+        with pytest.raises(PolicyFileError, match=message):
+            LearnedController(directory)
+    (directory / SPEC_FILE).write_text(json.dumps(spec))
+    weights = directory / "policy.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])  # a truncated copy
+    controller = LearnedController(directory)
+    with pytest.raises(PolicyFileError, match="checksum"):
+        controller.bind(num_groups=2, split_by_kind=False, r_max=8, rank_step=2, total_steps=None)
 
 
 def test_deciding_before_bind_says_what_to_call(policy_dir):
@@ -126,10 +184,11 @@ def test_freeze_and_thaw_actions_reach_the_decision(make_loop, tmp_path):
 @pytest.mark.parametrize("metadata", [{"env_id": "rankrl/default-v0"}, {"deltas": [-2, 0, 2]}])
 def test_a_policy_trained_on_environment_v0_is_one_clear_error(make_loop, tmp_path, metadata):
     directory = save_policy(tmp_path / "v0")
-    saved = json.loads((directory / METADATA_FILE).read_text())
-    saved.pop("actions")
-    saved.pop("env_id")
-    (directory / METADATA_FILE).write_text(json.dumps({**saved, **metadata}))
+    spec = json.loads((directory / SPEC_FILE).read_text())
+    spec["metadata"].pop("actions")
+    spec["metadata"].pop("env_id")
+    spec["metadata"].update(metadata)
+    (directory / SPEC_FILE).write_text(json.dumps(spec))
     loop = make_loop(budget_frac=None)
     with pytest.raises(PolicyFileError, match=r"trained on environment v0.*Retrain it: rankrl train --env"):
         loop.prepare(LearnedController(directory))

@@ -65,11 +65,11 @@ def test_learned_without_a_path_is_the_shipped_default_policy(monkeypatch, tmp_p
     import rankrl.policy
 
     controller = make_controller("learned")
-    assert controller.path == rankrl.policy.shipped_policy("default") / "policy.zip"
+    assert controller.path == rankrl.policy.shipped_policy("default") / "policy.json"
     assert make_controller("learned:default").path == controller.path
     assert "default" in rankrl.policy.list_shipped_policies()
     monkeypatch.setattr(rankrl.policy, "shipped_policy_dirs", lambda: [tmp_path])
-    with pytest.raises(ValueError, match="No shipped policy named 'default' .shipped: none.. Pass a policy.zip"):
+    with pytest.raises(ValueError, match="No shipped policy named 'default' .shipped: none.. Pass a policy directory"):
         make_controller("learned")
 
 

@@ -59,7 +59,7 @@ class Spy(TrainerCallback):
         names = {id(p): n for n, p in model.named_parameters()}
         state = unwrap_optimizer(optimizer).state
         return {"ranks": self.rl.ranks, "controller": self.control.controller.state_dict(),
-                "decisions": self.control.decisions,
+                "decisions": self.control.decisions, "signals": self.control.reader.state_dict(),
                 "weights": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
                 "exp_avg": {names[id(p)]: s["exp_avg"].clone() for p, s in state.items() if s}}
 
@@ -135,6 +135,12 @@ def test_resume_from_a_checkpoint_restores_ranks_and_controller_state(data, tmp_
     assert all(torch.equal(begin["exp_avg"][n], m) for n, m in at_save["exp_avg"].items())
     assert [r["step"] for r in DecisionLog.read(tmp_path / "rankrl")] == [0, 3, 6, 9, 12]  # redone steps replaced
     assert control2.decisions == control1.decisions == 5
+    # The signal trackers (importance EMAs, input variance, loss) continue from the checkpoint, not from zero.
+    assert (checkpoint / "rankrl_signals.safetensors").exists()
+    assert begin["signals"]["values"] == at_save["signals"]["values"]
+    assert begin["signals"]["values"]["importance"]["updates"] == SAVE
+    assert begin["signals"]["tensors"].keys() == at_save["signals"]["tensors"].keys()
+    assert all(torch.equal(begin["signals"]["tensors"][k], v) for k, v in at_save["signals"]["tensors"].items())
     if kind == "scripted":
         assert saved["controller_state"] == {"index": 3} and saved["group_ranks"] == PLAN[2]
         trained = [n for n, p in rl2.model.named_parameters() if p.requires_grad]

@@ -91,7 +91,8 @@ def test_finetune_refuses_an_existing_out(tmp_path):
     (["--controller", "nope"], "Known controllers: fixed, layerwise, importance, complexity, variance, greedy-memory"),
     (["--controller", "greedy-memory", "--budget-mb", "2"], "is below the smallest configuration"),
     (["--controller", "learned:{tmp}/missing"], "No policy at"),
-    (["--controller", "learned:{tmp}/corrupt/policy.zip"], "is not a stable-baselines3 zip"),
+    (["--controller", "learned:{tmp}/corrupt/policy.zip"], "is a bare stable-baselines3 zip and was not loaded"),
+    (["--controller", "learned:{tmp}/corrupt/policy.zip", "--trust-policy"], "is not a stable-baselines3 zip"),
     (["--controller", "learned:{tmp}/g1"], "trained for 1 layer groups but this run has 2"),
     (["--controller", "greedy-memory"], "needs a memory budget"),
     (["--controller", "greedy-memory", "--budget-mb", "30", "--budget-frac", "0.9"], "not several"),
@@ -135,8 +136,9 @@ def test_explain_of_a_heuristic_run_and_of_a_directory_without_decisions(tmp_pat
 def test_learned_policy_runs_behind_the_wall_it_was_trained_with(tmp_path):
     """Without --budget-mb a learned policy gets its training wall (metadata ``budget_frac`` x start memory)."""
     policy = save_policy(tmp_path / "grow", bias=[0.0, 0.0, 3.0, 0.0, 0.0] * 2)  # both groups always ask for +step
-    metadata = json.loads((policy / "metadata.json").read_text())
-    (policy / "metadata.json").write_text(json.dumps({**metadata, "budget_frac": 1.0}))
+    spec = json.loads((policy / "policy.json").read_text())
+    spec["metadata"]["budget_frac"] = 1.0
+    (policy / "policy.json").write_text(json.dumps(spec))
     out = tmp_path / "run"
     result = finetune(*SYNTHETIC, "--controller", f"learned:{policy}", "--steps", "12", "--every", "4",
                       "--out", str(out))
@@ -165,8 +167,9 @@ def test_lora_scaling_is_the_flag_s_not_the_policy_s(tmp_path):
     )
 
     policy = save_policy(tmp_path / "rs")
-    metadata = json.loads((policy / "metadata.json").read_text())
-    (policy / "metadata.json").write_text(json.dumps({**metadata, "use_rslora": True}))
+    spec = json.loads((policy / "policy.json").read_text())
+    spec["metadata"]["use_rslora"] = True
+    (policy / "policy.json").write_text(json.dumps(spec))
     learned, _ = build_controller(f"learned:{policy}")
     assert session_config_for(with_policy_defaults(learned, FinetuneConfig())).use_rslora is False
     assert session_config_for(with_policy_defaults(learned, FinetuneConfig(use_rslora=True))).use_rslora is True

@@ -1,10 +1,11 @@
 import math
 
 import pytest
+import torch
 
 from rankrl.signals import SignalReader
 
-from .helpers import make_batch
+from .helpers import attach, make_batch, train_steps
 
 GROUP_FEATURES = {
     "rank", "live_frac", "importance", "sensitivity", "complexity", "grad_norm", "numerical_rank",
@@ -104,3 +105,28 @@ def test_memory_measurement_passes_are_not_sampled_as_inputs(rl, optimizer):
         run(rl, optimizer, reader, 1, seed=9)
         assert all(reader.variance.samples[n] == before[n] + 1 for n in before)
     assert reader.variance.hooks_installed == 0
+
+
+def test_tracker_state_round_trips_into_a_fresh_reader_at_the_same_ranks():
+    """The EMAs, counters and sampling phase of every tracker reload exactly (what a resume restores)."""
+    rl = attach()
+    rl.set_group_ranks([2, 4])
+    reader = SignalReader(rl, variance_every=1)
+    optimizer = torch.optim.AdamW(rl.trainable_parameters(), lr=1e-3)
+    train_steps(rl, optimizer, 3, tracker=reader.importance)
+    for loss in (1.0, 0.8, 0.7):
+        reader.update_loss(loss)
+    reader.update_eval(0.6)
+    state = reader.state_dict()
+    assert set(state["tensors"]) == {f"importance/{n}/{k}" for n, r in rl.ranks.items() if r
+                                    for k in ("ipt_A", "ipt_B", "unc_A", "unc_B")}
+    fresh = SignalReader(rl, variance_every=1)  # same model and ranks, trackers at zero
+    fresh.load_state_dict(state)
+    assert fresh.importance.module_features() == reader.importance.module_features()
+    assert fresh.variance.variances() == reader.variance.variances()
+    assert fresh.loss.features() == reader.loss.features()
+    rl.model(**make_batch(7))  # the sampling phase continues identically in both
+    assert fresh.variance.state_dict() == reader.variance.state_dict()
+    rl.set_group_ranks([4, 4])
+    with pytest.raises(ValueError, match="other ranks|restore the ranks first"):
+        SignalReader(rl).load_state_dict(state)

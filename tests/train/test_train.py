@@ -41,7 +41,8 @@ def test_run_directory_layout_and_contents(run):
     run_dir, out = run
     assert run_dir == out / "tiny" / "quick_3_1"
     for name in ("config.json", "policy.zip", "best_policy.zip", "features.json", "metadata.json",
-                 "evaluations.jsonl", "learning_curve.png"):
+                 "evaluations.jsonl", "learning_curve.png", "policy.json", "policy.safetensors",
+                 "best_policy.json", "best_policy.safetensors"):
         assert (run_dir / name).stat().st_size > 0, name
     assert list((run_dir / "tb").rglob("events.out.tfevents.*"))
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.zip")) == ["policy_10_steps.zip", "policy_20_steps.zip"]
@@ -151,13 +152,13 @@ def test_policy_for_another_layout_is_refused_with_the_fix(run, tmp_path):
     features["features"] = list(reversed(features["features"]))
     (moved / "features.json").write_text(json.dumps(features))
     with pytest.raises(ObservationMismatchError, match="another order"):
-        load_policy(moved, ObservationLayout(2))
+        load_policy(moved, ObservationLayout(2), trust_policy=True)
     (moved / "features.json").unlink()
     with pytest.raises(PolicyFileError, match="observes"):
-        load_policy(moved, ObservationLayout(3))
+        load_policy(moved, ObservationLayout(3), trust_policy=True)
     (moved / "policy.zip").write_bytes(b"not a zip")
     with pytest.raises(PolicyFileError, match="not a stable-baselines3 zip"):
-        load_policy(moved / "policy.zip", ObservationLayout(2))
+        load_policy(moved / "policy.zip", ObservationLayout(2), trust_policy=True)
     with pytest.raises(PolicyFileError, match="No policy at"):
         load_policy(tmp_path / "nowhere", ObservationLayout(2))
 
