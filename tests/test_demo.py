@@ -49,7 +49,7 @@ def test_every_run_meets_the_dropping_budget_and_the_learned_run_uses_the_traine
     assert all(row["wall_violations"] == 0 for row in demo.rows)
     fixed = next(row for row in demo.rows if row["controller"].startswith("fixed"))
     assert fixed["final_ranks"] != "8 8"  # the wall took memory from plain LoRA when the budget dropped
-    assert "step,budget_frac\n0,0.9\n4,0.6\n" == (demo.run_dir / "budget_trace.csv").read_text()
+    assert (demo.run_dir / "budget_trace.csv").read_text() == "step,budget_frac\n0,0.9\n4,0.6\n"
     import json
 
     config = json.loads((demo.run_dir / "finetune" / "learned-just-trained" / "config.json").read_text())

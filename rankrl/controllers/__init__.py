@@ -9,15 +9,15 @@
 * :mod:`.registry`: :func:`make_controller` from a spec string; :mod:`.log`: ``decisions.jsonl``.
 """
 
+from rankrl.budget import BudgetTooSmallError, WallError, check_budget_trainable
 from rankrl.controllers.base import Applied, ControllerContext, Decision, RankController
 from rankrl.controllers.greedy import GreedyMemoryController
 from rankrl.controllers.importance import ImportanceController
 from rankrl.controllers.learned import LearnedController
 from rankrl.controllers.log import DECISIONS_FILE, DecisionLog, decision_record
+from rankrl.controllers.preflight import prepare_controller
 from rankrl.controllers.registry import CONTROLLERS, make_controller
 from rankrl.controllers.seeds import ComplexityController, VarianceController
-from rankrl.budget import BudgetTooSmallError, WallError, check_budget_trainable
-from rankrl.controllers.preflight import prepare_controller
 from rankrl.controllers.static import FixedController, LayerwiseController
 
 __all__ = [

@@ -9,11 +9,17 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from rankrl.budget import BudgetTooSmallError, BudgetTrace, check_budget_trainable, clip_to_budget, fit_to_wall
+from rankrl.budget import (
+    BudgetTooSmallError,
+    BudgetTrace,
+    check_budget_trainable,
+    clip_to_budget,
+    fit_to_wall,
+)
 from rankrl.data import TaskData, load_task_data
-from rankrl.lora.allocation import apply_allocation, backward_depth
 from rankrl.env.config import EnvConfig, load_env_config
 from rankrl.env.observation import ObservationLayout
+from rankrl.lora.allocation import apply_allocation, backward_depth
 from rankrl.session import FineTuneSession
 from rankrl.signals import SignalReader
 

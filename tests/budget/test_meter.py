@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from rankrl.budget import MemoryBudget
-
 from tests.signals.helpers import attach, make_batch, train_steps
 
 BUDGET = 64 * 2**20

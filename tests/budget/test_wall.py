@@ -15,7 +15,6 @@ from rankrl.controllers import (
     check_budget_trainable,
 )
 from rankrl.controllers.allocation import allocate
-
 from tests.controllers.helpers import fake_context
 
 
