@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 
 from rankrl.controllers import (
-    BudgetTooSmallError,
     ComplexityController,
     FixedController,
     GreedyMemoryController,
@@ -37,11 +37,13 @@ def test_fixed_without_rank_is_a_no_op(make_loop):
     assert all(s.applied.ranks == [4, 4] and not s.applied.changed for s in steps)
 
 
-def test_fixed_rank_that_does_not_fit_fails_before_training(make_loop):
+def test_a_fixed_rank_above_the_budget_is_brought_under_it_by_the_wall(make_loop):
     loop = make_loop(budget_frac=1.0)
-    with pytest.raises(BudgetTooSmallError, match=r"'fixed'.*\[8, 8\] need \d+\.\d\d MiB"):
-        loop.prepare(FixedController(8))
-    assert loop.session.step == 0
+    controller = FixedController(8)
+    loop.prepare(controller)  # feasible: the wall can always drop or freeze groups
+    applied = controller.apply(dataclasses.replace(loop.context(), step=0))
+    assert applied.requested == [8, 8] and applied.ranks == [4, 4] and applied.clipped == [0, 1]  # growth cut
+    assert applied.predicted_used <= loop.budget.budget
 
 
 # ---------------------------------------------------------------------------------------------- layerwise
