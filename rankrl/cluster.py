@@ -7,7 +7,6 @@ hangs ``ray.init``), and a cluster with fewer CPUs than the workers asked for.
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass
 
@@ -115,12 +114,3 @@ def _probe(address: str, seconds: float) -> None:
         raise ClusterError(f"Cannot reach the Ray cluster at --address {address} ({reason} within {seconds:g} s). "
                            "Start it with `ray start --head` on the head node, check the host and port, or drop "
                            "--address for a local Ray.") from None
-
-
-def worker_env() -> dict[str, str]:
-    """Environment variables the Ray workers get: one BLAS thread each, offline hub, quiet tokenizers."""
-    keep = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TOKENIZERS_PARALLELISM", "HF_HOME")
-    env = {key: os.environ[key] for key in keep if key in os.environ}
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env["OMP_NUM_THREADS"] = "1"
-    return env

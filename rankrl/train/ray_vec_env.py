@@ -24,7 +24,7 @@ import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 from stable_baselines3.common.vec_env.subproc_vec_env import _stack_obs
 
-from rankrl.cluster import import_ray, worker_env
+from rankrl.cluster import import_ray
 
 MAX_RESTARTS = 3
 """Times in a row a worker may die on the same step before the failure is raised."""
@@ -142,8 +142,9 @@ class RayVecEnv(VecEnv):
         self.max_restarts = max_restarts
         self.connection = connection
         self.restarts = 0
-        self._actor_class = ray.remote(num_cpus=num_cpus, max_restarts=0,
-                                       runtime_env={"env_vars": worker_env()})(EnvWorker)
+        # Ray restarts nothing by itself (max_restarts=0): a restarted actor would take the next step on an
+        # environment that was never reset. Ray gives actors of one CPU one BLAS thread (OMP_NUM_THREADS).
+        self._actor_class = ray.remote(num_cpus=num_cpus, max_restarts=0)(EnvWorker)
         self.actors = [self._new_actor(fn) for fn in self.env_fns]
         self._starts: list[dict | None] = [None] * len(self.env_fns)
         self._actions: list[list] = [[] for _ in self.env_fns]

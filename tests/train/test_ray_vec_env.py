@@ -47,17 +47,18 @@ class DictEnv(gym.Env):
         return {"x": np.clip(self.x, -10, 10), "n": self.t}
 
 
-def _rollout(vec_env, actions, kill=None):
-    """Observations, rewards and dones of ``actions`` (one row per step); ``kill(vec_env)`` after step 3."""
+def _rollout(vec_env, actions, kills=(), close=True):
+    """Observations, rewards, dones and terminal observations of ``actions``; ``kills[k](vec_env)`` after step k."""
     vec_env.seed(11)
     out = [vec_env.reset()]
     for step, action in enumerate(actions):
         obs, rewards, dones, infos = vec_env.step(action)
         terminal = [info.get("terminal_observation") for info in infos]
         out.append((obs, rewards, dones, terminal))
-        if kill is not None and step == 3:
-            kill(vec_env)
-    vec_env.close()
+        if step in dict(kills):
+            dict(kills)[step](vec_env)
+    if close:
+        vec_env.close()
     return out
 
 
@@ -82,37 +83,24 @@ def _actions(env_fn, n_envs=2, steps=40):
     return [np.stack([space.sample() for _ in range(n_envs)]) for _ in range(steps)]
 
 
-@pytest.mark.parametrize("env_fn", [lambda: gym.make("CartPole-v1"), DictEnv], ids=["cartpole", "dict-spaces"])
-def test_same_episodes_as_dummy_vec_env(env_fn):
+def test_same_episodes_as_dummy_vec_env():
+    def env_fn():
+        return gym.make("CartPole-v1")
+
     actions = _actions(env_fn)
-    reference = _rollout(make_vec_env(env_fn, n_envs=2, vec_env_cls=DummyVecEnv), actions)
-    remote = _rollout(make_vec_env(env_fn, n_envs=2, vec_env_cls=RayVecEnv), actions)
+    reference = _rollout(make_vec_env(env_fn, n_envs=2, seed=3, vec_env_cls=DummyVecEnv), actions)
+    remote = _rollout(make_vec_env(env_fn, n_envs=2, seed=3, vec_env_cls=RayVecEnv), actions)
     _assert_same(reference, remote)
     assert any(d.any() for _, _, d, _ in remote[1:]), "the rollout must cross an auto-reset"
 
 
-def _kill_actor(vec_env):
-    ray.kill(vec_env.actors[1])
-
-
-def _kill_process(vec_env):
-    os.kill(ray.get(vec_env.actors[0].pid.remote()), signal.SIGKILL)
-
-
-@pytest.mark.parametrize("kill", [_kill_actor, _kill_process], ids=["ray.kill", "SIGKILL"])
-def test_dead_worker_is_restarted_and_its_episode_retried(kill):
-    actions = _actions(DictEnv, steps=16)
+def test_any_spaces_and_the_vec_env_api():
+    """Dict observations, MultiDiscrete actions: nothing in the adapter depends on the shapes."""
+    actions = _actions(DictEnv)
     reference = _rollout(make_vec_env(DictEnv, n_envs=2, vec_env_cls=DummyVecEnv), actions)
     vec_env = make_vec_env(DictEnv, n_envs=2, vec_env_cls=RayVecEnv)
-    with pytest.warns(UserWarning, match="restarting it and retrying its episode"):
-        remote = _rollout(vec_env, actions, kill=kill)
-    assert vec_env.restarts == 1
-    _assert_same(reference, remote)
-
-
-def test_vec_env_api_reaches_the_workers():
-    vec_env = make_vec_env(DictEnv, n_envs=2, vec_env_cls=RayVecEnv)
     try:
+        _assert_same(reference, _rollout(vec_env, actions, close=False))
         vec_env.reset()
         assert vec_env.get_attr("limit") == [info["limit"] for info in vec_env.reset_infos]
         vec_env.set_attr("limit", 99, indices=[1])
@@ -127,3 +115,24 @@ def test_vec_env_api_reaches_the_workers():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         vec_env.close()  # closing twice is a no-op
+
+
+def _kill_actor(vec_env):
+    ray.kill(vec_env.actors[1])
+
+
+def _kill_process(vec_env):
+    os.kill(ray.get(vec_env.actors[0].pid.remote()), signal.SIGKILL)
+
+
+def test_dead_workers_are_restarted_and_their_episodes_retried():
+    """An actor killed through Ray and a worker process killed by a signal, mid-episode: same episodes."""
+    actions = _actions(DictEnv, steps=20)
+    reference = _rollout(make_vec_env(DictEnv, n_envs=2, vec_env_cls=DummyVecEnv), actions)
+    vec_env = make_vec_env(DictEnv, n_envs=2, vec_env_cls=RayVecEnv)
+    with pytest.warns(UserWarning, match="restarting it and retrying its episode") as caught:
+        remote = _rollout(vec_env, actions, kills=[(3, _kill_actor), (8, _kill_process)])
+    assert vec_env.restarts == 2
+    assert sorted(str(w.message)[:20] for w in caught if "restarting" in str(w.message)) == [
+        "Environment worker 0", "Environment worker 1"]
+    _assert_same(reference, remote)
