@@ -113,13 +113,18 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     init_policy: str = typer.Option(None, "--init-policy", help="Warm start from this policy.zip or run directory "
                                     "(same observation layout and actions, e.g. trained on a cheaper preset)."),
+    backend: str = typer.Option("subprocess", "--backend", help="Environment workers: 'subprocess' (this machine) or "
+                                "'ray' (Ray actors; needs the rankrl[ray] extra). Same seeds, same policy."),
+    address: str = typer.Option(None, "--address", help="With --backend ray: a cluster's head ('auto', HOST:PORT or "
+                                "ray://HOST:PORT); default a local Ray."),
 ) -> None:
     """Train a rank-allocation policy with stable-baselines3."""
     from rankrl.train import train_policy
 
     try:
         run_dir = train_policy(env=env, agent=agent, timesteps=timesteps, n_envs=n_envs, seed=seed, out=out,
-                               resume=resume, progress=progress, init_policy=init_policy)
+                               resume=resume, progress=progress, init_policy=init_policy, backend=backend,
+                               address=address)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     typer.echo(f"policy: {run_dir / 'policy.zip'}")

@@ -90,6 +90,7 @@ class RankedLoRA:
         self._last_activations: int | None = None
         self._params: tuple[nn.Parameter, ...] | None = None  # see parameters()
         self._buffer_bytes: int | None = None
+        self.probing = False  # see probe()
         self._sync_config()
 
     # ------------------------------------------------------------------ construction
@@ -349,6 +350,20 @@ class RankedLoRA:
         if nbytes < 0:
             raise ValueError(f"nbytes must be >= 0, got {nbytes}.")
         self._last_activations = int(nbytes)
+
+    @contextmanager
+    def probe(self) -> Iterator[None]:
+        """Mark the forward passes inside the block as measurements, not training: signal hooks skip them.
+
+        A memory figure measured once and cached (:class:`~rankrl.signals.MemoryBudget`) would otherwise feed
+        one extra forward into the input-variance EMAs only when the cache is cold, so the same episode
+        would observe differently in a fresh process than in a warm one.
+        """
+        before, self.probing = self.probing, True
+        try:
+            yield
+        finally:
+            self.probing = before
 
     @contextmanager
     def measure_activations(self) -> Iterator[SavedActivationMeter]:

@@ -138,6 +138,8 @@ class InputVarianceTracker:
 
     def _make_hook(self, name: str):
         def hook(module: nn.Module, args: tuple) -> None:
+            if self.rl.probing:  # a cached memory measurement, not a training pass (RankedLoRA.probe)
+                return
             count = self._calls[name]
             self._calls[name] = count + 1
             if count % self.every or not args or not torch.is_tensor(args[0]):

@@ -344,7 +344,7 @@ class MemoryBudget:
             model.train()
             meter = SavedActivationMeter(exclude=[*model.parameters(), *model.buffers()])
             devices = [device] if device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices), torch.enable_grad(), meter:
+            with torch.random.fork_rng(devices=devices), torch.enable_grad(), self.rl.probe(), meter:
                 model(**self._batch)
         finally:
             for p, flag in saved:
