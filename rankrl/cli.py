@@ -239,6 +239,10 @@ def bench(
     out: str = typer.Option(..., "--out", help="Benchmark directory (must not exist or be empty, unless --resume)."),
     resume: bool = typer.Option(False, "--resume", help="Continue --out: skip finished runs (same settings required)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    backend: str = typer.Option("local", "--backend", help="'local' (one run after another) or 'ray' (every run a Ray "
+                                "task; needs the rankrl[ray] extra and, on a cluster, --out on a shared filesystem)."),
+    address: str = typer.Option(None, "--address", help="With --backend ray: a cluster's head ('auto', HOST:PORT or "
+                                "ray://HOST:PORT); default a local Ray."),
 ) -> None:
     """Benchmark rank controllers (and PEFT AdaLoRA) against the fixed-rank front: results.csv, report.md, pareto.png."""
     from rankrl.bench import BenchConfig, run_bench
@@ -252,7 +256,7 @@ def bench(
             memory_scope=memory_scope, use_rslora=rslora, steps=steps, every=every, eval_every=eval_every, eval_size=eval_size, lr=lr,
             batch_size=batch_size, max_length=max_length, rank=rank, r_max=r_max, rank_step=rank_step,
             num_groups=num_groups, num_hidden_layers=num_hidden_layers, out=out, resume=resume)
-        run_bench(config, progress=progress)
+        run_bench(config, progress=progress, backend=backend, address=address)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         _fail(err)
 

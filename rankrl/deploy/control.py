@@ -128,6 +128,8 @@ class RankControl:
         self._log: DecisionLog | None = None
         self._writer = None
         self._pending_scalars: list[tuple[str, float, int]] = []
+        # Data-parallel processes (torchrun): a rankrl.deploy.distributed.DataParallelSync, or None.
+        self.sync = None
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -155,6 +157,8 @@ class RankControl:
         self.optimizer = optimizer
         self.reader.optimizer = optimizer
         ranks = self.rl.group_ranks
+        if self.sync is not None:
+            self.sync.check_settings(self.settings())
         if max(ranks) > self.r_max:
             raise ValueError(f"The run starts at group ranks {ranks}, above r_max={self.r_max}; raise r_max.")
         status = self.memory.read(optimizer, self.batch)
@@ -162,18 +166,27 @@ class RankControl:
             # Relative wall, as the environment sets it at reset; a resumed run keeps the wall it started with.
             # The re-read reuses the activations just measured: it only states the status against the wall.
             self.memory.budget = self._saved_reference or max(int(self.budget_frac * status.used), 1)
+            if self.sync is not None:  # every process walls where the deciding one does
+                self.memory.budget = self.sync.from_main(self.memory.budget)
             status = self.memory.read(optimizer)
         minimum = prepare_controller(self.controller, group_ranks=ranks, r_max=self.r_max, rank_step=self.rank_step,
                                      split_by_kind=self.rl.split_by_kind, budget=self.budget,
                                      total_steps=self.total_steps)
         if self.budget is not None and status.used > self.budget.budget:
             self.start_fit = _fit_start(self.budget, ranks, self.rank_step)
+        if self.sync is not None:
+            self.start_fit = self.sync.from_main(self.start_fit)
+        if self.start_fit is not None:
             self.rl.set_group_ranks(self.start_fit, optimizer=optimizer)
+            if self.sync is not None:
+                self.sync.after_change(self.rl, optimizer)
             status = self.memory.read(optimizer, self.batch)
         if self.budget is None:
             # No wall: memory features are fractions of the memory at the start ranks, the convention the
             # environment trains policies with (budget_frac 1.0), instead of fractions of "infinity".
             self.reader.budget.budget = self._saved_reference or max(int(status.used), 1)
+            if self.sync is not None:
+                self.reader.budget.budget = self.sync.from_main(self.reader.budget.budget)
         self._peak(status.used)
         if self.last_used is None:  # a resumed run keeps the memory it had
             self.last_used = status.used
@@ -228,12 +241,20 @@ class RankControl:
         """Read the signals, decide through the wall, resize, re-measure and log (normally via :meth:`step`)."""
         optimizer = optimizer if optimizer is not None else self.optimizer
         self.reader.optimizer = optimizer
-        ctx = ControllerContext.build(self.reader.read(), step=step, total_steps=self.total_steps, r_max=self.r_max,
+        signals = self.reader.read()
+        if self.sync is not None:  # averaged over the processes; rank 0 decides for all
+            signals = self.sync.reduce_signals(signals)
+        ctx = ControllerContext.build(signals, step=step, total_steps=self.total_steps, r_max=self.r_max,
                                       rank_step=self.rank_step, last_change=self.last_change, budget=self.budget)
-        applied = self.controller.apply(ctx)
+        if self.sync is None:
+            applied = self.controller.apply(ctx)
+        else:
+            applied = self.sync.decide(lambda: self.controller.apply(ctx))
         used_after = ctx.signals.memory.used
         if applied.changed:
             self.rl.set_group_ranks(applied.ranks, optimizer=optimizer)
+            if self.sync is not None:
+                self.sync.after_change(self.rl, optimizer)
             used_after = self.memory.read(optimizer, self.batch).used
         self._peak(max(ctx.signals.memory.used, used_after))
         self.last_used = used_after
@@ -248,6 +269,13 @@ class RankControl:
                       r_max=self.r_max, rank_step=self.rank_step)
         self._write(record, applied, used_after)
         return applied
+
+    def settings(self) -> dict:
+        """What every data-parallel process must agree on: controller, schedule, rank grid, budget, scope."""
+        return {"controller": self.spec, "every": self.every, "total_steps": self.total_steps, "r_max": self.r_max,
+                "rank_step": self.rank_step, "budget_frac": self.budget_frac, "memory_scope": self.memory.scope,
+                "budget_bytes": self.budget.budget if self.budget is not None and self.budget_frac is None else None,
+                "group_ranks": self.rl.group_ranks, "num_groups": self.rl.num_groups}
 
     # ------------------------------------------------------------------ figures
     def trainable_params(self) -> int:
