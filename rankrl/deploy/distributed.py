@@ -199,3 +199,27 @@ def rebuild_ddp(ddp: nn.parallel.DistributedDataParallel) -> nn.parallel.Distrib
         gradient_as_bucket_view=ddp.gradient_as_bucket_view, static_graph=ddp.static_graph)
     ddp.__dict__.update(fresh.__dict__)
     return ddp
+
+
+def data_parallel_session(session, control) -> DataParallelSync | None:
+    """Under ``torchrun``: shard ``session``'s batches, wrap its model in DDP and sync ``control``.
+
+    ``rankrl finetune`` calls this before :meth:`RankControl.setup`; outside ``torchrun`` it returns ``None``
+    and changes nothing. ``--batch-size`` stays the global batch: each of the N processes trains on 1/N of it.
+
+    Raises:
+        ValueError: the global batch does not split evenly over the processes.
+    """
+    if not distributed_env():
+        return None
+    init_from_env()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    size = session.config.batch_size
+    if size % world:
+        raise ValueError(f"--batch-size {size} is the global batch and must split evenly over the {world} torchrun "
+                         f"processes; use a multiple of {world}.")
+    session.shard = (rank, world)
+    device = next(session.rl.model.parameters()).device
+    ids = [device.index or 0] if device.type == "cuda" else None
+    session.train_module = nn.parallel.DistributedDataParallel(session.rl.model, device_ids=ids)
+    return DataParallelSync(track=[session.train_module]).attach(control)

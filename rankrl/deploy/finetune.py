@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -25,6 +26,7 @@ from rankrl.controllers import LearnedController, RankController, make_controlle
 from rankrl.controllers.base import MIB
 from rankrl.data import load_task_data
 from rankrl.deploy.control import RankControl
+from rankrl.deploy.distributed import data_parallel_session
 from rankrl.lora import RankedLoRA
 from rankrl.memory import device_figures, parameter_bytes
 from rankrl.policy import METADATA_FILE
@@ -190,23 +192,36 @@ def run_finetune(config: FinetuneConfig, console: Console | None = None, progres
     session_config = session_config_for(config)
     session = FineTuneSession(session_config, task=task)
     control = make_control(session.rl, controller, spec, config)
+    # Under torchrun: sharded batches, DDP, one decision for all processes; only rank 0 writes.
+    sync = data_parallel_session(session, control)
+    main = sync is None or sync.is_main
+    console = console if main else Console(quiet=True)
     try:
         control.setup(session.optimizer, session.train_batch(0))
-        run_dir = claim_run_dir(config.out)
-        control.log_dir = run_dir
-        write_config(run_dir, {"command": "finetune", **asdict(config), "controller_spec": spec, "r_max": control.r_max,
-                               "rank_step": control.rank_step, "num_groups_effective": session.rl.num_groups,
-                               "task": task.summary(), "session": session_config.to_dict(),
-                               "start_ranks": session.rl.group_ranks, "start_fit": control.start_fit})
+        run_dir = claim_run_dir(config.out) if main else Path(config.out)
+        control.log_dir = run_dir if main else None
+        if main:
+            write_config(run_dir, {"command": "finetune", **asdict(config), "controller_spec": spec,
+                                   "r_max": control.r_max, "rank_step": control.rank_step,
+                                   "num_groups_effective": session.rl.num_groups, "task": task.summary(),
+                                   "session": session_config.to_dict(), "start_ranks": session.rl.group_ranks,
+                                   "start_fit": control.start_fit,
+                                   "processes": 1 if sync is None else sync.world_size})
         relative = f" ({control.budget_frac:g} x the start memory)" if control.budget_frac is not None else ""
         console.print(f"[bold]rankrl finetune[/] {config.model} on {task.summary()}\n  controller {spec}, "
                       f"every {config.every} steps, budget {_mib(control.budget.budget if control.budget else None)}"
                       f"{relative} -> {run_dir}")
-        metrics = _train(session, control, config, console, progress)
-        metrics["adapter"] = _save_adapter(session.rl, control, run_dir / ADAPTER_DIR, console)
-        (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        metrics = _train(session, control, config, console, progress and main)
+        metrics["processes"] = 1 if sync is None else sync.world_size
+        if main:
+            metrics["adapter"] = _save_adapter(session.rl, control, run_dir / ADAPTER_DIR, console)
+            (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        else:
+            metrics["adapter"] = None
     finally:
         control.close()
+        if sync is not None:
+            torch.distributed.destroy_process_group()
     console.print(f"  accuracy {metrics['accuracy']:.3f} (macro-F1 {metrics['macro_f1']:.3f}), peak memory "
                   f"{metrics['peak_memory_mib']:.2f} MiB, final ranks {metrics['group_ranks']}, "
                   f"{metrics['decisions']} decisions ({metrics['wall_hits']} at the wall)")
@@ -251,7 +266,8 @@ def _train(session: FineTuneSession, control: RankControl, config: FinetuneConfi
     mean_used = control.mean_used if control.mean_used is not None else control.last_used
     mean_total = mean_used + (frozen if config.memory_scope == "adapter" else 0)
     cuda_peak = device_figures(next(session.rl.model.parameters()).device)["cuda_max_allocated"]
-    records = control.decisions_path.read_text().splitlines() if control.decisions_path.exists() else []
+    path = control.decisions_path
+    records = path.read_text().splitlines() if path is not None and path.exists() else []
     records = [json.loads(line) for line in records if line.strip()]
     return {
         "accuracy": final.accuracy, "macro_f1": final.macro_f1, "eval_loss": final.loss,
