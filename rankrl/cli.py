@@ -113,10 +113,11 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     init_policy: str = typer.Option(None, "--init-policy", help="Warm start from this policy.zip or run directory "
                                     "(same observation layout and actions, e.g. trained on a cheaper preset)."),
-    backend: str = typer.Option("subprocess", "--backend", help="Environment workers: 'subprocess' (this machine) or "
-                                "'ray' (Ray actors; needs the rankrl[ray] extra). Same seeds, same policy."),
-    address: str = typer.Option(None, "--address", help="With --backend ray: a cluster's head ('auto', HOST:PORT or "
-                                "ray://HOST:PORT); default a local Ray."),
+    backend: str = typer.Option("subprocess", "--backend", help="Environment workers: 'subprocess' (this "
+                                "machine) or 'ray' (Ray actors; needs the rankrl[ray] extra). Same seeds, "
+                                "same policy."),
+    address: str = typer.Option(None, "--address", help="With --backend ray: a cluster's head ('auto', "
+                                "HOST:PORT or ray://HOST:PORT); default a local Ray."),
 ) -> None:
     """Train a rank-allocation policy with stable-baselines3."""
     from rankrl.train import train_policy
@@ -239,10 +240,11 @@ def bench(
     out: str = typer.Option(..., "--out", help="Benchmark directory (must not exist or be empty, unless --resume)."),
     resume: bool = typer.Option(False, "--resume", help="Continue --out: skip finished runs (same settings required)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    backend: str = typer.Option("local", "--backend", help="'local' (one run after another) or 'ray' (every run a Ray "
-                                "task; needs the rankrl[ray] extra and, on a cluster, --out on a shared filesystem)."),
-    address: str = typer.Option(None, "--address", help="With --backend ray: a cluster's head ('auto', HOST:PORT or "
-                                "ray://HOST:PORT); default a local Ray."),
+    backend: str = typer.Option("local", "--backend", help="'local' (one run after another) or 'ray' (every "
+                                "run a Ray task; needs the rankrl[ray] extra and, on a cluster, --out on a "
+                                "shared filesystem)."),
+    address: str = typer.Option(None, "--address", help="With --backend ray: a cluster's head ('auto', "
+                                "HOST:PORT or ray://HOST:PORT); default a local Ray."),
 ) -> None:
     """Benchmark rank controllers (and PEFT AdaLoRA) against the fixed-rank front: results.csv, report.md, pareto.png."""
     from rankrl.bench import BenchConfig, run_bench

@@ -49,13 +49,16 @@ def import_ray(flag: str = "--backend ray"):
     try:
         import ray
     except ImportError as err:
-        raise ClusterError(f"{flag} needs Ray, which is an optional extra: pip install 'rankrl[ray]' "
-                           f"(or use the default backend).") from err
+        raise ClusterError(
+            f"{flag} needs Ray, which is an optional extra: pip install 'rankrl[ray]' "
+            f"(or use the default backend)."
+        ) from err
     return ray
 
 
-def connect_ray(address: str | None, cpus_needed: int, what: str = "--n-envs",
-                probe_seconds: float = PROBE_SECONDS) -> RayConnection:
+def connect_ray(
+    address: str | None, cpus_needed: int, what: str = "--n-envs", probe_seconds: float = PROBE_SECONDS
+) -> RayConnection:
     """Open Ray and check that it has ``cpus_needed`` CPUs.
 
     Args:
@@ -82,17 +85,21 @@ def connect_ray(address: str | None, cpus_needed: int, what: str = "--n-envs",
             else:
                 ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError, TimeoutError) as err:
-            raise ClusterError(f"Cannot connect to the Ray cluster at --address {address}: {err}. Start one with "
-                               "`ray start --head` and pass its address (or `auto` on its head node), or drop "
-                               "--address for a local Ray.") from None
+            raise ClusterError(
+                f"Cannot connect to the Ray cluster at --address {address}: {err}. Start one with "
+                "`ray start --head` and pass its address (or `auto` on its head node), or drop "
+                "--address for a local Ray."
+            ) from None
         started = True
     cpus = float(ray.cluster_resources().get("CPU", 0))
     if cpus_needed > cpus:
         if started:
             ray.shutdown()
         where = "this machine" if address in (None, "") else f"the cluster at {address}"
-        raise ClusterError(f"{what} {cpus_needed} needs {cpus_needed} CPUs (one per worker), but {where} has "
-                           f"{cpus:g}; use {what} {int(cpus)} or fewer, or add machines with `ray start --address`.")
+        raise ClusterError(
+            f"{what} {cpus_needed} needs {cpus_needed} CPUs (one per worker), but {where} has "
+            f"{cpus:g}; use {what} {int(cpus)} or fewer, or add machines with `ray start --address`."
+        )
     return RayConnection(cpus=cpus, started=started, address=address)
 
 
@@ -111,6 +118,8 @@ def _probe(address: str, seconds: float) -> None:
             pass
     except OSError as err:
         reason = err.strerror or type(err).__name__
-        raise ClusterError(f"Cannot reach the Ray cluster at --address {address} ({reason} within {seconds:g} s). "
-                           "Start it with `ray start --head` on the head node, check the host and port, or drop "
-                           "--address for a local Ray.") from None
+        raise ClusterError(
+            f"Cannot reach the Ray cluster at --address {address} ({reason} within {seconds:g} s). "
+            "Start it with `ray start --head` on the head node, check the host and port, or drop "
+            "--address for a local Ray."
+        ) from None

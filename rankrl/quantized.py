@@ -1,4 +1,4 @@
-"""A 4-bit base for QLoRA: ``transformers``' ``BitsAndBytesConfig`` (bitsandbytes ``Linear4bit``) under RankedLoRA.
+"""A 4-bit base for QLoRA: ``transformers``' ``BitsAndBytesConfig`` (bitsandbytes ``Linear4bit``).
 
 ``RankedLoRA`` only ever replaces the LoRA factors (full-precision ``nn.Linear``) and, at rank 0, puts the
 base layer itself back in the model, so a quantized base layer is never touched: resizing, regrowth from
@@ -19,13 +19,23 @@ HEADS = ("classifier", "pooler", "score", "lm_head")
 """Modules kept in full precision: trained heads (and BERT's pooler in front of its classifier)."""
 
 
-def bnb_4bit_config(quant_type: str = "nf4", compute_dtype: torch.dtype = torch.float32,
-                    double_quant: bool = False, keep: tuple[str, ...] = HEADS):
-    """The ``BitsAndBytesConfig`` of a QLoRA base: 4-bit ``quant_type`` weights, ``keep`` in full precision."""
+def bnb_4bit_config(
+    quant_type: str = "nf4",
+    compute_dtype: torch.dtype = torch.float32,
+    double_quant: bool = False,
+    keep: tuple[str, ...] = HEADS,
+):
+    """The ``BitsAndBytesConfig`` of a QLoRA base: 4-bit ``quant_type`` weights, ``keep`` in full
+    precision."""
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_compute_dtype=compute_dtype,
-                              bnb_4bit_use_double_quant=double_quant, llm_int8_skip_modules=list(keep))
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant_type,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_use_double_quant=double_quant,
+        llm_int8_skip_modules=list(keep),
+    )
 
 
 def load_4bit(path: str | Path, num_labels: int = 2, device: str = "cpu", **config_options):
@@ -41,4 +51,8 @@ def load_4bit(path: str | Path, num_labels: int = 2, device: str = "cpu", **conf
     from transformers import AutoModelForSequenceClassification
 
     return AutoModelForSequenceClassification.from_pretrained(
-        str(path), num_labels=num_labels, quantization_config=bnb_4bit_config(**config_options), device_map=device)
+        str(path),
+        num_labels=num_labels,
+        quantization_config=bnb_4bit_config(**config_options),
+        device_map=device,
+    )

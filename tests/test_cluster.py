@@ -1,4 +1,4 @@
-"""``--backend ray`` bad input: a missing extra, a dead address, too few CPUs; one clear error, nothing written."""
+"""``--backend ray`` bad input: a missing extra, a dead address, too few CPUs; one clear error each."""
 
 from __future__ import annotations
 
@@ -15,8 +15,20 @@ runner = CliRunner(env={"COLUMNS": "200"})
 
 
 def _train(tmp_path, *flags):
-    return runner.invoke(app, ["train", "--env", "tiny", "--timesteps", "10", "--out", str(tmp_path / "runs"),
-                               "--no-progress", *flags])
+    return runner.invoke(
+        app,
+        [
+            "train",
+            "--env",
+            "tiny",
+            "--timesteps",
+            "10",
+            "--out",
+            str(tmp_path / "runs"),
+            "--no-progress",
+            *flags,
+        ],
+    )
 
 
 def test_missing_ray_extra_names_the_extra(tmp_path, monkeypatch):

@@ -38,11 +38,13 @@ def test_4bit_base_resizes_exports_and_counts_its_memory(saved_tiny, tmp_path):
     assert isinstance(query, bnb.nn.Linear4bit) and query.weight.dtype == torch.uint8
     assert not isinstance(model.classifier, bnb.nn.Linear4bit)
 
-    # memory(): packed 4-bit weights (two per byte) plus one float32 scale per 64-value block and the code book.
+    # memory(): packed 4-bit weights (two per byte), a float32 scale per 64-value block and the code book.
     quantized = [m.weight for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     elements = [int(w.quant_state.shape.numel()) for w in quantized]
     full_bytes = sum(parameter_bytes(full)[:2])  # the same model in float32 (all of it, trainable or not)
-    expected = full_bytes - sum(4 * n for n in elements) + sum(n // 2 + n // 64 * 4 + CODE_BYTES for n in elements)
+    expected = (
+        full_bytes - sum(4 * n for n in elements) + sum(n // 2 + n // 64 * 4 + CODE_BYTES for n in elements)
+    )
     assert sum(parameter_bytes(model)[:2]) == expected < full_bytes
 
     rl = RankedLoRA.attach(model, rank=4, num_groups=2)
@@ -73,7 +75,9 @@ def test_4bit_base_resizes_exports_and_counts_its_memory(saved_tiny, tmp_path):
     rl.model.train()
     train_step()
     rl.set_group_ranks([2, 6], optimizer=optimizer)  # regrowth from 0 wraps the 4-bit layer again (PEFT)
-    assert rl.lora_layer(name) is not None and isinstance(rl.lora_layer(name).get_base_layer(), bnb.nn.Linear4bit)
+    assert rl.lora_layer(name) is not None and isinstance(
+        rl.lora_layer(name).get_base_layer(), bnb.nn.Linear4bit
+    )
     train_step()
 
     rl.save_pretrained(tmp_path / "adapter")

@@ -79,8 +79,8 @@ def prepare(config: BenchConfig) -> tuple[list[TaskSpec], list[Arm], list[Planne
     return tasks, arms, plan_runs(tasks, arms, config.seeds)
 
 
-def run_bench(config: BenchConfig, console: Console | None = None, progress: bool = True, backend: str = "local",
-              address: str | None = None) -> BenchResult:
+def run_bench(config: BenchConfig, console: Console | None = None, progress: bool = True,
+              backend: str = "local", address: str | None = None) -> BenchResult:
     """Run (or resume) a benchmark and write ``results.csv``, ``report.md`` and ``pareto.png`` (module docstring).
 
     ``backend="ray"`` makes every run a Ray task (:mod:`rankrl.bench.ray_runner`) on a local Ray or the

@@ -41,7 +41,9 @@ def execute_fresh(run: PlannedRun, config: BenchConfig, root: str) -> dict:
     return execute(run, config, root)
 
 
-def run_on_ray(pending: Iterable[PlannedRun], config: BenchConfig, out: Path, on_row: Callable[[dict], None]) -> int:
+def run_on_ray(
+    pending: Iterable[PlannedRun], config: BenchConfig, out: Path, on_row: Callable[[dict], None]
+) -> int:
     """Submit every pending run as a task and hand each row to ``on_row`` as it finishes; return the count.
 
     On Ctrl-C the runs still queued or running are cancelled (their directories are moved aside by the

@@ -272,9 +272,10 @@ class RankControl:
 
     def settings(self) -> dict:
         """What every data-parallel process must agree on: controller, schedule, rank grid, budget, scope."""
-        return {"controller": self.spec, "every": self.every, "total_steps": self.total_steps, "r_max": self.r_max,
-                "rank_step": self.rank_step, "budget_frac": self.budget_frac, "memory_scope": self.memory.scope,
-                "budget_bytes": self.budget.budget if self.budget is not None and self.budget_frac is None else None,
+        absolute = self.budget is not None and self.budget_frac is None
+        return {"controller": self.spec, "every": self.every, "total_steps": self.total_steps,
+                "r_max": self.r_max, "rank_step": self.rank_step, "budget_frac": self.budget_frac,
+                "memory_scope": self.memory.scope, "budget_bytes": self.budget.budget if absolute else None,
                 "group_ranks": self.rl.group_ranks, "num_groups": self.rl.num_groups}
 
     # ------------------------------------------------------------------ figures

@@ -89,8 +89,10 @@ class DataParallelSync:
 
     def __init__(self, track: Iterable[nn.Module | Callable[[], Any]] = (), src: int = 0, group=None) -> None:
         if not dist.is_initialized():
-            raise RuntimeError("DataParallelSync needs torch.distributed: call init_process_group first "
-                               "(or rankrl.deploy.distributed.init_from_env() under torchrun).")
+            raise RuntimeError(
+                "DataParallelSync needs torch.distributed: call init_process_group first "
+                "(or rankrl.deploy.distributed.init_from_env() under torchrun)."
+            )
         self.tracked = list(track)
         self.src = src
         self.group = group
@@ -114,18 +116,26 @@ class DataParallelSync:
 
     # ------------------------------------------------------------------ hooks of RankControl
     def check_settings(self, settings: dict) -> None:
-        """Raise :class:`DistributedSettingsError` on every process unless all processes pass equal settings."""
+        """Raise :class:`DistributedSettingsError` on every process unless all pass equal settings."""
         mine = json.loads(json.dumps(settings, sort_keys=True, default=str))
         gathered: list[Any] = [None] * self.world_size
         dist.all_gather_object(gathered, mine, group=self.group)
-        differing = sorted({key for other in gathered for key in set(other) | set(mine)
-                            if other.get(key) != gathered[0].get(key)})
+        differing = sorted({
+            key
+            for other in gathered
+            for key in set(other) | set(mine)
+            if other.get(key) != gathered[0].get(key)
+        })
         if differing:
-            detail = "; ".join(f"{key}: " + ", ".join(f"rank {r}={s.get(key)!r}" for r, s in enumerate(gathered))
-                               for key in differing)
-            raise DistributedSettingsError(f"The {self.world_size} torchrun processes disagree on the rank "
-                                           f"controller's settings ({detail}). Start every process with the same "
-                                           "controller, policy and flags.")
+            detail = "; ".join(
+                f"{key}: " + ", ".join(f"rank {r}={s.get(key)!r}" for r, s in enumerate(gathered))
+                for key in differing
+            )
+            raise DistributedSettingsError(
+                f"The {self.world_size} torchrun processes disagree on the rank "
+                f"controller's settings ({detail}). Start every process with the same "
+                "controller, policy and flags."
+            )
 
     def from_main(self, value: Any) -> Any:
         """Rank 0's ``value`` on every process (a small picklable object)."""
@@ -140,7 +150,11 @@ class DataParallelSync:
         """
         keys = [("scalars", None, key) for key in sorted(signals.scalars)]
         keys += [("groups", g, key) for g, features in enumerate(signals.groups) for key in sorted(features)]
-        keys += [("modules", name, key) for name in sorted(signals.modules) for key in sorted(signals.modules[name])]
+        keys += [
+            ("modules", name, key)
+            for name in sorted(signals.modules)
+            for key in sorted(signals.modules[name])
+        ]
         values = torch.tensor([float(_lookup(signals, *k)) for k in keys], dtype=torch.float64)
         if dist.get_backend(self.group) == "nccl":
             values = values.cuda()
@@ -193,10 +207,17 @@ def rebuild_ddp(ddp: nn.parallel.DistributedDataParallel) -> nn.parallel.Distrib
     else:
         buffers = {"broadcast_buffers": ddp.broadcast_buffers}
     fresh = nn.parallel.DistributedDataParallel(
-        ddp.module, device_ids=ddp.device_ids, output_device=ddp.output_device, dim=ddp.dim,
-        process_group=ddp.process_group, **buffers,
-        bucket_cap_mb=ddp.bucket_bytes_cap / 2**20, find_unused_parameters=ddp.find_unused_parameters,
-        gradient_as_bucket_view=ddp.gradient_as_bucket_view, static_graph=ddp.static_graph)
+        ddp.module,
+        device_ids=ddp.device_ids,
+        output_device=ddp.output_device,
+        dim=ddp.dim,
+        process_group=ddp.process_group,
+        **buffers,
+        bucket_cap_mb=ddp.bucket_bytes_cap / 2**20,
+        find_unused_parameters=ddp.find_unused_parameters,
+        gradient_as_bucket_view=ddp.gradient_as_bucket_view,
+        static_graph=ddp.static_graph,
+    )
     ddp.__dict__.update(fresh.__dict__)
     return ddp
 
@@ -216,8 +237,10 @@ def data_parallel_session(session, control) -> DataParallelSync | None:
     rank, world = dist.get_rank(), dist.get_world_size()
     size = session.config.batch_size
     if size % world:
-        raise ValueError(f"--batch-size {size} is the global batch and must split evenly over the {world} torchrun "
-                         f"processes; use a multiple of {world}.")
+        raise ValueError(
+            f"--batch-size {size} is the global batch and must split evenly over the {world} torchrun "
+            f"processes; use a multiple of {world}."
+        )
     session.shard = (rank, world)
     device = next(session.rl.model.parameters()).device
     ids = [device.index or 0] if device.type == "cuda" else None

@@ -14,6 +14,7 @@ step that failed, so a deterministic environment continues exactly where the dea
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from collections.abc import Callable, Sequence
@@ -73,7 +74,7 @@ class EnvWorker:
         return observation, reward, done, info, reset_info, start
 
     def replay(self, start: dict, actions: list) -> None:
-        """Restart the episode that began at ``start`` and take ``actions`` again (a dead worker's episode)."""
+        """Restart the episode that began at ``start``, take ``actions`` again (a dead worker's episode)."""
         unwrapped = self.env.unwrapped
         if start["seed"] is None and start["rng"] is not None:
             generator = np.random.Generator(getattr(np.random, start["rng"]["bit_generator"])())
@@ -134,8 +135,13 @@ class RayVecEnv(VecEnv):
         restarts: Worker restarts so far.
     """
 
-    def __init__(self, env_fns: Sequence[Callable[[], gym.Env]], num_cpus: float = 1,
-                 max_restarts: int = MAX_RESTARTS, connection=None) -> None:
+    def __init__(
+        self,
+        env_fns: Sequence[Callable[[], gym.Env]],
+        num_cpus: float = 1,
+        max_restarts: int = MAX_RESTARTS,
+        connection=None,
+    ) -> None:
         ray = import_ray()
         self._ray = ray
         self.env_fns = list(env_fns)
@@ -171,7 +177,9 @@ class RayVecEnv(VecEnv):
 
     def step_async(self, actions: np.ndarray) -> None:
         self._pending_actions = actions
-        self._pending = [actor.step.remote(action) for actor, action in zip(self.actors, actions, strict=True)]
+        self._pending = [
+            actor.step.remote(action) for actor, action in zip(self.actors, actions, strict=True)
+        ]
         self.waiting = True
 
     def step_wait(self) -> VecEnvStepReturn:
@@ -196,15 +204,18 @@ class RayVecEnv(VecEnv):
                 return self._ray.get(ref)
             except self._ray.exceptions.RayActorError as err:
                 if attempt == self.max_restarts:
-                    raise WorkerLostError(f"Environment worker {i} died {attempt + 1} times on the same step "
-                                          f"({err.__class__.__name__}); giving up.") from err
-                warnings.warn(f"Environment worker {i} died ({err.__class__.__name__}); restarting it and retrying "
-                              "its episode.", stacklevel=3)
+                    raise WorkerLostError(
+                        f"Environment worker {i} died {attempt + 1} times on the same step "
+                        f"({err.__class__.__name__}); giving up."
+                    ) from err
+                warnings.warn(
+                    f"Environment worker {i} died ({err.__class__.__name__}); restarting it and retrying "
+                    "its episode.",
+                    stacklevel=3,
+                )
                 self.restarts += 1
-                try:
+                with contextlib.suppress(Exception):  # the actor is gone already
                     self._ray.kill(self.actors[i])
-                except Exception:  # noqa: BLE001 - the actor is gone already
-                    pass
                 self.actors[i] = self._new_actor(self.env_fns[i])
                 ref = retry()
         raise AssertionError("unreachable")
@@ -222,17 +233,12 @@ class RayVecEnv(VecEnv):
     def close(self) -> None:
         if self.closed:
             return
-        if self.waiting:
-            for ref in self._pending:
-                try:
-                    self._ray.get(ref)
-                except Exception:  # noqa: BLE001 - closing anyway
-                    pass
+        for ref in self._pending if self.waiting else ():
+            with contextlib.suppress(Exception):  # closing anyway
+                self._ray.get(ref)
         for actor in self.actors:
-            try:
+            with contextlib.suppress(Exception):  # a dead worker has nothing left to close
                 self._ray.get(actor.close.remote())
-            except Exception:  # noqa: BLE001 - a dead worker has nothing left to close
-                pass
             self._ray.kill(actor)
         self.closed = True
         if self.connection is not None:
@@ -240,8 +246,11 @@ class RayVecEnv(VecEnv):
 
     def get_images(self) -> Sequence[np.ndarray | None]:
         if self.render_mode != "rgb_array":
-            warnings.warn(f"The render mode is {self.render_mode}, but this method assumes it is `rgb_array` to "
-                          "obtain images.", stacklevel=2)
+            warnings.warn(
+                f"The render mode is {self.render_mode}, but this method assumes it is `rgb_array` to "
+                "obtain images.",
+                stacklevel=2,
+            )
             return [None for _ in self.actors]
         return self._call(lambda actor: actor.render.remote(), None)
 
@@ -254,8 +263,12 @@ class RayVecEnv(VecEnv):
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
         self._call(lambda actor: actor.set_attr.remote(attr_name, value), indices)
 
-    def env_method(self, method_name: str, *method_args, indices: VecEnvIndices = None, **method_kwargs) -> list[Any]:
-        return self._call(lambda actor: actor.env_method.remote(method_name, method_args, method_kwargs), indices)
+    def env_method(
+        self, method_name: str, *method_args, indices: VecEnvIndices = None, **method_kwargs
+    ) -> list[Any]:
+        return self._call(
+            lambda actor: actor.env_method.remote(method_name, method_args, method_kwargs), indices
+        )
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
         return self._call(lambda actor: actor.is_wrapped.remote(wrapper_class), indices)

@@ -24,7 +24,8 @@ def make_limited_env(config, torch_threads: int | None = None) -> gym.Env:
     return TimeLimit(LoRARankEnv(config=config, torch_threads=torch_threads), max_episode_steps=config.episode_length)
 
 
-def _vec_env(config, n_envs: int, seed: int, monitor_dir: Path | None, backend: str = "subprocess", connection=None):
+def _vec_env(config, n_envs: int, seed: int, monitor_dir: Path | None, backend: str = "subprocess",
+             connection=None):
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
@@ -55,7 +56,8 @@ def _ray_vec_env(config, n_envs: int, seed: int, monitor_dir: Path | None, conne
 
     from rankrl.train.ray_vec_env import RayVecEnv
 
-    vec_env = RayVecEnv([partial(_worker_env, config, seed + rank) for rank in range(n_envs)], connection=connection)
+    env_fns = [partial(_worker_env, config, seed + rank) for rank in range(n_envs)]
+    vec_env = RayVecEnv(env_fns, connection=connection)
     vec_env.seed(seed)
     filename = None
     if monitor_dir is not None:

@@ -1,4 +1,4 @@
-"""A data-parallel run with a rank controller, started by ``torchrun`` from ``test_distributed.py`` (or alone).
+"""A data-parallel run with a rank controller, started by ``torchrun`` from ``test_distributed.py``.
 
 Usage: ``python ddp_worker.py MODE OUT`` with MODE ``loop`` (hand-written loop), ``trainer`` (HF Trainer) or
 ``mismatch`` (rank 1 asks for another schedule). Without torchrun it is the one-process reference on the
@@ -59,12 +59,14 @@ def global_batch(step: int) -> dict:
 
 def local_batch(step: int, rank: int, world: int) -> dict:
     size = GLOBAL_BATCH // world
-    return {k: v[rank * size:(rank + 1) * size] for k, v in global_batch(step).items()}
+    return {k: v[rank * size : (rank + 1) * size] for k, v in global_batch(step).items()}
 
 
 def run_loop(out: str, mismatch: bool) -> None:
     distributed = init_from_env(timeout_seconds=60)
-    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
+    rank, world = (
+        (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
+    )
     rl = RankedLoRA.attach(tiny_model(), rank=4, num_groups=2, lora_dropout=0.0)
     model = torch.nn.parallel.DistributedDataParallel(rl.model) if distributed else rl.model
     optimizer = torch.optim.AdamW(rl.trainable_parameters(), lr=1e-2)
@@ -95,24 +97,48 @@ def run_trainer(out: str) -> None:
     rank = torch.distributed.get_rank()
     rl = RankedLoRA.attach(tiny_model(), rank=4, num_groups=2, lora_dropout=0.0)
     rows = {k: torch.cat([global_batch(s)[k] for s in range(STEPS)]).tolist() for k in global_batch(0)}
-    args = TrainingArguments(output_dir=os.path.join(out, "trainer"), per_device_train_batch_size=GLOBAL_BATCH // 2,
-                             max_steps=STEPS, learning_rate=1e-2, logging_steps=1, save_strategy="no", report_to=[],
-                             use_cpu=True, ddp_backend="gloo", dataloader_drop_last=True, seed=0, disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=os.path.join(out, "trainer"),
+        per_device_train_batch_size=GLOBAL_BATCH // 2,
+        max_steps=STEPS,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        ddp_backend="gloo",
+        dataloader_drop_last=True,
+        seed=0,
+        disable_tqdm=True,
+    )
     control = RankControl(rl, Scripted(), every=EVERY, r_max=8, rank_step=2)
-    trainer = Trainer(model=rl.model, args=args, train_dataset=Dataset.from_dict(rows),
-                      callbacks=[RankRLCallback(control, adapter_dir=False)])
+    trainer = Trainer(
+        model=rl.model,
+        args=args,
+        train_dataset=Dataset.from_dict(rows),
+        callbacks=[RankRLCallback(control, adapter_dir=False)],
+    )
     sync = DataParallelSync(track=[lambda: trainer.model_wrapped]).attach(control)
     trainer.train()
-    decisions = [[e[f"rankrl/group{g}_rank"] for g in range(2)] for e in trainer.state.log_history
-                 if "rankrl/group0_rank" in e]
+    decisions = [
+        [e[f"rankrl/group{g}_rank"] for g in range(2)]
+        for e in trainer.state.log_history
+        if "rankrl/group0_rank" in e
+    ]
     save(out, rank, rl, decisions, sync)
 
 
 def save(out: str, rank: int | None, rl: RankedLoRA, decisions: list, sync) -> None:
     params = {name: p.detach().clone() for name, p in rl.model.named_parameters() if p.requires_grad}
-    torch.save({"decisions": decisions, "ranks": rl.group_ranks, "params": params,
-                "rebuilds": sync.rebuilds if sync is not None else 0},
-               os.path.join(out, "single.pt" if rank is None else f"rank{rank}.pt"))
+    torch.save(
+        {
+            "decisions": decisions,
+            "ranks": rl.group_ranks,
+            "params": params,
+            "rebuilds": sync.rebuilds if sync is not None else 0,
+        },
+        os.path.join(out, "single.pt" if rank is None else f"rank{rank}.pt"),
+    )
 
 
 if __name__ == "__main__":

@@ -22,15 +22,26 @@ whole batch: the same mean gradient, summed in another order (float32 rounding, 
 
 def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
 
 
 def test_two_processes_resize_identically_and_match_one_process(tmp_path):
     result = torchrun(str(WORKER), "loop", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    single = subprocess.run([sys.executable, str(WORKER), "loop", str(tmp_path)], capture_output=True, text=True,
-                            timeout=TIMEOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    single = subprocess.run(
+        [sys.executable, str(WORKER), "loop", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     a, b, one = (torch.load(tmp_path / name) for name in ("rank0.pt", "rank1.pt", "single.pt"))
     # Several resizes: shrink and grow, a group to rank 0, regrowth from 0; DDP rebuilt after each.
@@ -55,7 +66,8 @@ def test_processes_that_disagree_on_the_settings_fail_at_once(tmp_path):
     started = time.monotonic()
     result = torchrun(str(WORKER), "mismatch", str(tmp_path), cwd=tmp_path)
     assert result.returncode != 0
-    message = "error: The 2 torchrun processes disagree on the rank controller's settings (every: rank 0=3, rank 1=4)"
+    message = ("error: The 2 torchrun processes disagree on the rank controller's settings "
+               "(every: rank 0=3, rank 1=4)")
     assert result.stderr.count(message) == 2, result.stderr[-3000:]  # one clear error from each process
     assert not list(tmp_path.glob("*.pt"))
     assert time.monotonic() - started < TIMEOUT
@@ -63,10 +75,35 @@ def test_processes_that_disagree_on_the_settings_fail_at_once(tmp_path):
 
 def test_rankrl_finetune_under_torchrun(tmp_path):
     out = tmp_path / "run"
-    result = torchrun("-m", "rankrl.cli", "finetune", "--model", "tiny", "--data", "synthetic:keyword?n_train=128&n_eval=48",
-                      "--eval-size", "48", "--steps", "12", "--every", "3", "--batch-size", "8", "--max-length", "32",
-                      "--rank", "4", "--num-groups", "2", "--controller", "importance", "--out", str(out),
-                      "--no-progress", cwd=tmp_path)
+    result = torchrun(
+        "-m",
+        "rankrl.cli",
+        "finetune",
+        "--model",
+        "tiny",
+        "--data",
+        "synthetic:keyword?n_train=128&n_eval=48",
+        "--eval-size",
+        "48",
+        "--steps",
+        "12",
+        "--every",
+        "3",
+        "--batch-size",
+        "8",
+        "--max-length",
+        "32",
+        "--rank",
+        "4",
+        "--num-groups",
+        "2",
+        "--controller",
+        "importance",
+        "--out",
+        str(out),
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["steps"] == 12 and metrics["decisions"] == 4
@@ -75,8 +112,25 @@ def test_rankrl_finetune_under_torchrun(tmp_path):
     assert (out / "adapter" / "adapter_config.json").exists()
     assert result.stdout.count("rankrl finetune tiny") == 1
 
-    odd = torchrun("-m", "rankrl.cli", "finetune", "--model", "tiny", "--data", "synthetic:keyword?n_train=128&n_eval=48",
-                   "--batch-size", "7", "--steps", "2", "--num-groups", "2", "--out", str(tmp_path / "odd"), "--no-progress", cwd=tmp_path)
+    odd = torchrun(
+        "-m",
+        "rankrl.cli",
+        "finetune",
+        "--model",
+        "tiny",
+        "--data",
+        "synthetic:keyword?n_train=128&n_eval=48",
+        "--batch-size",
+        "7",
+        "--steps",
+        "2",
+        "--num-groups",
+        "2",
+        "--out",
+        str(tmp_path / "odd"),
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert odd.returncode != 0 and "--batch-size 7 is the global batch and must split evenly" in odd.stderr
     assert not (tmp_path / "odd").exists()
 

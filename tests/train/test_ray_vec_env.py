@@ -1,4 +1,4 @@
-"""``RayVecEnv``: the same episodes as SB3's own VecEnvs, generic spaces, dead workers restarted and retried."""
+"""``RayVecEnv``: the episodes of SB3's own VecEnvs, any spaces, dead workers restarted and retried."""
 
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ class DictEnv(gym.Env):
 
 
 def _rollout(vec_env, actions, kills=(), close=True):
-    """Observations, rewards, dones and terminal observations of ``actions``; ``kills[k](vec_env)`` after step k."""
+    """Observations, rewards, dones, terminal observations of ``actions``; ``kills[k](vec_env)`` after
+    step k."""
     vec_env.seed(11)
     out = [vec_env.reset()]
     for step, action in enumerate(actions):
@@ -134,5 +135,7 @@ def test_dead_workers_are_restarted_and_their_episodes_retried():
         remote = _rollout(vec_env, actions, kills=[(3, _kill_actor), (8, _kill_process)])
     assert vec_env.restarts == 2
     assert sorted(str(w.message)[:20] for w in caught if "restarting" in str(w.message)) == [
-        "Environment worker 0", "Environment worker 1"]
+        "Environment worker 0",
+        "Environment worker 1",
+    ]
     _assert_same(reference, remote)

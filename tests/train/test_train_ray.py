@@ -1,4 +1,4 @@
-"""``rankrl train --backend ray``: the same episodes and policy as ``--backend subprocess``, a killed worker included."""
+"""``rankrl train --backend ray``: the episodes and policy of ``--backend subprocess``, a worker killed."""
 
 from __future__ import annotations
 
@@ -72,7 +72,9 @@ def test_ray_backend_trains_the_same_policy_even_when_a_worker_dies(tmp_path, lo
         return actor
 
     monkeypatch.setattr(RayVecEnv, "_new_actor", recording)
-    killer = threading.Thread(target=_kill_a_worker_mid_run, args=(tmp_path / "ray", actors, killed), daemon=True)
+    killer = threading.Thread(
+        target=_kill_a_worker_mid_run, args=(tmp_path / "ray", actors, killed), daemon=True
+    )
     killer.start()
     with pytest.warns(UserWarning, match="worker 1 died .* retrying its episode"):
         remote = train_policy(out=tmp_path / "ray", backend="ray", **common)

@@ -1,0 +1,109 @@
+"""``--backend ray`` against ``--backend subprocess``, and what more machines would give.
+
+1. Env steps per second of 2 Ray actors / 2 SB3 subprocess workers on the ``default`` preset (random
+   actions, one torch thread per worker), measured in alternating blocks in the same run. Target >= 0.90
+   (Ray's overhead at most 10%).
+2. The inputs of a throughput model, measured here: the seconds of one worker's env step under Ray
+   (``t_w``), and the driver's cost per worker per vectorised step (``c``: Ray round trips, measured on
+   CartPole, whose step costs microseconds). A vectorised step over W workers takes ``t_w + c * W``, so
+   the expected rate is ``W / (t_w + c * W)`` env steps per second.
+
+Run: ``.venv/bin/python bench/bench_ray.py [--quick]``
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import datasets
+import gymnasium as gym
+import numpy as np
+import torch
+
+from rankrl.env import load_env_config
+from rankrl.train.trainer import _vec_env
+
+MACHINES = (1, 4, 16)
+CORES_PER_MACHINE = 2
+"""The projection assumes machines like the one measured: 2 cores, one environment worker per core."""
+
+
+def rate(vec, config, steps: int, rng) -> float:
+    """Env steps per second over ``steps`` vectorised steps (after the caller's warm-up)."""
+    started = time.perf_counter()
+    for _ in range(steps):
+        vec.step(rng.integers(0, config.action_levels, (vec.num_envs, config.num_action_groups)))
+    return steps * vec.num_envs / (time.perf_counter() - started)
+
+
+def backend_ratio(blocks: int, steps: int) -> tuple[float, float, float]:
+    """``(median ray rate, median subprocess rate, ratio)`` at 2 workers, in alternating blocks."""
+    config = load_env_config("default")
+    rng = np.random.default_rng(0)
+    envs = {
+        backend: _vec_env(config, 2, seed=0, monitor_dir=None, backend=backend)
+        for backend in ("subprocess", "ray")
+    }
+    for vec in envs.values():  # warm-up: the first steps of a worker fill its caches
+        vec.reset()
+        rate(vec, config, 2, rng)
+    rates = {backend: [] for backend in envs}
+    for _ in range(blocks):
+        for backend, vec in envs.items():
+            rates[backend].append(rate(vec, config, steps, rng))
+    for vec in envs.values():
+        vec.close()
+    ray_rate, sub_rate = statistics.median(rates["ray"]), statistics.median(rates["subprocess"])
+    return ray_rate, sub_rate, ray_rate / sub_rate
+
+
+def driver_cost(steps: int) -> float:
+    """Seconds the driver spends per worker per vectorised step under Ray (CartPole: no work in the step)."""
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from rankrl.train.ray_vec_env import RayVecEnv
+
+    vec = make_vec_env(lambda: gym.make("CartPole-v1"), n_envs=2, seed=0, vec_env_cls=RayVecEnv)
+    vec.reset()
+    actions = np.zeros(2, dtype=np.int64)
+    for _ in range(20):
+        vec.step(actions)
+    started = time.perf_counter()
+    for _ in range(steps):
+        vec.step(actions)
+    seconds = (time.perf_counter() - started) / steps / 2
+    vec.close()
+    return seconds
+
+
+def main() -> None:
+    import ray
+
+    datasets.disable_progress_bars()
+    torch.set_num_threads(1)
+    quick = "--quick" in sys.argv
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray_rate, sub_rate, ratio = backend_ratio(blocks=2 if quick else 3, steps=6 if quick else 16)
+    print(
+        f"default  env steps/s, 2 workers: ray {ray_rate:.2f}, subprocess {sub_rate:.2f}; "
+        f"ray / subprocess = {ratio:.3f} (target >= 0.90)"
+    )
+    cost = driver_cost(100 if quick else 400)
+    ray.shutdown()
+    step = 2 / ray_rate  # seconds of one vectorised step at 2 workers = t_w + 2c
+    t_w = step - 2 * cost
+    print(
+        f"measured: t_w = {t_w * 1000:.0f} ms per worker env step, c = {cost * 1000:.2f} ms driver cost per worker"
+    )
+    print("| machines | workers | expected env steps/s | per worker |")
+    print("|---:|---:|---:|---:|")
+    for machines in MACHINES:
+        workers = machines * CORES_PER_MACHINE
+        expected = workers / (t_w + cost * workers)
+        print(f"| {machines} | {workers} | {expected:.1f} | {expected / workers:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
