@@ -4,9 +4,11 @@
    actions, one torch thread per worker), measured in alternating blocks in the same run. Target >= 0.90
    (Ray's overhead at most 10%).
 2. The inputs of a throughput model, measured here: the seconds of one worker's env step under Ray
-   (``t_w``), and the driver's cost per worker per vectorised step (``c``: Ray round trips, measured on
-   CartPole, whose step costs microseconds). A vectorised step over W workers takes ``t_w + c * W``, so
-   the expected rate is ``W / (t_w + c * W)`` env steps per second.
+   (``t_w``), the driver's cost per worker per vectorised step (``c``: Ray round trips, measured on
+   CartPole, whose step costs microseconds), and the driver's PPO update time per collected sample (``u``:
+   the ``ppo`` agent preset for ``default``, on a stand-in env with the same spaces). A vectorised step over
+   W workers collects W samples in ``t_w + c * W`` and costs ``u * W`` of update later, so the expected
+   rate is ``W / (t_w + (c + u) * W)`` env steps per second.
 
 Run: ``.venv/bin/python bench/bench_ray.py [--quick]``
 """
@@ -78,6 +80,44 @@ def driver_cost(steps: int) -> float:
     return seconds
 
 
+class SpacesOnly(gym.Env):
+    """The ``default`` preset's observation and action spaces with free steps: times PPO's update alone."""
+
+    def __init__(self, observation_space, action_space, length: int) -> None:
+        self.observation_space, self.action_space, self.length = observation_space, action_space, length
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self.observation_space.sample(), 0.0, self.t >= self.length, False, {}
+
+
+def update_cost() -> float:
+    """Seconds of the driver's PPO update per collected sample (``ppo`` preset, ``default`` spaces, 2 envs)."""
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from rankrl.env import LoRARankEnv
+    from rankrl.presets import to_mapping
+    from rankrl.train import load_agent_config
+
+    config = load_env_config("default")
+    spec = LoRARankEnv(config=config)
+    agent = load_agent_config("ppo", env_name=config.name)
+    vec = DummyVecEnv([lambda: SpacesOnly(spec.observation_space, spec.action_space, config.episode_length)] * 2)
+    hyper = to_mapping(agent.hyperparams)
+    model = agent.algorithm_class()(agent.policy, vec, seed=0, device="cpu", verbose=0,
+                                    policy_kwargs={"net_arch": agent.net_arch}, **hyper)
+    samples = hyper["n_steps"] * 2
+    model.learn(samples)  # warm-up
+    started = time.perf_counter()
+    model.learn(2 * samples, reset_num_timesteps=False)
+    return (time.perf_counter() - started) / (2 * samples)
+
+
 def main() -> None:
     import ray
 
@@ -85,7 +125,7 @@ def main() -> None:
     torch.set_num_threads(1)
     quick = "--quick" in sys.argv
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    ray_rate, sub_rate, ratio = backend_ratio(blocks=2 if quick else 3, steps=6 if quick else 16)
+    ray_rate, sub_rate, ratio = backend_ratio(blocks=2 if quick else 3, steps=4 if quick else 8)
     print(
         f"default  env steps/s, 2 workers: ray {ray_rate:.2f}, subprocess {sub_rate:.2f}; "
         f"ray / subprocess = {ratio:.3f} (target >= 0.90)"

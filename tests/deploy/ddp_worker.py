@@ -116,7 +116,7 @@ def run_trainer(out: str) -> None:
         model=rl.model,
         args=args,
         train_dataset=Dataset.from_dict(rows),
-        callbacks=[RankRLCallback(control, adapter_dir=False)],
+        callbacks=[RankRLCallback(control)],
     )
     sync = DataParallelSync(track=[lambda: trainer.model_wrapped]).attach(control)
     trainer.train()

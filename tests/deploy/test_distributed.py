@@ -60,6 +60,9 @@ def test_hf_trainer_under_torchrun(tmp_path):
     assert a["decisions"] == b["decisions"] == [[2, 6], [0, 8], [6, 2], [4, 4]]
     assert a["ranks"] == b["ranks"] == [4, 4] and a["rebuilds"] == b["rebuilds"] == 4
     assert all(torch.equal(value, b["params"][name]) for name, value in a["params"].items())
+    # One process writes: one decision log line per decision, one adapter.
+    assert len((tmp_path / "trainer" / "rankrl" / "decisions.jsonl").read_text().splitlines()) == 4
+    assert (tmp_path / "trainer" / "adapter" / "adapter_config.json").exists()
 
 
 def test_processes_that_disagree_on_the_settings_fail_at_once(tmp_path):
