@@ -132,18 +132,21 @@ def main() -> None:
     )
     cost = driver_cost(100 if quick else 400)
     ray.shutdown()
-    step = 2 / ray_rate  # seconds of one vectorised step at 2 workers = t_w + 2c
+    step = 2 / ray_rate  # seconds of one vectorised step at 2 workers = t_w + 2c (no update inside)
     t_w = step - 2 * cost
+    update = update_cost()
     print(
-        f"measured: t_w = {t_w * 1000:.0f} ms per worker env step, c = {cost * 1000:.2f} ms driver cost per worker"
+        f"measured: t_w = {t_w * 1000:.0f} ms per worker env step, c = {cost * 1000:.2f} ms driver cost per "
+        f"worker and step, u = {update * 1000:.2f} ms PPO update per sample"
     )
-    print("| machines | workers | expected env steps/s | per worker |")
-    print("|---:|---:|---:|---:|")
+    print("| machines | workers | expected env steps/s | per worker | vs 1 machine |")
+    print("|---:|---:|---:|---:|---:|")
+    one = None
     for machines in MACHINES:
         workers = machines * CORES_PER_MACHINE
-        expected = workers / (t_w + cost * workers)
-        print(f"| {machines} | {workers} | {expected:.1f} | {expected / workers:.2f} |")
-
+        expected = workers / (t_w + (cost + update) * workers)
+        one = one or expected
+        print(f"| {machines} | {workers} | {expected:.2f} | {expected / workers:.3f} | {expected / one:.1f}x |")
 
 if __name__ == "__main__":
     main()
