@@ -97,7 +97,7 @@ class SpacesOnly(gym.Env):
 
 
 def update_cost() -> float:
-    """Seconds of the driver's PPO update per collected sample (``ppo`` preset, ``default`` spaces, 2 envs)."""
+    """Seconds of the driver's PPO update per collected sample (``ppo`` preset, ``default`` spaces)."""
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from rankrl.env import LoRARankEnv
@@ -107,10 +107,19 @@ def update_cost() -> float:
     config = load_env_config("default")
     spec = LoRARankEnv(config=config)
     agent = load_agent_config("ppo", env_name=config.name)
-    vec = DummyVecEnv([lambda: SpacesOnly(spec.observation_space, spec.action_space, config.episode_length)] * 2)
+    vec = DummyVecEnv(
+        [lambda: SpacesOnly(spec.observation_space, spec.action_space, config.episode_length)] * 2
+    )
     hyper = to_mapping(agent.hyperparams)
-    model = agent.algorithm_class()(agent.policy, vec, seed=0, device="cpu", verbose=0,
-                                    policy_kwargs={"net_arch": agent.net_arch}, **hyper)
+    model = agent.algorithm_class()(
+        agent.policy,
+        vec,
+        seed=0,
+        device="cpu",
+        verbose=0,
+        policy_kwargs={"net_arch": agent.net_arch},
+        **hyper,
+    )
     samples = hyper["n_steps"] * 2
     model.learn(samples)  # warm-up
     started = time.perf_counter()
@@ -146,7 +155,10 @@ def main() -> None:
         workers = machines * CORES_PER_MACHINE
         expected = workers / (t_w + (cost + update) * workers)
         one = one or expected
-        print(f"| {machines} | {workers} | {expected:.2f} | {expected / workers:.3f} | {expected / one:.1f}x |")
+        print(
+            f"| {machines} | {workers} | {expected:.2f} | {expected / workers:.3f} | {expected / one:.1f}x |"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -85,8 +85,9 @@ def connect_ray(
             else:
                 ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError, TimeoutError) as err:
+            reason = str(err).rstrip(".")
             raise ClusterError(
-                f"Cannot connect to the Ray cluster at --address {address}: {err}. Start one with "
+                f"Cannot connect to the Ray cluster at --address {address}: {reason}. Start one with "
                 "`ray start --head` and pass its address (or `auto` on its head node), or drop "
                 "--address for a local Ray."
             ) from None

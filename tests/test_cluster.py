@@ -49,6 +49,10 @@ def test_unreachable_address_fails_fast(tmp_path):
         assert f"Cannot reach the Ray cluster at --address {address}" in result.output
         assert "ray start --head" in result.output
     assert time.monotonic() - started < 30
+    result = _train(
+        tmp_path, "--backend", "ray", "--address", "auto"
+    )  # no `ray start` cluster on this machine
+    assert result.exit_code == 2 and "Cannot connect to the Ray cluster at --address auto" in result.output
     result = _train(tmp_path, "--backend", "ray", "--address", "not-a-port:x")
     assert result.exit_code == 2 and "HOST:PORT" in result.output
     assert not (tmp_path / "runs").exists()
