@@ -77,7 +77,7 @@ def connect_ray(
     if not ray.is_initialized():
         if address not in (None, "", "auto"):
             _probe(address, probe_seconds)
-        # Workers print through the driver only on errors: a rollout worker's progress is not the user's.
+        # Worker output stays in Ray's log files; a worker's error reaches the driver as an exception.
         kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
         try:
             if address in (None, ""):
