@@ -84,7 +84,9 @@ def run_loop(out: str, mismatch: bool) -> None:
         applied = control.step(step, loss.item(), optimizer)
         if applied is not None:
             decisions.append(applied.ranks)
-    save(out, rank if distributed else None, rl, decisions, sync)
+    signals = control.reader.read()  # this process's own reading, and the one every process decides on
+    extra = {"local": signals.to_dict(), "reduced": sync.reduce_signals(signals).to_dict()} if sync else {}
+    save(out, rank if distributed else None, rl, decisions, sync, **extra)
 
 
 def run_trainer(out: str) -> None:
@@ -128,7 +130,7 @@ def run_trainer(out: str) -> None:
     save(out, rank, rl, decisions, sync)
 
 
-def save(out: str, rank: int | None, rl: RankedLoRA, decisions: list, sync) -> None:
+def save(out: str, rank: int | None, rl: RankedLoRA, decisions: list, sync, **extra) -> None:
     params = {name: p.detach().clone() for name, p in rl.model.named_parameters() if p.requires_grad}
     torch.save(
         {
@@ -136,6 +138,7 @@ def save(out: str, rank: int | None, rl: RankedLoRA, decisions: list, sync) -> N
             "ranks": rl.group_ranks,
             "params": params,
             "rebuilds": sync.rebuilds if sync is not None else 0,
+            **extra,
         },
         os.path.join(out, "single.pt" if rank is None else f"rank{rank}.pt"),
     )

@@ -47,6 +47,10 @@ def test_two_processes_resize_identically_and_match_one_process(tmp_path):
     # Several resizes: shrink and grow, a group to rank 0, regrowth from 0; DDP rebuilt after each.
     assert a["decisions"] == b["decisions"] == one["decisions"] == [[2, 6], [0, 8], [6, 2], [4, 4]]
     assert a["rebuilds"] == b["rebuilds"] == 4
+    # Signals: every process decides on the mean of the processes' readings (the losses differ by shard).
+    assert a["reduced"] == b["reduced"] and a["local"]["loss/ema_rel"] != b["local"]["loss/ema_rel"]
+    for key, value in a["reduced"].items():
+        assert value == pytest.approx((a["local"][key] + b["local"][key]) / 2, rel=1e-6, abs=1e-9), key
     assert a["params"].keys() == b["params"].keys() == one["params"].keys()
     for name, value in a["params"].items():
         assert torch.equal(value, b["params"][name]), name
