@@ -28,17 +28,21 @@ def demo(
                              "at a difficulty and data seed the policy never trained on)."),
     steps: int = typer.Option(150, "--steps", help="Optimizer steps of each deployment run."),
     every: int = typer.Option(15, "--every", help="Optimizer steps between rank decisions."),
-    controllers: str = typer.Option("learned,learned:default,fixed,importance", "--controllers",
-                                    help="Comma-separated controllers to compare ('learned' = the policy just trained)."),
+    controllers: str = typer.Option("learned,static-fit,autofreeze,fixed", "--controllers",
+                                    help="Comma-separated controllers to compare ('learned' = the policy just trained, "
+                                    "'learned:default' = the shipped one)."),
+    budget_frac: float = typer.Option(0.6, "--budget-frac", help="Budget after the step down, as a fraction of the "
+                                      "reference memory (the run at rank 8 with every group training)."),
     seed: int = typer.Option(0, "--seed", help="Seed of training and of the deployment runs."),
     out: str = typer.Option("runs/demo", "--out", help="Parent of the demo's run directory (<out>/demo_<n>)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
-    """The main job: learn a rank policy, fine-tune with it next to fixed and importance, print the comparison."""
+    """The main job: learn a rank policy, fine-tune with it under a budget that drops, next to the baselines."""
     from rankrl.demo import HELD_OUT_TASK, DemoConfig, run_demo
 
     config = DemoConfig(env=env, timesteps=timesteps, n_envs=n_envs, model=model, task=task or HELD_OUT_TASK,
                         steps=steps, every=every, controllers=[c.strip() for c in controllers.split(",") if c.strip()],
+                        budget_frac=budget_frac,
                         seed=seed, out=out)
     try:
         run_demo(config, progress=progress)
@@ -141,7 +145,7 @@ def presets() -> None:
     from rankrl.env import load_env_config
     from rankrl.presets import list_presets
 
-    table = Table(title="Environment presets: --env NAME, or gymnasium.make('rankrl/NAME-v0')")
+    table = Table(title="Environment presets: --env NAME, or gymnasium.make('rankrl/NAME-v1')")
     for column in ("name", "model", "groups", "K", "episode", "description"):
         table.add_column(column)
     for name in list_presets("envs"):
@@ -164,11 +168,18 @@ def finetune(
                                     "does not say (TREC files are recognised by their lines)."),
     label_column: str = typer.Option(None, "--label-column", help="Label column (default: auto-detected)."),
     controller: str = typer.Option("fixed", "--controller", help="learned:PATH | fixed[:R] | layerwise:R,R,.. | "
-                                   "importance | complexity | variance | greedy-memory (options as NAME:key=value)."),
+                                   "importance | complexity | variance | greedy-memory | static-fit | autofreeze "
+                                   "(options as NAME:key=value)."),
     policy: str = typer.Option(None, "--policy", help="Policy for --controller learned (policy.zip or run dir)."),
     budget_mb: float = typer.Option(None, "--budget-mb", help="Memory budget in MiB (the hard wall); none by default."),
-    budget_frac: float = typer.Option(None, "--budget-frac", help="A wall at this fraction of the memory measured at "
-                                      "the start ranks (default: a learned policy's training wall, else none)."),
+    budget_frac: float = typer.Option(None, "--budget-frac", help="A wall at this fraction of the reference memory: "
+                                      "the run at --rank with every group training (default: a learned policy's "
+                                      "training wall, else none)."),
+    budget_trace: str = typer.Option(None, "--budget-trace", help="A moving wall: a CSV file with a header "
+                                     "step,budget_mb or step,budget_frac and one row per change from step 0."),
+    budget: str = typer.Option(None, "--budget", help="'live': follow the GPU's free memory (NVML) minus "
+                               "--budget-margin-mb, read at each decision (CUDA only)."),
+    budget_margin_mb: float = typer.Option(512.0, "--budget-margin-mb", help="Memory kept free by --budget live."),
     memory_scope: str = typer.Option(None, "--memory-scope", help="'total' (with the frozen base) or 'adapter' "
                                      "(default: a learned policy's own scope, else total)."),
     rslora: bool = typer.Option(False, "--rslora/--no-rslora", help="rsLoRA scaling alpha/sqrt(r) instead of PEFT's "
@@ -195,7 +206,8 @@ def finetune(
     config = FinetuneConfig(
         model=model, data=data, eval_data=eval_data, data_format=data_format, text_column=text_column,
         label_column=label_column,
-        controller=controller, policy=policy, budget_mb=budget_mb, budget_frac=budget_frac,
+        controller=controller, policy=policy, budget_mb=budget_mb, budget_frac=budget_frac, budget_trace=budget_trace,
+        budget=budget, budget_margin_mb=budget_margin_mb,
         memory_scope=memory_scope, use_rslora=rslora, steps=steps,
         every=every, eval_every=eval_every, eval_size=eval_size, lr=lr, batch_size=batch_size,
         max_length=max_length, rank=rank, r_max=r_max, rank_step=rank_step, num_groups=num_groups,
@@ -213,10 +225,16 @@ def bench(
                               "a .tsv/.csv/.jsonl file (TRAIN:EVAL adds an eval file) or a hub dataset id."),
     controllers: str = typer.Option("fixed,layerwise,importance,complexity,variance,adalora", "--controllers",
                                     help="Comma-separated: fixed[:R] | layerwise[:R,R,..] | importance | complexity | "
-                                    "variance | greedy-memory | learned:PATH | adalora[:key=value,..] (PEFT AdaLoRA)."),
+                                    "variance | greedy-memory | static-fit | autofreeze | learned:PATH | "
+                                    "adalora[:key=value,..] (PEFT AdaLoRA) | oracle-static (a grid of static "
+                                    "allocations that fit each budget)."),
     seeds: int = typer.Option(3, "--seeds", help="Seeds per arm (0..N-1)."),
     budget_mb: str = typer.Option(None, "--budget-mb", help="Memory budget(s) in MiB for the adaptive controllers, "
                                   "comma-separated (one arm per budget); none by default."),
+    budget_frac: str = typer.Option(None, "--budget-frac", help="Budget(s) as fractions of the reference memory "
+                                    "(the run at --rank with every group training), e.g. 0.4,0.6,0.8,1.0."),
+    budget_trace: str = typer.Option(None, "--budget-trace", help="A moving budget for one more arm per controller: "
+                                     "a CSV file step,budget_mb or step,budget_frac."),
     fixed_ranks: str = typer.Option("2,4,8,16", "--fixed-ranks", help="Ranks of a bare 'fixed' (the fixed-rank front)."),
     fixed_lrs: str = typer.Option(None, "--fixed-lrs", help="Learning rates of the fixed-rank runs, e.g. 5e-4,1e-3,2e-3 "
                                   "(default: --lr only)."),
@@ -253,7 +271,8 @@ def bench(
     try:
         config = BenchConfig(
             model=model, tasks=split_list(tasks), controllers=[controllers], seeds=seeds,
-            budget_mb=parse_numbers(budget_mb, "--budget-mb"), fixed_ranks=parse_numbers(fixed_ranks, "--fixed-ranks", integer=True),
+            budget_mb=parse_numbers(budget_mb, "--budget-mb"), budget_frac=parse_numbers(budget_frac, "--budget-frac"),
+            budget_trace=budget_trace, fixed_ranks=parse_numbers(fixed_ranks, "--fixed-ranks", integer=True),
             fixed_lrs=parse_numbers(fixed_lrs, "--fixed-lrs"), text_column=text_column, label_column=label_column,
             memory_scope=memory_scope, use_rslora=rslora, steps=steps, every=every, eval_every=eval_every, eval_size=eval_size, lr=lr,
             batch_size=batch_size, max_length=max_length, rank=rank, r_max=r_max, rank_step=rank_step,

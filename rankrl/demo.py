@@ -5,11 +5,15 @@
 1. ``rankrl train`` on the ``default`` environment preset (a 4-layer tiny BERT, all synthetic tasks): PPO
    learns to move LoRA rank between 4 layer groups.
 2. ``rankrl finetune`` of the embedded pretrained MiniLM-L6 on a held-out synthetic task (a difficulty and a
-   data seed the policy never trained on, on a model it never saw) with the freshly trained policy, the
-   policy shipped in the package (``learned:default``) when there is one, plain LoRA at rank 8 (``fixed``)
-   and AdaLoRA's schedule with physical resizing (``importance``). Same data, steps, learning rate and seed.
-3. A comparison table (accuracy, macro-F1, measured peak and step-averaged memory, trainable parameters,
-   controller overhead), written as ``comparison.md`` and ``comparison.csv``, and ``rankrl explain`` PNGs of every run.
+   data seed the policy never trained on, on a model it never saw) under a memory budget that steps down
+   (``budget_high`` of the reference memory, then ``budget_frac`` from half-way: a co-tenant job starts),
+   with the freshly trained policy and the baselines a skeptic asks for: ``static-fit`` (the best static
+   allocation a fixed rule picks for the lowest budget), ``autofreeze`` (AutoFreeze) and plain LoRA at rank 8
+   (``fixed``, which the wall must free memory for when the budget drops). Same data, steps, learning rate,
+   seed and budget.
+3. A comparison table (accuracy, measured mean and peak memory, training time, final ranks with frozen groups
+   marked, wall violations), written as ``comparison.md`` and ``comparison.csv``, and ``rankrl explain`` PNGs
+   of every run.
 
 Everything lands in one new run directory ``<out>/demo_<n>/`` (never overwritten).
 """
@@ -48,7 +52,9 @@ class DemoConfig:
     lr: float = 1e-3
     rank: int = 8
     use_rslora: bool = False  # the LoRA scaling of every deployed run (PEFT's alpha/r by default)
-    controllers: list[str] = field(default_factory=lambda: ["learned", "learned:default", "fixed", "importance"])
+    budget_frac: float = 0.6  # the budget after the step down, as a fraction of the reference memory
+    budget_high: float = 0.9  # the budget before it
+    controllers: list[str] = field(default_factory=lambda: ["learned", "static-fit", "autofreeze", "fixed"])
     seed: int = 0
     out: str = "runs/demo"
 
@@ -60,6 +66,8 @@ class DemoConfig:
                 raise ValueError(f"{flag} must be a positive integer, got {value}.")
         if not self.controllers:
             raise ValueError("--controllers must name at least one controller.")
+        if not 0 < self.budget_frac <= self.budget_high:
+            raise ValueError(f"--budget-frac must be in (0, {self.budget_high:g}], got {self.budget_frac}.")
 
 
 @dataclass
@@ -117,9 +125,11 @@ def run_demo(config: DemoConfig | None = None, console: Console | None = None, p
             make_controller(spec)
     run_dir = new_run_dir(config.out, "demo")
     write_config(run_dir, {"command": "demo", **asdict(config)})
+    trace = run_dir / "budget_trace.csv"
+    trace.write_text(f"step,budget_frac\n0,{config.budget_high}\n{config.steps // 2},{config.budget_frac}\n")
     started = time.perf_counter()
 
-    console.rule(f"[bold]1/3  Learn a rank policy[/]: {config.agent} on rankrl/{env_config.name}-v0, "
+    console.rule(f"[bold]1/3  Learn a rank policy[/]: {config.agent} on rankrl/{env_config.name}-v1, "
                  f"{config.timesteps} decisions, {config.n_envs} workers")
     console.print(f"  {env_config.description}")
     policy_dir = train_policy(env=config.env, agent=config.agent, timesteps=config.timesteps, n_envs=config.n_envs,
@@ -135,13 +145,16 @@ def run_demo(config: DemoConfig | None = None, console: Console | None = None, p
 
     specs = _controller_specs(config, policy_dir)
     console.rule(f"[bold]2/3  Deploy[/]: fine-tune {config.model} on the held-out task with {len(specs)} controllers")
+    console.print(f"  budget: {config.budget_high:g} of the reference memory, {config.budget_frac:g} from step "
+                  f"{config.steps // 2} on ({trace})")
     rows, pngs = [], []
     for label, spec in specs:
         out = run_dir / "finetune" / _slug(label)
         finetune = FinetuneConfig(model=config.model, data=config.task, controller=spec, steps=config.steps,
                                   every=config.every, eval_size=config.eval_size, lr=config.lr, rank=config.rank,
                                   max_length=config.max_length, num_groups=env_config.num_action_groups,
-                                  use_rslora=config.use_rslora, seed=config.seed, out=str(out))
+                                  use_rslora=config.use_rslora, seed=config.seed, out=str(out),
+                                  budget_trace=str(trace), memory_scope="adapter")
         finished = run_finetune(finetune, console=console, progress=progress)
         metrics = json.loads((finished / METRICS_FILE).read_text())
         rows.append(_row(label, metrics))
@@ -167,6 +180,7 @@ def _slug(text: str) -> str:
 
 
 def _row(label: str, metrics: dict) -> dict:
+    frozen = metrics.get("frozen_groups") or [False] * len(metrics["group_ranks"])
     return {
         "controller": label,
         "accuracy": metrics["accuracy"],
@@ -176,21 +190,23 @@ def _row(label: str, metrics: dict) -> dict:
         "mean_adapter_mib": metrics["mean_memory_adapter_mib"],
         "trainable_params": metrics["trainable_params"],
         "peak_trainable_params": metrics["peak_trainable_params"],
-        "final_ranks": metrics["group_ranks"],
+        "final_ranks": " ".join(f"{r}{'*' if f else ''}" for r, f in zip(metrics["group_ranks"], frozen, strict=True)),
+        "wall_violations": metrics.get("wall_violations", 0),
         "controller_overhead": metrics["controller_overhead"],
         "train_seconds": metrics["train_seconds"],
     }
 
 
-COLUMNS = [("controller", "controller", "{}"), ("accuracy", "accuracy", "{:.3f}"), ("macro_f1", "macro-F1", "{:.3f}"),
-           ("peak_adapter_mib", "peak adapter MiB", "{:.1f}"), ("mean_adapter_mib", "mean adapter MiB", "{:.1f}"),
-           ("peak_total_mib", "peak total MiB", "{:.1f}"),
-           ("trainable_params", "trainable (end)", "{:,}"), ("final_ranks", "final group ranks", "{}"),
-           ("controller_overhead", "controller time", "{:.1%}")]
+# Few, named columns: the table must stay readable in an 80-column terminal or log.
+COLUMNS = [("controller", "controller", "{}"), ("accuracy", "acc", "{:.3f}"),
+           ("mean_adapter_mib", "mean MiB", "{:.1f}"), ("peak_adapter_mib", "peak MiB", "{:.1f}"),
+           ("train_seconds", "train s", "{:.0f}"), ("final_ranks", "ranks (*frozen)", "{}"),
+           ("wall_violations", "over wall", "{}")]
 
 
 def _table(rows: list[dict], config: DemoConfig) -> Table:
-    table = Table(title=f"{config.model} on {config.task}: {config.steps} steps, lr {config.lr}, seed {config.seed}")
+    table = Table(title=f"{config.model}, {config.steps} steps, seed {config.seed}, budget {config.budget_high:g} -> "
+                        f"{config.budget_frac:g} x reference (adapter MiB)")
     for _, header, _ in COLUMNS:
         table.add_column(header, justify="left" if header == "controller" else "right")
     for row in rows:
@@ -204,8 +220,10 @@ def _write_comparison(run_dir: Path, rows: list[dict], config: DemoConfig) -> No
         writer.writeheader()
         writer.writerows(rows)
     lines = [f"# rankrl demo: {config.model} on `{config.task}`", "",
-             f"{config.steps} optimizer steps, lr {config.lr}, batch 16, seed {config.seed}; one seed, so differences "
-             "of a few points are inside the noise (`rankrl bench` runs seeds and reports the spread).", "",
+             f"{config.steps} optimizer steps, lr {config.lr}, batch 16, seed {config.seed}; budget "
+             f"{config.budget_high:g} of the reference memory, {config.budget_frac:g} from step {config.steps // 2} "
+             "on; memory is adapter memory in MiB; `*` marks a frozen group. One seed, so differences of a few "
+             "points are inside the noise (`rankrl bench` runs seeds and reports the spread).", "",
              "| " + " | ".join(header for _, header, _ in COLUMNS) + " |",
              "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(fmt.format(row[key]) for key, _, fmt in COLUMNS) + " |" for row in rows]

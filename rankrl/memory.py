@@ -31,11 +31,14 @@ class MemoryReport:
 
     Attributes:
         trainable_parameters: Bytes of parameters that require grad (LoRA factors and trained heads).
-        frozen_parameters: Bytes of the frozen base model's parameters and buffers.
+        frozen_parameters: Bytes of the frozen base model's parameters and buffers (frozen LoRA factors are
+            in ``frozen_adapter``).
         gradients: Bytes of gradient tensors (held now, or produced by the measured step).
         optimizer_state: Bytes of the optimizer's state tensors.
         activations: Bytes saved for backward by one training forward pass (0 when not measured).
         trainable_count: Number of trainable scalars.
+        frozen_adapter: Bytes of frozen LoRA factors (``RankedLoRA.freeze``): held like parameters but
+            without gradients or optimizer state; part of ``adapter_total``.
         activations_measured: Whether ``activations`` comes from a measured pass.
         cuda_max_allocated: ``torch.cuda.max_memory_allocated`` on CUDA, else ``None``.
         nvml_free: Free device memory from NVML, else ``None``.
@@ -48,6 +51,7 @@ class MemoryReport:
     optimizer_state: int
     activations: int
     trainable_count: int
+    frozen_adapter: int = 0
     activations_measured: bool = False
     cuda_max_allocated: int | None = None
     nvml_free: int | None = None
@@ -59,6 +63,7 @@ class MemoryReport:
         return (
             self.trainable_parameters
             + self.frozen_parameters
+            + self.frozen_adapter
             + self.gradients
             + self.optimizer_state
             + self.activations
@@ -66,7 +71,8 @@ class MemoryReport:
 
     @property
     def adapter_total(self) -> int:
-        """The part that depends on the LoRA ranks: everything but the frozen base weights."""
+        """The part that depends on the LoRA ranks: everything but the frozen base weights (frozen LoRA factors
+        included)."""
         return self.total - self.frozen_parameters
 
     def to_dict(self) -> dict:
@@ -81,10 +87,11 @@ class MemoryReport:
         parts = [
             f"total {self.total / MB:.1f} MiB",
             f"trainable {self.trainable_parameters / MB:.2f}",
+            f"frozen adapter {self.frozen_adapter / MB:.2f}",
             f"grads {self.gradients / MB:.2f}",
             f"optim {self.optimizer_state / MB:.2f}",
             f"activations {self.activations / MB:.1f}",
-            f"frozen {self.frozen_parameters / MB:.1f}",
+            f"frozen base {self.frozen_parameters / MB:.1f}",
         ]
         return ", ".join(parts)
 

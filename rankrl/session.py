@@ -182,12 +182,14 @@ class FineTuneSession:
         return self._collate(self._train[self.batch_indices(step)])
 
     def reference_batch(self) -> dict:
-        """A fixed batch: the first ``batch_size`` training rows, whatever the seed.
+        """A fixed batch: the first ``batch_size`` training rows, whatever the seed, padded to ``max_length``.
 
-        Memory measured on it is comparable across decisions, runs and seeds of one task, which the
-        training batches are not: their padded length varies, and so do the activations they save.
+        Memory measured on it is comparable across decisions, runs, arms and seeds of one task, which the
+        training batches are not: their padded length varies, and so do the activations they save. Padding to
+        ``max_length`` makes it the largest batch a step can see, so the wall holds for every batch.
         """
-        return self._collate(self._train[list(range(min(self.config.batch_size, len(self._train))))])
+        rows = self._train[list(range(min(self.config.batch_size, len(self._train))))]
+        return self.tokenizer.pad(rows, padding="max_length", max_length=self.config.max_length, return_tensors="pt")
 
     # ------------------------------------------------------------------ stepping
     def train(self, steps: int, measure_every: int = 0) -> TrainResult:
@@ -258,12 +260,15 @@ class FineTuneSession:
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> dict:
         """An in-memory snapshot from which :meth:`restore` resumes identically."""
-        trainable = {name: p.detach().clone() for name, p in self.rl.model.named_parameters() if p.requires_grad}
+        frozen = {id(p) for p in self.rl.frozen_factors()}  # not trained now, but learned before: saved too
+        trainable = {name: p.detach().clone() for name, p in self.rl.model.named_parameters()
+                     if p.requires_grad or id(p) in frozen}
         names = {id(p): name for name, p in self.rl.model.named_parameters() if p.requires_grad}
         state = self.optimizer.state_dict()
         param_names = [[names[id(p)] for p in group["params"]] for group in self.optimizer.param_groups]
         return {
             "ranks": self.rl.ranks,
+            "frozen": sorted(self.rl.frozen),
             "weights": trainable,
             "optimizer": copy.deepcopy(state),
             "optimizer_param_names": param_names,
@@ -274,10 +279,14 @@ class FineTuneSession:
         }
 
     def restore(self, snapshot: dict) -> None:
-        """Return to a snapshot from :meth:`checkpoint` (ranks, weights, optimizer, schedule, RNG, step)."""
+        """Return to a snapshot from :meth:`checkpoint` (ranks, frozen modules, weights, optimizer, schedule, RNG,
+        step)."""
         if snapshot["seed"] != self.seed:
             self.reset(seed=snapshot["seed"])
         self.rl.resize(snapshot["ranks"])
+        frozen = set(snapshot.get("frozen", []))
+        self.rl.thaw(sorted(self.rl.frozen - frozen))
+        self.rl.freeze(sorted(frozen))
         named = dict(self.rl.model.named_parameters())
         with torch.no_grad():
             for name, value in snapshot["weights"].items():

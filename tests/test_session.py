@@ -111,3 +111,25 @@ def test_macro_f1_matches_hand_computation():
     predictions = torch.tensor([0, 1, 1, 1, 0])
     # class 0: tp 1, fp 1, fn 1 -> 0.5; class 1: tp 2, fp 1, fn 0 -> 0.8; class 2: tp 0 -> 0
     assert macro_f1(predictions, labels, 3) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+
+
+def test_checkpoint_restore_keeps_frozen_modules_and_their_values(session, tmp_path):
+    session.reset(seed=3)
+    session.train(3)
+    session.rl.freeze(0, optimizer=session.optimizer)
+    session.train(2)
+    snapshot = session.checkpoint()
+    session.save(tmp_path / "ckpt.pt")
+    frozen = {name: p.detach().clone() for name, p in session.rl.model.named_parameters()
+              if any(p is q for q in session.rl.frozen_factors())}
+    expected = session.train(4).losses
+    session.rl.thaw(0, optimizer=session.optimizer)
+    session.train(2)  # the thawed factors move
+    session.restore(snapshot)
+    assert session.rl.frozen == set(session.rl.group_modules(0))
+    named = dict(session.rl.model.named_parameters())
+    assert frozen and all(torch.equal(named[n], v) and not named[n].requires_grad for n, v in frozen.items())
+    assert session.train(4).losses == expected
+    fresh = FineTuneSession(_config())
+    fresh.load(tmp_path / "ckpt.pt")
+    assert fresh.rl.frozen == set(fresh.rl.group_modules(0)) and fresh.train(4).losses == expected

@@ -26,9 +26,10 @@ from rankrl.data import is_synthetic_source, parse_synthetic_source
 from rankrl.deploy.finetune import FinetuneConfig
 
 ADALORA = "adalora"
-KNOWN = [*CONTROLLERS, ADALORA]
+KNOWN = [*CONTROLLERS, ADALORA, "oracle-static"]
 """Controller names of ``--controllers``: rankrl's controllers and PEFT's AdaLoRA."""
 DEFAULT_CONTROLLERS = ["fixed", "layerwise", "importance", "complexity", "variance", "adalora"]
+ORACLE_STATIC = "oracle-static"
 DEFAULT_FIXED_RANKS = [2, 4, 8, 16]
 _NAME = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)=(.+)$")
 _ARGUMENT = re.compile(r"^(\d+|[A-Za-z_][\w-]*=.*)$")
@@ -145,6 +146,10 @@ class BenchConfig:
             ``adalora[:key=value,..]`` (PEFT's AdaLoRA).
         seeds: Seeds per arm (0..seeds-1).
         budget_mb: Memory budgets in MiB for the adaptive controllers (one arm per budget); empty: none.
+        budget_frac: Memory budgets as fractions of the reference memory (the run at ``rank`` with every group
+            training, measured on the same reference batch for every arm and seed); one arm per budget.
+        budget_trace: A CSV trace of a moving budget (``step,budget_mb`` or ``step,budget_frac``): one more
+            arm per controller.
         fixed_ranks: Ranks of a bare ``fixed`` (the fixed-rank front).
         fixed_lrs: Learning rates of the fixed-rank runs (a small sweep); empty: ``lr`` only.
         text_column: Text column of file / hub tasks (default: auto-detected).
@@ -172,6 +177,8 @@ class BenchConfig:
     controllers: list[str] = field(default_factory=lambda: list(DEFAULT_CONTROLLERS))
     seeds: int = 3
     budget_mb: list[float] = field(default_factory=list)
+    budget_frac: list[float] = field(default_factory=list)
+    budget_trace: str | None = None
     fixed_ranks: list[int] = field(default_factory=lambda: list(DEFAULT_FIXED_RANKS))
     fixed_lrs: list[float] = field(default_factory=list)
     text_column: str | None = None
@@ -206,6 +213,15 @@ class BenchConfig:
                 raise ValueError(f"--budget-mb must be positive, got {budget}.")
         if len(set(self.budget_mb)) != len(self.budget_mb):
             raise ValueError(f"--budget-mb lists a budget twice: {self.budget_mb}.")
+        for fraction in self.budget_frac:
+            if not fraction > 0:
+                raise ValueError(f"--budget-frac must be a positive fraction of the reference memory, got {fraction}.")
+        if len(set(self.budget_frac)) != len(self.budget_frac):
+            raise ValueError(f"--budget-frac lists a budget twice: {self.budget_frac}.")
+        if self.budget_trace is not None:
+            from rankrl.budget import BudgetTrace
+
+            BudgetTrace.from_csv(self.budget_trace)
         if not self.fixed_ranks or any(rank < 1 for rank in self.fixed_ranks):
             raise ValueError(f"--fixed-ranks must be positive integers, got {self.fixed_ranks}.")
         if any(not lr > 0 for lr in self.fixed_lrs):
@@ -217,11 +233,13 @@ class BenchConfig:
     def finetune_config(self, *, seed: int, out: str, controller: str = "fixed", data: str = "synthetic:keyword",
                         eval_data: str | None = None, lr: float | None = None, rank: int | None = None,
                         budget_mb: float | None = None, r_max: int | None = None,
-                        rank_step: int | None = None) -> FinetuneConfig:
+                        rank_step: int | None = None, budget_frac: float | None = None,
+                        budget_trace: str | None = None) -> FinetuneConfig:
         """The :class:`FinetuneConfig` of one run: every shared setting from here, the rest as given."""
         return FinetuneConfig(
             model=self.model, data=data, eval_data=eval_data, text_column=self.text_column,
-            label_column=self.label_column, controller=controller, budget_mb=budget_mb,
+            label_column=self.label_column, controller=controller, budget_mb=budget_mb, budget_frac=budget_frac,
+            budget_trace=budget_trace,
             memory_scope=self.memory_scope, use_rslora=self.use_rslora, steps=self.steps, every=self.every, eval_every=self.eval_every,
             eval_size=self.eval_size, lr=self.lr if lr is None else lr, batch_size=self.batch_size,
             max_length=self.max_length, rank=self.rank if rank is None else rank, r_max=r_max,

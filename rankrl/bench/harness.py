@@ -102,12 +102,14 @@ def run_bench(config: BenchConfig, console: Console | None = None, progress: boo
     tasks, arms, runs = prepare(config)
     out = Path(config.out)
     resuming = _check_out(out, config)
-    preflight(config, tasks, arms)
+    unfit = preflight(config, tasks, arms)
+    runs = [run for run in runs if (run.task.name, run.arm.label) not in unfit]
     connection = connect_ray(address, 1, what="--backend ray") if backend == "ray" else None
     if not resuming:
         claim_run_dir(out)
         write_config(out, {"command": "bench", "settings": config.settings(), "tasks": [t.to_dict() for t in tasks],
-                           "arms": [a.to_dict() for a in arms], "runs": len(runs)})
+                           "arms": [a.to_dict() for a in arms], "runs": len(runs),
+                           "unfit_oracle_arms": sorted(f"{t}/{a}" for t, a in unfit)})
     results = ResultsFile(out)
     retried = results.drop_errors()
     pending, skipped = _pending(runs, results, out, console)

@@ -6,8 +6,13 @@ An *arm* is one way of spending rank, run on every task and seed with everything
   fixed-rank accuracy-memory front, and ``--fixed-lrs`` runs each rank at several learning rates. Fixed
   runs have no budget: they are the reference every budgeted run is placed against.
 * adaptive - a rankrl controller (``layerwise``, ``importance``, ``complexity``, ``variance``,
-  ``greedy-memory``, ``learned:PATH``) starting at ``--rank``, once per ``--budget-mb`` (the hard wall). A
-  bare ``layerwise`` is a linear ramp from ``rank/2`` (bottom group) to ``3*rank/2`` (top), mean ``rank``.
+  ``greedy-memory``, ``static-fit``, ``autofreeze``, ``learned:PATH``) starting at ``--rank``, once per
+  budget: each ``--budget-mb``, each ``--budget-frac`` (of the reference memory) and the ``--budget-trace``.
+  A bare ``layerwise`` is a linear ramp from ``rank/2`` (bottom group) to ``3*rank/2`` (top), mean ``rank``.
+* ``oracle-static`` - a small grid of static allocations (the top ``k`` groups at rank ``rank/2``, ``rank``
+  or ``2*rank``, or only at ``R`` with ``oracle-static:rank=R``, the rest at 0), each run on every seed under every budget it fits (the pre-flight drops
+  the others). The report takes the best of them per task and budget: an upper bound for any static rule,
+  chosen on the evaluation data, so it is marked as an oracle.
 * ``adalora`` - PEFT's own AdaLoRA (``init_r = 1.5 * rank``, ``target_r = rank``), see :mod:`.adalora`.
 """
 
@@ -18,11 +23,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rankrl.bench.adalora import adalora_options
-from rankrl.bench.config import ADALORA, KNOWN, BenchConfig, TaskSpec, slug, split_controllers
+from rankrl.bench.config import ADALORA, KNOWN, ORACLE_STATIC, BenchConfig, TaskSpec, slug, split_controllers
 from rankrl.controllers import LearnedController, make_controller
 from rankrl.deploy.finetune import build_controller
 
-FIXED, ADAPTIVE = "fixed", "adaptive"
+FIXED, ADAPTIVE, ORACLE = "fixed", "adaptive", "oracle"
 RUNS_DIR = "runs"
 
 
@@ -37,6 +42,8 @@ class Arm:
         rank: Starting rank (fixed: the rank; AdaLoRA: ``target_r``).
         lr: Learning rate.
         budget_mb: The memory wall in MiB, or ``None``.
+        budget_frac: The wall as a fraction of the reference memory, or ``None``.
+        budget_trace: A trace file of a moving wall, or ``None``.
     """
 
     label: str
@@ -45,6 +52,19 @@ class Arm:
     rank: int
     lr: float
     budget_mb: float | None = None
+    budget_frac: float | None = None
+    budget_trace: str | None = None
+
+    @property
+    def budget(self) -> str:
+        """The budget in words (``none``, ``512mb``, ``0.5x``, ``trace:down.csv``): one column of the report."""
+        if self.budget_mb is not None:
+            return f"{self.budget_mb:g}mb"
+        if self.budget_frac is not None:
+            return f"{self.budget_frac:g}x"
+        if self.budget_trace is not None:
+            return f"trace:{Path(self.budget_trace).name}"
+        return "none"
 
     @property
     def slug(self) -> str:
@@ -101,6 +121,8 @@ def expand_arms(config: BenchConfig) -> list[Arm]:
             raise ValueError(f"Unknown controller '{name}' in --controllers. Known controllers: {', '.join(KNOWN)}.{hint}")
         if name == FIXED:
             arms += _fixed_arms(config, args)
+        elif name == ORACLE_STATIC:
+            arms += _oracle_arms(config, args)
         elif name == ADALORA:
             options = adalora_options(args, config.rank, config.steps, config.every)  # checks the options now
             label = ADALORA + (f":{args.strip()}" if args.strip() else "")
@@ -142,11 +164,51 @@ def _adaptive_arms(config: BenchConfig, spec: str, name: str, args: str) -> list
     controller, full_spec = build_controller(spec)
     if isinstance(controller, LearnedController):
         label = f"learned:{controller.path.parent.name or controller.path.stem}"
-    if controller.requires_budget and not config.budget_mb:
-        raise ValueError(f"Controller '{name}' needs a memory budget; pass --budget-mb (or drop it from --controllers).")
-    budgets: list[float | None] = list(config.budget_mb) or [None]
-    return [Arm(label=label + (f"@{budget:g}mb" if len(budgets) > 1 else ""), kind=ADAPTIVE, spec=full_spec,
-                rank=config.rank, lr=config.lr, budget_mb=budget) for budget in budgets]
+    variants = budget_variants(config)
+    if controller.requires_budget and not variants:
+        raise ValueError(f"Controller '{name}' needs a memory budget; pass --budget-frac, --budget-mb or "
+                         "--budget-trace (or drop it from --controllers).")
+    return [_with_budget(Arm(label=label, kind=ADAPTIVE, spec=full_spec, rank=config.rank, lr=config.lr), budget,
+                         tag=len(variants) > 1) for budget in variants or [{}]]
+
+
+def budget_variants(config: BenchConfig) -> list[dict]:
+    """One dict per budget of the benchmark (``budget_mb``, ``budget_frac`` or ``budget_trace``)."""
+    return ([{"budget_mb": b} for b in config.budget_mb] + [{"budget_frac": f} for f in config.budget_frac]
+            + ([{"budget_trace": config.budget_trace}] if config.budget_trace else []))
+
+
+def _with_budget(arm: Arm, budget: dict, tag: bool) -> Arm:
+    arm = Arm(**{**arm.to_dict(), **budget})
+    return Arm(**{**arm.to_dict(), "label": f"{arm.label}@{arm.budget}"}) if tag and budget else arm
+
+
+def oracle_grid(num_groups: int, rank: int, r_max: int, only: int | None = None) -> list[list[int]]:
+    """The static allocations of ``oracle-static``: the top ``k`` groups at ``rank/2``, ``rank`` or ``2*rank``
+    (or at ``only``, a smaller grid)."""
+    ranks = [only] if only is not None else sorted({max(1, rank // 2), rank, min(2 * rank, r_max)})
+    return [[0] * (num_groups - k) + [r] * k for k in range(1, num_groups + 1) for r in ranks]
+
+
+def _oracle_arms(config: BenchConfig, args: str) -> list[Arm]:
+    only = None
+    if args.strip():
+        key, _, value = args.strip().partition("=")
+        if key.strip() != "rank" or not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"{ORACLE_STATIC} takes one option, rank=R (a smaller grid at that rank only); got "
+                             f"{ORACLE_STATIC}:{args}.")
+        only = int(value)
+    variants = budget_variants(config)
+    if not variants:
+        raise ValueError(f"{ORACLE_STATIC} needs a memory budget; pass --budget-frac, --budget-mb or --budget-trace.")
+    r_max = config.r_max or 2 * config.rank
+    arms = []
+    for ranks in oracle_grid(config.num_groups, config.rank, r_max, only):
+        text = ",".join(map(str, ranks))
+        base = Arm(label=f"{ORACLE_STATIC}[{text}]", kind=ORACLE, spec=f"layerwise:{text}", rank=config.rank,
+                   lr=config.lr)
+        arms += [_with_budget(base, budget, tag=True) for budget in variants]
+    return arms
 
 
 def plan_runs(tasks: list[TaskSpec], arms: list[Arm], seeds: int) -> list[PlannedRun]:

@@ -14,6 +14,7 @@ from rankrl.bench.stats import (
     Paired,
     Stat,
     compare_to_fixed,
+    compare_under_budgets,
     summarize,
     winners,
 )
@@ -39,7 +40,7 @@ def render_report(settings: dict, tasks: list[TaskSpec], rows: list[dict], plann
              f"Model `{settings['model']}`, {settings['steps']} steps, batch {settings['batch_size']}, lr "
              f"{settings['lr']:g}, {settings['seeds']} seed(s), rank {settings['rank']} (adaptive start, AdaLoRA "
              f"target), decisions every {settings['every']} steps, memory scope `{scope}`, budget(s): "
-             f"{', '.join(f'{b:g} MiB' for b in budgets) if budgets else 'none'}.",
+             f"{_budgets(settings)}.",
              f"{finished} of {planned} runs finished" + (" (the rest: resume with `--resume`)." if finished < planned
                                                           else "."), ""]
     for task in tasks:
@@ -50,11 +51,19 @@ def render_report(settings: dict, tasks: list[TaskSpec], rows: list[dict], plann
             continue
         lines += _arm_table(task_summaries, comparisons, scope)
         lines += _paired_table(task_summaries, comparisons)
+        lines += _budget_table(compare_under_budgets(rows, summaries, task.name), rows, task.name, scope)
         lines += ["", f"### Winner per budget ({scope} memory)", ""]
         lines += _winner_table(winners(rows, task_summaries, budgets), budgets)
         lines.append("")
     lines += _notes(settings, rows)
     return "\n".join(lines) + "\n"
+
+
+def _budgets(settings: dict) -> str:
+    parts = [f"{b:g} MiB" for b in settings.get("budget_mb", [])]
+    parts += [f"{f:g} x the reference" for f in settings.get("budget_frac", [])]
+    parts += [f"trace `{settings['budget_trace']}`"] if settings.get("budget_trace") else []
+    return ", ".join(parts) or "none"
 
 
 def _pm(stat: Stat | None, digits: int = 3) -> str:
@@ -94,6 +103,27 @@ def _paired_table(summaries: list[ArmSummary], comparisons: dict) -> list[str]:
             excludes = "yes" if p.excludes_zero else "no"
         spread = f"{p.mean:+.3f}" + (f" ± {p.std:.3f}" if p.n > 1 else "")
         lines.append(f"| {s.arm} | {p.reference} | {diffs} | {spread} | {interval} | {excludes} | {p.verdict} |")
+    return lines
+
+
+def _budget_table(comparisons: list, rows: list[dict], task: str, scope: str) -> list[str]:
+    if not comparisons:
+        return []
+    lines = ["", "### Under each budget: against `static-fit` and the best `oracle-static` allocation", "",
+             "Paired by seed. The oracle is the most accurate of the `oracle-static` allocations that fit, chosen "
+             "on the evaluation data itself: an upper bound for any static rule, not a deployable arm. Runs whose "
+             "measured memory ever exceeded their wall are failed runs and appear in no figure.", "",
+             f"| budget | arm | seeds | accuracy | mean MiB ({scope}) | peak MiB | wall violations | − static-fit | "
+             "− oracle-static |", "|---|---|---|---|---|---|---|---|---|"]
+    for c in comparisons:
+        s = c.summary
+        violations = sum(1 for r in rows if r["task"] == task and r["arm"] == s.arm and r.get("wall_violations"))
+        name = f"{s.arm} (oracle)" if s.kind == "oracle" else s.arm
+        static = _diff(c.versus_static_fit) if c.versus_static_fit is not None else "-"
+        oracle = _diff(c.versus_oracle) if c.versus_oracle is not None else "-"
+        lines.append(f"| {c.budget} | {name} | {s.n} | {_pm(s.stats['accuracy'])} | "
+                     f"{_num(s.stats['mean_memory_mib'])} | {_num(s.stats['peak_memory_mib'])} | {violations} | "
+                     f"{static} | {oracle} |")
     return lines
 
 
@@ -151,7 +181,9 @@ def _notes(settings: dict, rows: list[dict]) -> list[str]:
              "- **Fixed-rank front.** Fixed ranks run without a budget; every budgeted or adaptive arm is compared "
              "with the most accurate fixed rank whose mean peak memory is at most its own.",
              "- **Memory** is measured, not modelled: parameters, gradients, optimizer state and the tensors "
-             "autograd saves on the same first batch, at the peak over the run; `mean` averages the memory in "
+             "autograd saves on one reference batch (the task's first rows padded to `max_length`, the same "
+             "for every arm and seed), at the peak over the run. The *reference* memory of a budget fraction is "
+             "the run at the starting rank with every group training; `mean` averages the memory in "
              "force at each optimizer step over the run (an arm that starts at the fixed ranks' memory and then "
              "frees some has that fixed rank's peak but a lower mean). `controller state` (importance EMAs, "
              "AdaLoRA's allocator) is kept beside it and shown separately."]

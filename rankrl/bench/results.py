@@ -18,9 +18,11 @@ from rankrl.bench.plan import PlannedRun
 RESULTS_FILE = "results.csv"
 OK, ERROR = "ok", "error"
 COLUMNS = [
-    "run_id", "task", "arm", "kind", "controller", "start_rank", "lr", "budget_mb", "seed", "status",
+    "run_id", "task", "arm", "kind", "controller", "start_rank", "lr", "budget", "budget_mb", "budget_frac",
+    "budget_trace", "seed", "status",
     "accuracy", "macro_f1", "initial_accuracy", "eval_loss",
-    "peak_memory_mib", "mean_memory_mib", "memory_scope", "peak_memory_total_mib", "peak_memory_adapter_mib",
+    "peak_memory_mib", "mean_memory_mib", "memory_scope", "reference_mib", "wall_violations",
+    "max_over_wall_mib", "frozen_groups", "peak_memory_total_mib", "peak_memory_adapter_mib",
     "cuda_peak_mib",
     "controller_state_mib", "trainable_params", "peak_trainable_params", "effective_params", "final_ranks",
     "steps", "diverged", "decisions", "wall_seconds", "train_seconds", "controller_seconds",
@@ -32,8 +34,11 @@ one budgets and comparisons use), plus both scopes, and the CUDA allocator's pea
 maximum).
 ``controller_state_mib`` is state a controller keeps beside training memory (importance EMAs; AdaLoRA's
 allocator). ``effective_params`` is what AdaLoRA's masks leave (the trainable count for the others).
-``controller_overhead`` is the share of training time spent in the controller machinery."""
-NUMERIC = {"start_rank", "lr", "budget_mb", "seed", "accuracy", "macro_f1", "initial_accuracy", "eval_loss",
+``controller_overhead`` is the share of training time spent in the controller machinery.
+``wall_violations`` counts optimizer steps taken with more memory in force than the wall allowed; a run with
+any is a failed run (``status`` error), never a result."""
+NUMERIC = {"start_rank", "lr", "budget_mb", "budget_frac", "reference_mib", "wall_violations",
+           "max_over_wall_mib", "seed", "accuracy", "macro_f1", "initial_accuracy", "eval_loss",
            "peak_memory_mib", "mean_memory_mib", "peak_memory_total_mib", "peak_memory_adapter_mib",
            "cuda_peak_mib",
            "controller_state_mib", "trainable_params", "peak_trainable_params", "effective_params", "steps",
@@ -44,7 +49,8 @@ def base_row(run: PlannedRun, run_dir: Path) -> dict:
     """The columns that identify a run."""
     arm = run.arm
     return {"run_id": run.run_id, "task": run.task.name, "arm": arm.label, "kind": arm.kind, "controller": arm.spec,
-            "start_rank": arm.rank, "lr": arm.lr, "budget_mb": arm.budget_mb, "seed": run.seed,
+            "start_rank": arm.rank, "lr": arm.lr, "budget": arm.budget, "budget_mb": arm.budget_mb,
+            "budget_frac": arm.budget_frac, "budget_trace": arm.budget_trace, "seed": run.seed,
             "run_dir": str(run_dir)}
 
 
@@ -65,8 +71,13 @@ def row_from_metrics(run: PlannedRun, run_dir: Path, metrics: dict, wall_seconds
         diverged=metrics.get("diverged"), decisions=metrics.get("decisions"),
         wall_seconds=wall_seconds if wall_seconds is not None else metrics.get("train_seconds"),
         train_seconds=metrics.get("train_seconds"), controller_seconds=metrics.get("controller_seconds"),
-        controller_overhead=metrics.get("controller_overhead"),
+        controller_overhead=metrics.get("controller_overhead"), reference_mib=metrics.get("reference_mib"),
+        wall_violations=metrics.get("wall_violations", 0), max_over_wall_mib=metrics.get("max_over_wall_mib", 0.0),
+        frozen_groups=json.dumps(metrics.get("frozen_groups")),
     )
+    if metrics.get("wall_violations"):
+        row.update(status=ERROR, error=f"wall violated: {metrics['wall_violations']} optimizer steps over the "
+                                       f"budget (by up to {metrics.get('max_over_wall_mib', 0):.3f} MiB)")
     return row
 
 

@@ -26,8 +26,8 @@ def finetune_config(run: PlannedRun, config: BenchConfig, root: str | Path) -> F
     return config.finetune_config(
         seed=run.seed, out=str(run.directory(root)), controller=arm.spec if arm.kind != ADALORA else "fixed",
         data=run.task.train, eval_data=run.task.eval, lr=arm.lr, rank=arm.rank if arm.kind == FIXED else config.rank,
-        budget_mb=arm.budget_mb, r_max=config.r_max if adaptive else None,
-        rank_step=config.rank_step if adaptive else None)
+        budget_mb=arm.budget_mb, budget_frac=arm.budget_frac, budget_trace=arm.budget_trace,
+        r_max=config.r_max if adaptive else None, rank_step=config.rank_step if adaptive else None)
 
 
 def execute(run: PlannedRun, config: BenchConfig, root: str | Path) -> dict:

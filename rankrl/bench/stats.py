@@ -49,6 +49,7 @@ class ArmSummary:
     lr: float
     budget_mb: float | None
     seeds: list[int]
+    budget: str = "none"
     stats: dict[str, Stat | None] = field(default_factory=dict)
     failed: int = 0
     diverged: int = 0
@@ -117,6 +118,7 @@ def summarize(rows: list[dict]) -> list[ArmSummary]:
         first = ok[0]
         summary = ArmSummary(task=task, arm=arm, kind=first["kind"], controller=first["controller"],
                              rank=int(first["start_rank"]), lr=first["lr"], budget_mb=first["budget_mb"],
+                             budget=first.get("budget") or "none",
                              seeds=sorted(int(row["seed"]) for row in ok), failed=len(group) - len(ok),
                              diverged=sum(bool(row["diverged"]) for row in ok))
         summary.stats = {metric: Stat.of([row.get(metric) for row in ok]) for metric in SUMMARY_METRICS}
@@ -159,6 +161,41 @@ def compare_to_fixed(rows: list[dict], summaries: list[ArmSummary]) -> dict[tupl
         reference = best_fixed_within(summary.memory, same_task)
         out[(summary.task, summary.arm)] = (
             paired(rows, summary.task, summary.arm, reference.arm) if reference is not None else None)
+    return out
+
+
+@dataclass
+class BudgetComparison:
+    """One arm under one budget, against ``static-fit`` and the best ``oracle-static`` allocation there."""
+
+    budget: str
+    summary: ArmSummary
+    versus_static_fit: Paired | None
+    versus_oracle: Paired | None
+
+
+def oracle_best(summaries: list[ArmSummary], task: str, budget: str) -> ArmSummary | None:
+    """The most accurate ``oracle-static`` allocation on ``task`` under ``budget`` (chosen on the eval data)."""
+    oracles = [s for s in summaries if s.task == task and s.budget == budget and s.kind == "oracle"]
+    return max(oracles, key=lambda s: (s.accuracy, -s.memory), default=None)
+
+
+def compare_under_budgets(rows: list[dict], summaries: list[ArmSummary], task: str) -> list[BudgetComparison]:
+    """Per budget of ``task``: every non-oracle arm paired by seed with ``static-fit`` and the oracle's best."""
+    out = []
+    budgets = sorted({s.budget for s in summaries if s.task == task and s.budget != "none"})
+    for budget in budgets:
+        here = [s for s in summaries if s.task == task and s.budget == budget and s.kind != "oracle"]
+        static = next((s for s in here if s.controller.startswith("static-fit")), None)
+        oracle = oracle_best(summaries, task, budget)
+        for summary in here:
+            out.append(BudgetComparison(
+                budget, summary,
+                paired(rows, task, summary.arm, static.arm) if static and static is not summary else None,
+                paired(rows, task, summary.arm, oracle.arm) if oracle else None))
+        if oracle is not None:
+            out.append(BudgetComparison(budget, oracle, paired(rows, task, oracle.arm, static.arm) if static else None,
+                                        None))
     return out
 
 

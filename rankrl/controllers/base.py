@@ -1,10 +1,11 @@
 """The controller interface: what a rank controller sees, what it decides, and the memory wall it meets.
 
 A controller sees the same named observation the environment builds (:class:`ControllerContext`) and returns
-target ranks per group (:class:`Decision`). :meth:`RankController.apply` is the single place where every
-controller's targets are clipped into ``[0, r_max]`` and through the memory wall, so a learned policy and a
-heuristic are compared on equal terms. Applying the result (``RankedLoRA.set_group_ranks``) is the caller's
-job; a controller never resizes the model.
+target ranks and, optionally, frozen flags per group (:class:`Decision`). :meth:`RankController.apply` is the
+single place where every controller's targets are clipped into ``[0, r_max]`` and through the memory wall
+(:mod:`rankrl.budget.wall`), so a learned policy and a heuristic are compared on equal terms. Applying the
+result (``RankedLoRA.set_group_ranks``, ``freeze``, ``thaw``) is the caller's job; a controller never
+changes the model.
 
 One decision of a deployment::
 
@@ -22,15 +23,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rankrl.budget import MemoryBudget, WallError, clip_to_budget, fit_to_wall
 from rankrl.env.observation import ObservationLayout
-from rankrl.signals import MemoryBudget, Signals
-from rankrl.wall import clip_to_budget
+from rankrl.signals import Signals
 
 MIB = 1024 * 1024
-
-
-class WallError(RuntimeError):
-    """Even every group at rank 0 exceeds the memory budget (the set-up check prevents this)."""
+__all__ = ["MIB", "Applied", "ControllerContext", "Decision", "RankController", "WallError"]
 
 
 @dataclass
@@ -47,6 +45,8 @@ class ControllerContext:
         features: The environment's named observation (:meth:`ObservationLayout.build`).
         observation: The same as the environment's observation array (:meth:`ObservationLayout.vector`).
         budget: The memory budget (the hard wall), or ``None`` for an unbounded run.
+        frozen: Per group, whether it is frozen.
+        budget_trend: Change of the budget since the previous decision, as a fraction of the reference.
     """
 
     step: int
@@ -58,6 +58,8 @@ class ControllerContext:
     features: dict[str, float]
     observation: np.ndarray
     budget: MemoryBudget | None = None
+    frozen: list[bool] = field(default_factory=list)
+    budget_trend: float = 0.0
 
     @property
     def num_groups(self) -> int:
@@ -70,7 +72,8 @@ class ControllerContext:
 
     @classmethod
     def build(cls, signals: Signals, *, step: int, total_steps: int | None, r_max: int, rank_step: int,
-              last_change: list[float] | None = None, budget: MemoryBudget | None = None) -> ControllerContext:
+              last_change: list[float] | None = None, budget: MemoryBudget | None = None,
+              budget_trend: float = 0.0) -> ControllerContext:
         """The context of one decision, with the observation built exactly as the environment builds it.
 
         Args:
@@ -82,14 +85,16 @@ class ControllerContext:
             last_change: Sign of the previous decision's change per group (:attr:`Applied.last_change`);
                 zeros before the first decision.
             budget: The memory budget, if any.
+            budget_trend: Change of the budget since the previous decision / the reference memory.
         """
         layout = ObservationLayout(len(signals.groups))
         progress = min(1.0, step / total_steps) if total_steps else 0.0
         features = layout.build(signals, r_max=r_max, progress=progress,
-                                last_change=last_change or [0.0] * layout.num_groups)
+                                last_change=last_change or [0.0] * layout.num_groups, budget_trend=budget_trend)
         return cls(step=step, total_steps=total_steps, group_ranks=[int(g["rank"]) for g in signals.groups],
                    r_max=r_max, rank_step=rank_step, signals=signals, features=features,
-                   observation=layout.vector(features), budget=budget)
+                   observation=layout.vector(features), budget=budget,
+                   frozen=[bool(g.get("frozen", 0.0)) for g in signals.groups], budget_trend=budget_trend)
 
 
 @dataclass
@@ -99,6 +104,8 @@ class Decision:
     Attributes:
         target_ranks: Requested rank per group (clipped by :meth:`RankController.apply`).
         reason: Why, in words (heuristics), or a summary of the chosen action (learned).
+        frozen: Requested frozen flag per group (``None``: as now). Freezing keeps a group's learned update
+            and stops its training; a thaw trains it again (and costs memory, so the wall may refuse it).
         probabilities: Per group, the policy's probability of each action level (learned only).
         action: The policy's action, one level index per group (learned only).
     """
@@ -107,6 +114,7 @@ class Decision:
     reason: str
     probabilities: list[list[float]] | None = None
     action: list[int] | None = None
+    frozen: list[bool] | None = None
 
 
 @dataclass
@@ -118,8 +126,11 @@ class Applied:
         before: Group ranks before.
         requested: The targets clipped into ``[0, r_max]``.
         ranks: The ranks to apply (what fits the budget).
-        clipped: Groups the wall changed: growth cut back, or shrunk because the run was over budget.
+        clipped: Groups the wall changed: growth or thaw cut back, or freed because the run was over budget.
         predicted_used: Predicted memory at :attr:`ranks` (bytes), ``None`` without a budget.
+        frozen_before: Frozen flags before.
+        frozen: Frozen flags to apply.
+        forced: Groups frozen or dropped by the wall because the run was over budget (a subset of ``clipped``).
     """
 
     decision: Decision
@@ -128,6 +139,9 @@ class Applied:
     ranks: list[int]
     clipped: list[int] = field(default_factory=list)
     predicted_used: int | None = None
+    frozen_before: list[bool] = field(default_factory=list)
+    frozen: list[bool] = field(default_factory=list)
+    forced: list[int] = field(default_factory=list)
 
     @property
     def last_change(self) -> list[float]:
@@ -136,8 +150,8 @@ class Applied:
 
     @property
     def changed(self) -> bool:
-        """Whether any group's rank changes."""
-        return self.ranks != self.before
+        """Whether any group's rank or frozen flag changes."""
+        return self.ranks != self.before or self.frozen != self.frozen_before
 
 
 class RankController(ABC):
@@ -181,31 +195,42 @@ class RankController(ABC):
     def apply(self, ctx: ControllerContext) -> Applied:
         """:meth:`decide`, then clip into ``[0, r_max]`` and through the memory wall.
 
-        Growths are cut back to what fits (:func:`rankrl.wall.clip_to_budget`, most important group first by
-        ``importance_share``); shrinks always apply. If the result is still over budget (e.g. the run started
-        above it), the least important live groups are shrunk by ``rank_step`` until it fits.
+        Growths and thaws are cut back to what fits (:func:`rankrl.budget.clip_to_budget`, most important
+        group first by ``importance_share``); shrinks and freezes always apply. If the result is still over
+        budget (the budget dropped, or the run started above it), :func:`rankrl.budget.fit_to_wall` frees
+        memory in its documented order: freeze bottom-up, then drop frozen groups (before the first step,
+        drop instead of freezing).
 
         Raises:
-            ValueError: the controller returned the wrong number of ranks.
+            ValueError: the controller returned the wrong number of ranks or frozen flags.
             WallError: not even every group at rank 0 fits the budget.
         """
         decision = self.decide(ctx)
         before = list(ctx.group_ranks)
+        frozen_before = list(ctx.frozen) if ctx.frozen else [False] * len(before)
         if len(decision.target_ranks) != len(before):
             raise ValueError(f"Controller '{self.name}' returned {len(decision.target_ranks)} ranks for "
                              f"{len(before)} groups.")
+        if decision.frozen is not None and len(decision.frozen) != len(before):
+            raise ValueError(f"Controller '{self.name}' returned {len(decision.frozen)} frozen flags for "
+                             f"{len(before)} groups.")
         requested = [min(max(int(r), 0), ctx.r_max) for r in decision.target_ranks]
+        wanted = [bool(f) for f in decision.frozen] if decision.frozen is not None else frozen_before
+        wanted = [f and r > 0 for f, r in zip(wanted, requested, strict=True)]
         if ctx.budget is None:
-            return Applied(decision, before, requested, requested)
+            return Applied(decision, before, requested, requested, frozen_before=frozen_before, frozen=wanted)
         priority = ctx.group_feature("importance_share")
-        ranks, clipped = clip_to_budget(ctx.budget, before, requested, ctx.rank_step, priority)
-        ranks, forced = _shrink_until_fit(ctx.budget, ranks, ctx.rank_step, priority)
+        ranks, frozen, clipped = clip_to_budget(ctx.budget, before, requested, ctx.rank_step, priority,
+                                                frozen_before, wanted)
+        ranks, frozen, forced = fit_to_wall(ctx.budget, ranks, frozen, fresh=ctx.step == 0, priority=priority)
         if clipped or forced:
             notes = [f"growth of groups {clipped} cut at the wall"] if clipped else []
-            notes += [f"groups {forced} shrunk to get under the budget"] if forced else []
+            if forced:
+                how = "dropped" if ctx.step == 0 else "frozen or dropped"
+                notes.append(f"groups {forced} {how} to get under the budget")
             decision.reason = f"{decision.reason}; wall: {', '.join(notes)}"
         return Applied(decision, before, requested, ranks, sorted(set(clipped) | set(forced)),
-                       ctx.budget.predict_used(ranks))
+                       ctx.budget.predict_used(ranks, frozen), frozen_before, frozen, sorted(forced))
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -219,19 +244,3 @@ class RankController(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
-
-
-def _shrink_until_fit(budget: MemoryBudget, ranks: list[int], rank_step: int,
-                      priority: list[float]) -> tuple[list[int], list[int]]:
-    """Shrink the least important live group by ``rank_step`` until the ranks fit the budget."""
-    ranks, forced = list(ranks), []
-    order = sorted(range(len(ranks)), key=lambda g: (priority[g], g))
-    while not budget.would_fit(ranks):
-        live = [g for g in order if ranks[g] > 0]
-        if not live:
-            raise WallError(f"Every group at rank 0 still needs {budget.predict_used(ranks) / MIB:.2f} MiB, above "
-                            f"the budget of {budget.budget / MIB:.2f} MiB. Raise the budget.")
-        ranks[live[0]] = max(0, ranks[live[0]] - rank_step)
-        if live[0] not in forced:
-            forced.append(live[0])
-    return ranks, forced

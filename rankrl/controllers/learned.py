@@ -2,9 +2,10 @@
 
 The policy is loaded (and its saved observation layout checked against the live run) by :meth:`bind`, which
 the deployment calls at set-up through :func:`~rankrl.controllers.prepare_controller`, so a policy built for
-another layout or number of groups fails before training starts. Its action is one level per group, an
-index into the rank deltas saved in ``metadata.json`` (``deltas``); the decision reports the policy's
-probability of every level.
+another layout or number of groups fails before training starts. Its action is one index per group into the
+actions saved in ``metadata.json`` (``actions``: the rank deltas, then ``freeze`` and ``thaw``, as in
+environment v1); the decision reports the policy's probability of every action. A policy trained on
+environment v0 (rank deltas only) is refused with the command that retrains it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import numpy as np
 import torch
 
 from rankrl.controllers.base import ControllerContext, Decision, RankController
+from rankrl.env.lora_rank_env import FREEZE, THAW
 from rankrl.env.observation import ObservationLayout
+from rankrl.env.registration import ENV_VERSION
 from rankrl.policy import LoadedPolicy, PolicyFileError, load_policy, resolve_policy_path
 
 
@@ -43,7 +46,7 @@ class LearnedController(RankController):
                                   "Re-export it with `rankrl train`.")
         self.device = device
         self.policy: LoadedPolicy | None = None
-        self.deltas: list[int] | None = None
+        self.actions: list[str] | None = None
 
     def bind(self, *, num_groups: int, split_by_kind: bool, r_max: int, rank_step: int,
              total_steps: int | None) -> None:
@@ -54,13 +57,16 @@ class LearnedController(RankController):
                                   f"{num_groups} groups with one set of levels; use a policy from `rankrl train`.")
         levels = int(nvec[0])
         metadata = self.policy.metadata
-        if "deltas" in metadata:
-            self.deltas = [int(d) for d in metadata["deltas"]]
-        else:  # a bare zip: the environment's symmetric deltas in this run's rank steps
-            self.deltas = [int(d) * rank_step for d in range(-(levels // 2), levels // 2 + 1)]
-        if len(self.deltas) != levels:
-            raise PolicyFileError(f"{self.path}: metadata.json lists {len(self.deltas)} deltas but the policy has "
-                                  f"{levels} action levels; re-export it with `rankrl train`.")
+        check_env_version(metadata, self.path)
+        if "actions" in metadata:
+            self.actions = [str(a) for a in metadata["actions"]]
+        else:  # a bare zip: the environment's actions in this run's rank steps
+            from rankrl.env.lora_rank_env import action_names
+
+            self.actions = action_names(levels - 2, rank_step)
+        if len(self.actions) != levels:
+            raise PolicyFileError(f"{self.path}: metadata.json lists {len(self.actions)} actions but the policy has "
+                                  f"{levels} per group; re-export it with `rankrl train`.")
         trained_r_max = metadata.get("r_max")
         if trained_r_max is not None and trained_r_max != r_max:
             warnings.warn(f"The policy {self.path} was trained with r_max={trained_r_max} and this run has "
@@ -80,14 +86,35 @@ class LearnedController(RankController):
         if len(probabilities) != ctx.num_groups:
             raise ValueError(f"The policy acts on {len(probabilities)} groups but the run has {ctx.num_groups}.")
         action = [int(np.argmax(p)) for p in probabilities]  # SB3's deterministic action: the mode per group
-        steps = [self.deltas[a] for a in action]
-        targets = [min(max(r + d, 0), ctx.r_max) for r, d in zip(ctx.group_ranks, steps, strict=True)]
-        detail = ", ".join(f"g{g} {d:+d} (p={p[a]:.2f})"
-                           for g, (d, a, p) in enumerate(zip(steps, action, probabilities, strict=True)))
-        return Decision(targets, f"policy: {detail}", probabilities=probabilities, action=action)
+        names = [self.actions[a] for a in action]
+        frozen = list(ctx.frozen) if ctx.frozen else [False] * ctx.num_groups
+        targets = []
+        for g, (rank, name) in enumerate(zip(ctx.group_ranks, names, strict=True)):
+            if name in (FREEZE, THAW):
+                targets.append(rank)
+                frozen[g] = name == FREEZE
+            else:
+                targets.append(min(max(rank + int(name), 0), ctx.r_max))
+        detail = ", ".join(f"g{g} {n} (p={p[a]:.2f})"
+                           for g, (n, a, p) in enumerate(zip(names, action, probabilities, strict=True)))
+        return Decision(targets, f"policy: {detail}", probabilities=probabilities, action=action, frozen=frozen)
 
     def _model(self):
         if self.policy is None:
             raise RuntimeError("LearnedController.bind() (or prepare_controller) must run before the first "
                                "decision: it loads the policy and checks it against the run.")
         return self.policy.model
+
+
+def check_env_version(metadata: dict, path: Path | str) -> None:
+    """Refuse a policy trained on another environment version (it acts and observes differently)."""
+    env_id = str(metadata.get("env_id") or "")
+    version = env_id.rpartition("-v")[2]
+    trained = int(version) if version.isdigit() else (0 if "deltas" in metadata and "actions" not in metadata else None)
+    if trained is not None and trained != ENV_VERSION:
+        preset = env_id.partition("/")[2].rpartition("-v")[0] or "default"
+        raise PolicyFileError(
+            f"The policy {path} was trained on environment v{trained} ({env_id or 'rank deltas only'}), and this "
+            f"rankrl runs v{ENV_VERSION} (freeze and thaw, moving budgets): its actions and observations mean "
+            f"other things. Retrain it: rankrl train --env {preset}."
+        )

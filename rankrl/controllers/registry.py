@@ -12,12 +12,14 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
+from rankrl.controllers.autofreeze import AutoFreezeController
 from rankrl.controllers.base import RankController
 from rankrl.controllers.greedy import GreedyMemoryController
 from rankrl.controllers.importance import ImportanceController
 from rankrl.controllers.learned import LearnedController
 from rankrl.controllers.seeds import ComplexityController, VarianceController
 from rankrl.controllers.static import FixedController, LayerwiseController
+from rankrl.controllers.static_fit import StaticFitController
 from rankrl.policy import list_shipped_policies, shipped_policy
 
 _CLASSES: dict[str, type[RankController]] = {
@@ -27,6 +29,8 @@ _CLASSES: dict[str, type[RankController]] = {
     "complexity": ComplexityController,
     "variance": VarianceController,
     "greedy-memory": GreedyMemoryController,
+    "static-fit": StaticFitController,
+    "autofreeze": AutoFreezeController,
     "learned": LearnedController,
 }
 CONTROLLERS: list[str] = list(_CLASSES)

@@ -85,7 +85,8 @@ def restore_ranks_from_checkpoint(rl: RankedLoRA, checkpoint_dir: str | Path, op
     """Resize ``rl`` to the module ranks of a checkpoint; call it before ``trainer.train(resume_from_checkpoint=)``.
 
     Reads ``rankrl_control.json`` (written by :class:`~rankrl.deploy.RankRLCallback`) or, without it, the
-    checkpoint's ``adapter_config.json``.
+    checkpoint's ``adapter_config.json``. Modules the control file lists as frozen are frozen again, so a
+    Trainer built afterwards leaves them out of its optimizer as the interrupted run did.
 
     Args:
         rl: The model, freshly attached as in the interrupted run.
@@ -99,15 +100,21 @@ def restore_ranks_from_checkpoint(rl: RankedLoRA, checkpoint_dir: str | Path, op
     if not checkpoint_dir.is_dir():
         raise CheckpointError(f"No checkpoint directory {checkpoint_dir}.")
     state = read_control_state(checkpoint_dir)
+    frozen: list[str] = []
     if state is not None:
         ranks = {name: int(rank) for name, rank in state["module_ranks"].items()}
         unknown = set(ranks) ^ set(rl.ranks)
         if unknown:
             raise CheckpointError(f"{checkpoint_dir / CONTROL_FILE} is of another model: modules {sorted(unknown)[:3]} "
                                   "differ.")
+        frozen = list(state.get("frozen", []))
+        if any(ranks.get(name, 0) == 0 for name in frozen):
+            raise CheckpointError(f"{checkpoint_dir / CONTROL_FILE} freezes modules it has at rank 0; it is corrupt.")
     else:
         ranks = ranks_from_adapter_config(rl, checkpoint_dir)
     rl.resize(ranks, optimizer=optimizer)
+    rl.thaw(sorted(rl.frozen - set(frozen)), optimizer=optimizer)
+    rl.freeze(frozen, optimizer=optimizer)
     return rl.ranks
 
 

@@ -1,16 +1,20 @@
 """``RankControl``: deploy a rank controller in any training loop (plain PyTorch, or the HF ``Trainer``).
 
 One object owns the :class:`~rankrl.signals.SignalReader`, the controller and the logs. Every ``every``
-optimizer steps it reads the signals, builds the :class:`~rankrl.controllers.ControllerContext` exactly as
+optimizer steps (and once before the first step, so that a run can start under a budget below its
+starting ranks) it reads the signals, builds the :class:`~rankrl.controllers.ControllerContext` exactly as
 the environment builds its observation, lets the controller decide through the memory wall, resizes the
-model and repairs the optimizer (``RankedLoRA.set_group_ranks``), re-measures memory and writes one line of
-``decisions.jsonl`` plus TensorBoard scalars. A hand-written loop::
+model and repairs the optimizer (``RankedLoRA.set_group_ranks``, ``freeze``, ``thaw``), re-measures memory
+and writes one line of ``decisions.jsonl`` plus TensorBoard scalars. When the budget moves (a trace, or the
+free memory of the GPU) and drops below the memory in use, it decides at once, so the memory in force at
+every optimizer step is at or under the wall; a step where it is not counts as a wall violation. A
+hand-written loop::
 
     rl = RankedLoRA.attach(model, rank=8, num_groups=4)
     optimizer = torch.optim.AdamW(rl.trainable_parameters(), lr=1e-3)
     control = RankControl(rl, make_controller("importance"), every=50, budget_mb=900, total_steps=1000,
                           log_dir="runs/mine")
-    control.setup(optimizer, first_batch)       # every check (policy, budget) before the first step
+    control.setup(optimizer, reference_batch)   # every check (policy, budget) and the first decision
     for step, batch in enumerate(loader, start=1):
         loss = rl.model(**batch).loss
         loss.backward()
@@ -41,8 +45,11 @@ from rankrl.controllers import (
     prepare_controller,
 )
 from rankrl.controllers.base import MIB
+from rankrl.budget import BudgetTrace, LiveBudget
 from rankrl.lora import RankedLoRA
-from rankrl.signals import MemoryBudget, SignalReader
+from rankrl.lora.allocation import apply_allocation
+from rankrl.budget import MemoryBudget
+from rankrl.signals import SignalReader
 
 UNBOUNDED = 2**62
 """Budget of the internal memory meter when the run has none, until :meth:`RankControl.setup` sets it to the
@@ -61,10 +68,13 @@ class RankControl:
         controller: The controller (:func:`rankrl.controllers.make_controller`).
         every: Optimizer steps between decisions (decisions at steps ``every``, ``2*every``, ...).
         budget_mb: Memory budget in MiB (the hard wall), or ``None`` for an unbounded run.
-        budget_frac: A wall at this fraction of the memory measured at the start ranks (by :meth:`setup`, in
-            ``memory_scope``), the way the environment sets its budget (``budget_frac`` of a preset). Ignored
-            when ``budget_mb`` is given. ``rankrl.deploy.finetune.with_policy_defaults`` reads the fraction
-            a learned policy was trained with.
+        budget_frac: A wall at this fraction of the reference memory: the run at its starting ranks, every
+            group training, measured by :meth:`setup` on its batch in ``memory_scope`` (the environment's
+            convention). ``rankrl.deploy.finetune.with_policy_defaults`` reads the fraction a learned policy
+            was trained with.
+        budget_trace: A budget that moves over the optimizer steps (:class:`~rankrl.budget.BudgetTrace`,
+            fractions of the reference or MiB).
+        live_budget: A budget that follows the GPU's free memory, read at each decision.
         total_steps: Planned optimizer steps (needed by scheduled controllers such as ``importance``).
         log_dir: Directory of ``decisions.jsonl`` and ``tb/``; ``None`` writes no files. Created lazily, at
             the first log entry. TensorBoard scalars between decisions (``train/loss``, ``eval/accuracy``)
@@ -88,7 +98,9 @@ class RankControl:
     """
 
     def __init__(self, rl: RankedLoRA, controller: RankController, *, every: int, budget_mb: float | None = None,
-                 budget_frac: float | None = None, total_steps: int | None = None, log_dir: str | Path | None = None,
+                 budget_frac: float | None = None, budget_trace: BudgetTrace | None = None,
+                 live_budget: LiveBudget | None = None, total_steps: int | None = None,
+                 log_dir: str | Path | None = None,
                  memory_scope: str = "total", r_max: int | None = None, rank_step: int | None = None, spec: str | None = None,
                  **reader_options) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -96,7 +108,12 @@ class RankControl:
         if budget_mb is not None and not (math.isfinite(budget_mb) and budget_mb > 0):
             raise ValueError(f"The memory budget must be a positive number of MiB, got {budget_mb!r}.")
         if budget_frac is not None and not (math.isfinite(budget_frac) and budget_frac > 0):
-            raise ValueError(f"budget_frac must be a positive fraction of the start memory, got {budget_frac!r}.")
+            raise ValueError(f"budget_frac must be a positive fraction of the reference memory, got {budget_frac!r}.")
+        given = [name for name, value in (("budget_mb", budget_mb), ("budget_frac", budget_frac),
+                                          ("budget_trace", budget_trace), ("live_budget", live_budget))
+                 if value is not None]
+        if len(given) > 1:
+            raise ValueError(f"Give one budget, not {' and '.join(given)}.")
         self.rl = rl
         self.controller = controller
         self.spec = spec or controller.name
@@ -108,9 +125,15 @@ class RankControl:
         budget_bytes = int(budget_mb * MIB) if budget_mb is not None else UNBOUNDED
         self.reader = SignalReader(rl, budget_bytes=budget_bytes, memory_scope=memory_scope,
                                    rank_step=self.rank_step, **reader_options)
-        self.budget_frac = budget_frac if budget_mb is None else None
-        bounded = budget_mb is not None or self.budget_frac is not None
-        self.budget: MemoryBudget | None = self.reader.budget if bounded else None
+        self.budget_mb = budget_mb
+        self.budget_frac = budget_frac
+        self.budget_trace = budget_trace
+        self.live_budget = live_budget
+        self.budget: MemoryBudget | None = self.reader.budget if given else None
+        self.reference: int | None = None
+        self.violations = 0
+        self.max_over_wall = 0
+        self._last_budget: int | None = None
         self.optimizer = None
         self.batch: dict | None = None
         self.ready = False
@@ -124,7 +147,7 @@ class RankControl:
         self.start_fit: list[int] | None = None
         self._memory_sum = 0
         self._memory_steps = 0
-        self._saved_reference: int | None = None  # memory reference (or relative wall) of a resumed run
+        self._saved_reference: int | None = None  # the reference memory of a resumed run
         self._log: DecisionLog | None = None
         self._writer = None
         self._pending_scalars: list[tuple[str, float, int]] = []
@@ -137,17 +160,23 @@ class RankControl:
         """The memory meter (the budget, or an unbounded one that only measures)."""
         return self.reader.budget
 
-    def setup(self, optimizer, batch: dict) -> int | None:
-        """Measure memory on a real batch and run every check before training starts.
+    def setup(self, optimizer, batch: dict, *, start: bool = True) -> int | None:
+        """Measure the reference memory, run every check, and make the first decision before the first step.
+
+        The reference is the memory of the run at its starting ranks with every group training, measured on
+        ``batch`` (use one fixed batch padded to the run's ``max_length``, so that every arm and seed of a
+        comparison is measured alike). Budgets given as fractions are fractions of it.
 
         A policy for another observation layout or number of groups, a missing or corrupt policy file, a
-        controller that needs a budget or a schedule it lacks, and a budget below the smallest configuration
-        the controller can train in all raise here, before the first step. If the starting ranks exceed the
-        budget, the lowest live groups are shrunk by ``rank_step`` until they fit (:attr:`start_fit`).
+        controller that needs a budget or a schedule it lacks, and a budget (the lowest of a trace) below
+        the smallest configuration the controller can train in all raise here, before the first step. Then
+        the controller decides at step 0, through the wall: a run can start below its starting ranks.
 
         Args:
             optimizer: The training optimizer (a torch optimizer or the Trainer's wrapped one).
-            batch: A training batch with labels (one measured forward/backward; training is undisturbed).
+            batch: A batch with labels (one measured forward/backward; training is undisturbed).
+            start: Make the first decision now; with ``False`` call :meth:`start` (e.g. once the log
+                directory exists).
 
         Returns:
             Predicted bytes of the smallest configuration the controller can train in (``None`` unbounded).
@@ -162,36 +191,39 @@ class RankControl:
         if max(ranks) > self.r_max:
             raise ValueError(f"The run starts at group ranks {ranks}, above r_max={self.r_max}; raise r_max.")
         status = self.memory.read(optimizer, self.batch)
-        if self.budget_frac is not None:
-            # Relative wall, as the environment sets it at reset; a resumed run keeps the wall it started with.
-            # The re-read reuses the activations just measured: it only states the status against the wall.
-            self.memory.budget = self._saved_reference or max(int(self.budget_frac * status.used), 1)
-            if self.sync is not None:  # every process walls where the deciding one does
-                self.memory.budget = self.sync.from_main(self.memory.budget)
-            status = self.memory.read(optimizer)
+        self.reference = self._saved_reference or max(int(status.used), 1)
+        if self.sync is not None:  # every process measures against the deciding one's reference
+            self.reference = self.sync.from_main(self.reference)
+        self.memory.reference = self.reference
+        resumed = self.step_count > 0
+        if self.budget is None:
+            # No wall: memory features are fractions of the reference, the convention the environment trains
+            # policies with (budget_frac 1.0), instead of fractions of "infinity".
+            self.memory.budget = self.reference
+        else:
+            self.memory.budget = self.minimum_budget() if self.live_budget is None else self.budget_at(0)
         minimum = prepare_controller(self.controller, group_ranks=ranks, r_max=self.r_max, rank_step=self.rank_step,
                                      split_by_kind=self.rl.split_by_kind, budget=self.budget,
                                      total_steps=self.total_steps)
-        if self.budget is not None and status.used > self.budget.budget:
-            self.start_fit = _fit_start(self.budget, ranks, self.rank_step)
-        if self.sync is not None:
-            self.start_fit = self.sync.from_main(self.start_fit)
-        if self.start_fit is not None:
-            self.rl.set_group_ranks(self.start_fit, optimizer=optimizer)
-            if self.sync is not None:
-                self.sync.after_change(self.rl, optimizer)
-            status = self.memory.read(optimizer, self.batch)
-        if self.budget is None:
-            # No wall: memory features are fractions of the memory at the start ranks, the convention the
-            # environment trains policies with (budget_frac 1.0), instead of fractions of "infinity".
-            self.reader.budget.budget = self._saved_reference or max(int(status.used), 1)
-            if self.sync is not None:
-                self.reader.budget.budget = self.sync.from_main(self.reader.budget.budget)
-        self._peak(status.used)
-        if self.last_used is None:  # a resumed run keeps the memory it had
-            self.last_used = status.used
+        if self.budget is not None:
+            self.memory.floor = self.minimum_budget()
+            self.memory.budget = self.budget_at(self.step_count)
+        self.memory.read(optimizer)
         self.ready = True
+        if resumed and self.last_used is None:
+            self.last_used = self.memory.read(optimizer, self.batch).used
+        if start and not resumed:
+            self.start()
         return minimum
+
+    def start(self) -> Applied:
+        """The first decision, before the first optimizer step (after :meth:`setup`)."""
+        if not self.ready:
+            raise RuntimeError("RankControl.setup(optimizer, batch) must run first.")
+        applied = self.decide(0, self.optimizer)
+        if applied.forced:
+            self.start_fit = list(applied.ranks)
+        return applied
 
     # ------------------------------------------------------------------ per step
     def after_backward(self) -> None:
@@ -228,35 +260,71 @@ class RankControl:
         if step > self.step_count and self.last_used is not None:
             self._memory_sum += self.last_used * (step - self.step_count)
             self._memory_steps += step - self.step_count
+            self._peak(self.last_used)
+            if self.budget is not None and self.last_used > self.budget.budget:
+                self.violations += step - self.step_count
+                self.max_over_wall = max(self.max_over_wall, self.last_used - self.budget.budget)
         self.step_count = int(step)
         if loss is not None:
             self.record_loss(loss, step)
         if eval_accuracy is not None:
             self.record_eval(eval_accuracy, step)
-        if step <= 0 or step % self.every or step == self.last_decision_step:
+        if step == self.last_decision_step:
+            return None
+        if self.budget_trace is not None:  # a trace can drop between decisions: meet it before the next step
+            self.budget.budget = self.budget_at(step)
+            if self.last_used is not None and self.last_used > self.budget.budget:
+                return self.decide(step, optimizer)
+        if step <= 0 or step % self.every:
             return None
         return self.decide(step, optimizer)
+
+    def budget_at(self, step: int) -> int:
+        """The budget in force from optimizer step ``step`` on (bytes; needs :meth:`setup`)."""
+        if self.budget_mb is not None:
+            return int(self.budget_mb * MIB)
+        if self.budget_frac is not None:
+            return max(int(self.budget_frac * self.reference), 1)
+        if self.budget_trace is not None:
+            return max(self.budget_trace.bytes_at(step, self.reference), 1)
+        if self.live_budget is not None:
+            frozen_base = self.memory.last.report.frozen_parameters if self.memory.scope == "adapter" else 0
+            return max(self.live_budget.bytes_now() - frozen_base, 1)
+        return self.reference
+
+    def minimum_budget(self) -> int:
+        """The lowest budget the run is known to meet (a trace's minimum; the current one otherwise)."""
+        if self.budget_trace is not None:
+            return max(self.budget_trace.minimum_bytes(self.reference), 1)
+        return self.budget_at(self.step_count)
 
     def decide(self, step: int, optimizer=None) -> Applied:
         """Read the signals, decide through the wall, resize, re-measure and log (normally via :meth:`step`)."""
         optimizer = optimizer if optimizer is not None else self.optimizer
         self.reader.optimizer = optimizer
+        trend = 0.0
+        if self.budget is not None:
+            if self.live_budget is not None:
+                self.budget.budget = self.budget_at(step)
+            previous = self._last_budget if self._last_budget is not None else self.budget.budget
+            trend = (self.budget.budget - previous) / self.reference if self.reference else 0.0
+            self._last_budget = self.budget.budget
         signals = self.reader.read()
         if self.sync is not None:  # averaged over the processes; rank 0 decides for all
             signals = self.sync.reduce_signals(signals)
         ctx = ControllerContext.build(signals, step=step, total_steps=self.total_steps, r_max=self.r_max,
-                                      rank_step=self.rank_step, last_change=self.last_change, budget=self.budget)
+                                      rank_step=self.rank_step, last_change=self.last_change, budget=self.budget,
+                                      budget_trend=trend)
         if self.sync is None:
             applied = self.controller.apply(ctx)
         else:
             applied = self.sync.decide(lambda: self.controller.apply(ctx))
         used_after = ctx.signals.memory.used
         if applied.changed:
-            self.rl.set_group_ranks(applied.ranks, optimizer=optimizer)
+            apply_allocation(self.rl, applied.ranks, applied.frozen, optimizer)
             if self.sync is not None:
                 self.sync.after_change(self.rl, optimizer)
             used_after = self.memory.read(optimizer, self.batch).used
-        self._peak(max(ctx.signals.memory.used, used_after))
         self.last_used = used_after
         self.last_change = applied.last_change
         self.last_applied = applied
@@ -272,11 +340,12 @@ class RankControl:
 
     def settings(self) -> dict:
         """What every data-parallel process must agree on: controller, schedule, rank grid, budget, scope."""
-        absolute = self.budget is not None and self.budget_frac is None
+        trace = self.budget_trace
         return {"controller": self.spec, "every": self.every, "total_steps": self.total_steps,
-                "r_max": self.r_max, "rank_step": self.rank_step, "budget_frac": self.budget_frac,
-                "memory_scope": self.memory.scope, "budget_bytes": self.budget.budget if absolute else None,
-                "group_ranks": self.rl.group_ranks, "num_groups": self.rl.num_groups}
+                "r_max": self.r_max, "rank_step": self.rank_step, "budget_mb": self.budget_mb,
+                "budget_frac": self.budget_frac, "budget_trace": None if trace is None else repr(trace),
+                "memory_scope": self.memory.scope, "group_ranks": self.rl.group_ranks,
+                "frozen_groups": self.rl.frozen_groups, "num_groups": self.rl.num_groups}
 
     # ------------------------------------------------------------------ figures
     def trainable_params(self) -> int:
@@ -331,6 +400,8 @@ class RankControl:
         step = record["step"]
         for g, rank in enumerate(applied.ranks):
             self._scalar(f"rank/group{g}", rank, step)
+        for g, frozen in enumerate(applied.frozen):
+            self._scalar(f"frozen/group{g}", float(frozen), step)
         self._scalar("memory/used_mib", used_after / MIB, step)
         if self.budget is not None:
             self._scalar("memory/budget_mib", self.budget.budget / MIB, step)
@@ -356,7 +427,7 @@ class RankControl:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        """JSON-serialisable state: controller state, ranks, step counters, last change, initial loss."""
+        """JSON-serialisable state: controller state, ranks, frozen modules, step counters, last change, initial loss."""
         return {
             "format": STATE_FORMAT,
             "controller": self.controller.name,
@@ -364,6 +435,7 @@ class RankControl:
             "controller_state": self.controller.state_dict(),
             "group_ranks": self.rl.group_ranks,
             "module_ranks": self.rl.ranks,
+            "frozen": sorted(self.rl.frozen),
             "step": self.step_count,
             "decisions": self.decisions,
             "last_decision_step": self.last_decision_step,
@@ -372,7 +444,11 @@ class RankControl:
             "last_used": self.last_used,
             "memory_sum": self._memory_sum,
             "memory_steps": self._memory_steps,
-            "memory_reference": self.memory.budget if self.budget is None or self.budget_frac is not None else None,
+            "memory_reference": self.reference,
+            "budget_in_force": self.budget.budget if self.budget is not None else None,
+            "violations": self.violations,
+            "max_over_wall": self.max_over_wall,
+            "last_budget": self._last_budget,
             "initial_loss": self.reader.loss.initial,
             "every": self.every,
             "r_max": self.r_max,
@@ -381,7 +457,8 @@ class RankControl:
         }
 
     def load_state_dict(self, state: dict, optimizer=None) -> None:
-        """Restore :meth:`state_dict`: resize to the saved module ranks (repairing ``optimizer``) and continue.
+        """Restore :meth:`state_dict`: resize to the saved module ranks, freeze the saved frozen modules (repairing
+        ``optimizer``) and continue.
 
         Raises:
             ValueError: the state belongs to another controller, rank grid or model.
@@ -398,7 +475,12 @@ class RankControl:
         unknown = set(state["module_ranks"]) ^ set(self.rl.ranks)
         if unknown:
             raise ValueError(f"The saved control state is of another model: modules {sorted(unknown)[:3]} differ.")
+        frozen = state.get("frozen", [])
+        if any(state["module_ranks"].get(name, 0) == 0 for name in frozen):
+            raise ValueError("The saved control state freezes modules it has at rank 0 (or unknown); it is corrupt.")
         self.rl.resize(state["module_ranks"], optimizer=optimizer)
+        self.rl.thaw(sorted(self.rl.frozen - set(frozen)), optimizer=optimizer)
+        self.rl.freeze(frozen, optimizer=optimizer)
         self.controller.load_state_dict(state["controller_state"])
         self.step_count = int(state["step"])
         self.decisions = int(state["decisions"])
@@ -409,6 +491,9 @@ class RankControl:
         self._memory_sum = state.get("memory_sum", 0)
         self._memory_steps = state.get("memory_steps", 0)
         self._saved_reference = state.get("memory_reference")
+        self.violations = int(state.get("violations", 0))
+        self.max_over_wall = int(state.get("max_over_wall", 0))
+        self._last_budget = state.get("last_budget")
         if state.get("initial_loss") is not None and self.reader.loss.initial is None:
             self.reader.loss.initial = float(state["initial_loss"])
 
@@ -425,15 +510,3 @@ class RankControl:
             self._writer.close()
             self._writer = None
         self.reader.close()
-
-
-def _fit_start(budget: MemoryBudget, ranks: list[int], rank_step: int) -> list[int]:
-    """Shrink the lowest live group by ``rank_step`` until the ranks fit the budget (checked to be possible)."""
-    ranks = list(ranks)
-    while not budget.would_fit(ranks):
-        live = [g for g, rank in enumerate(ranks) if rank > 0]
-        if not live:
-            raise BudgetTooSmallError(f"Even every group at rank 0 exceeds the memory budget of "
-                                      f"{budget.budget / MIB:.2f} MiB; raise the budget.")
-        ranks[live[0]] = max(0, ranks[live[0]] - rank_step)
-    return ranks

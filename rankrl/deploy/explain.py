@@ -140,7 +140,15 @@ def _draw(records: list[dict], metrics: dict, saliency: list, top_k: int, spec: 
             for g in range(groups):
                 ax.text((edges[k] + edges[k + 1]) / 2, g, f"{ranks[g, k]:.0f}", ha="center", va="center",
                         color="white" if ranks[g, k] < ranks.max() / 2 else "black", fontsize=8)
-    ax.set(xlabel="optimizer step", ylabel="layer group (bottom = 0)", title="Rank per group",
+    frozen = [records[0].get("frozen_before") or [False] * groups] + [r.get("frozen_after") or [False] * groups
+                                                                      for r in records]
+    for k, flags in enumerate(frozen):  # frozen groups: hatched (they keep their update, train no more)
+        for g, flag in enumerate(flags):
+            if flag:
+                ax.add_patch(matplotlib.patches.Rectangle((edges[k], g - 0.5), edges[k + 1] - edges[k], 1,
+                                                          fill=False, hatch="///", edgecolor="white", lw=0))
+    ax.set(xlabel="optimizer step", ylabel="layer group (bottom = 0)",
+           title="Rank per group (hatched: frozen)" if any(any(f) for f in frozen) else "Rank per group",
            yticks=range(groups))
     ax = axes[0, 1]
     loss = [(r["step"], r["train_loss"]) for r in records if r.get("train_loss") is not None]
@@ -167,9 +175,12 @@ def _draw(records: list[dict], metrics: dict, saliency: list, top_k: int, spec: 
         ax.plot(*zip(*before, strict=True), "o", color="tab:gray", label="before decision")
     if after:
         ax.step(*zip(*after, strict=True), "-", where="post", color="tab:blue", label="after decision (measured)")
-    budget = records[-1].get("budget")
-    if budget:
-        ax.axhline(budget / MIB, color="tab:red", linestyle="--", label=f"budget {budget / MIB:.2f} MiB")
+    budgets = [(r["step"], r["budget"] / MIB) for r in records if r.get("budget")]
+    if budgets:
+        budgets.append((edges[-1], budgets[-1][1]))
+        moving = len({b for _, b in budgets}) > 1
+        ax.step(*zip(*budgets, strict=True), "--", where="post", color="tab:red",
+                label="budget (moving)" if moving else f"budget {budgets[-1][1]:.2f} MiB")
     hits = [(r["step"], r["memory_after"] / MIB) for r in records if r.get("clipped_groups") and r.get("memory_after")]
     if hits:
         ax.plot(*zip(*hits, strict=True), "x", color="tab:red", markersize=10, label="wall hit")

@@ -22,6 +22,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from rankrl.budget import BudgetTrace, LiveBudget
 from rankrl.controllers import LearnedController, RankController, make_controller
 from rankrl.controllers.base import MIB
 from rankrl.data import load_task_data
@@ -51,6 +52,9 @@ class FinetuneConfig:
     policy: str | None = None
     budget_mb: float | None = None
     budget_frac: float | None = None
+    budget_trace: str | None = None
+    budget: str | None = None
+    budget_margin_mb: float = 512.0
     memory_scope: str | None = None
     use_rslora: bool = False
     steps: int = 300
@@ -79,10 +83,16 @@ class FinetuneConfig:
         if self.budget_mb is not None and not self.budget_mb > 0:
             raise ValueError(f"--budget-mb must be positive, got {self.budget_mb}.")
         if self.budget_frac is not None and not (math.isfinite(self.budget_frac) and self.budget_frac > 0):
-            raise ValueError(f"--budget-frac must be a positive fraction of the start memory, got {self.budget_frac}.")
-        if self.budget_frac is not None and self.budget_mb is not None:
-            raise ValueError("Give --budget-mb (an absolute wall) or --budget-frac (relative to the start memory), "
-                             "not both.")
+            raise ValueError(f"--budget-frac must be a positive fraction of the reference memory, got {self.budget_frac}.")
+        if self.budget not in (None, "live"):
+            raise ValueError(f"--budget takes 'live' (follow the GPU's free memory), got {self.budget!r}.")
+        given = [flag for flag, value in (("--budget-mb", self.budget_mb), ("--budget-frac", self.budget_frac),
+                                          ("--budget-trace", self.budget_trace), ("--budget live", self.budget))
+                 if value is not None]
+        if len(given) > 1:
+            raise ValueError(f"Give one budget: {' or '.join(given)}, not several.")
+        if self.budget_trace is not None:
+            BudgetTrace.from_csv(self.budget_trace)  # a bad file fails here, before any run directory exists
         if not self.lr > 0:
             raise ValueError(f"--lr must be positive, got {self.lr}.")
         if self.eval_every is not None and self.eval_every < 0:
@@ -144,7 +154,7 @@ def with_policy_defaults(controller: RankController, config: FinetuneConfig) -> 
     metadata = _policy_metadata(controller)
     scope = config.memory_scope if config.memory_scope is not None else metadata.get("memory_scope", "total")
     frac = config.budget_frac
-    if config.budget_mb is None and frac is None:
+    if config.budget_mb is None and frac is None and config.budget_trace is None and config.budget is None:
         frac = metadata.get("budget_frac")
     return replace(config, memory_scope=scope, budget_frac=frac)
 
@@ -153,8 +163,10 @@ def make_control(rl: RankedLoRA, controller: RankController, spec: str, config: 
     """The :class:`RankControl` of a finetune run from a config resolved by :func:`with_policy_defaults`
     (also what the benchmark's pre-flight sets up)."""
     r_max, rank_step = rank_grid(controller, config.rank, config.r_max, config.rank_step)
+    trace = BudgetTrace.from_csv(config.budget_trace) if config.budget_trace is not None else None
+    live = LiveBudget(margin_mb=config.budget_margin_mb) if config.budget == "live" else None
     return RankControl(rl, controller, every=config.every, budget_mb=config.budget_mb, budget_frac=config.budget_frac,
-                       total_steps=config.steps, memory_scope=config.memory_scope or "total", r_max=r_max,
+                       budget_trace=trace, live_budget=live, total_steps=config.steps, memory_scope=config.memory_scope or "total", r_max=r_max,
                        rank_step=rank_step, spec=spec)
 
 
@@ -197,17 +209,21 @@ def run_finetune(config: FinetuneConfig, console: Console | None = None, progres
     main = sync is None or sync.is_main
     console = console if main else Console(quiet=True)
     try:
-        control.setup(session.optimizer, session.train_batch(0))
+        control.setup(session.optimizer, session.reference_batch(), start=False)
+        start_ranks = session.rl.group_ranks
         run_dir = claim_run_dir(config.out) if main else Path(config.out)
         control.log_dir = run_dir if main else None
+        control.start()
         if main:
             write_config(run_dir, {"command": "finetune", **asdict(config), "controller_spec": spec,
                                    "r_max": control.r_max, "rank_step": control.rank_step,
                                    "num_groups_effective": session.rl.num_groups, "task": task.summary(),
-                                   "session": session_config.to_dict(), "start_ranks": session.rl.group_ranks,
-                                   "start_fit": control.start_fit,
+                                   "session": session_config.to_dict(), "start_ranks": start_ranks,
+                                   "start_fit": control.start_fit, "reference_bytes": control.reference,
                                    "processes": 1 if sync is None else sync.world_size})
-        relative = f" ({control.budget_frac:g} x the start memory)" if control.budget_frac is not None else ""
+        relative = (f" ({control.budget_frac:g} x the reference {_mib(control.reference)})"
+                    if control.budget_frac is not None else
+                    f" (trace {config.budget_trace})" if config.budget_trace is not None else "")
         console.print(f"[bold]rankrl finetune[/] {config.model} on {task.summary()}\n  controller {spec}, "
                       f"every {config.every} steps, budget {_mib(control.budget.budget if control.budget else None)}"
                       f"{relative} -> {run_dir}")
@@ -261,7 +277,8 @@ def _train(session: FineTuneSession, control: RankControl, config: FinetuneConfi
     train_seconds = time.perf_counter() - started
     final = session.evaluate()
     control.record_eval(final.accuracy, session.step)
-    frozen = parameter_bytes(session.rl.model)[1]
+    # The frozen base (+ buffers): frozen LoRA factors belong to the adapter scope, like trainable ones.
+    frozen = parameter_bytes(session.rl.model)[1] - sum(p.nbytes for p in session.rl.frozen_factors())
     peak_total = control.peak_used + (frozen if config.memory_scope == "adapter" else 0)
     mean_used = control.mean_used if control.mean_used is not None else control.last_used
     mean_total = mean_used + (frozen if config.memory_scope == "adapter" else 0)
@@ -281,6 +298,10 @@ def _train(session: FineTuneSession, control: RankControl, config: FinetuneConfi
         "mean_memory_mib": mean_used / MIB,
         "mean_memory_total_mib": mean_total / MIB, "mean_memory_adapter_mib": (mean_total - frozen) / MIB,
         "budget_mib": control.budget.budget / MIB if control.budget is not None else None,
+        "reference_mib": control.reference / MIB if control.reference else None,
+        # Optimizer steps taken with more memory in force than the wall allowed (a failed run when > 0).
+        "wall_violations": control.violations, "max_over_wall_mib": control.max_over_wall / MIB,
+        "frozen_groups": list(getattr(session.rl, "frozen_groups", [])),
         "trainable_params": control.trainable_params(), "peak_trainable_params": peak_params,
         "train_seconds": train_seconds,
         # Both scopes (they differ by the frozen base, which no rank change touches) and the allocator's peak.

@@ -14,8 +14,11 @@ class RewardWeights:
     """Weights of the reward's parts (see :class:`~rankrl.env.LoRARankEnv`)."""
 
     accuracy: float = field(default=1.0, metadata={"help": "Weight of the eval-accuracy gain."})
-    memory: float = field(default=0.1, metadata={"help": "lambda: episode penalty at used == budget throughout."})
-    wall: float = field(default=0.02, metadata={"help": "Penalty per decision clipped at the memory wall."})
+    memory: float = field(default=0.05, metadata={"help": "Episode cost of using the whole reference memory "
+                                                          "throughout (mean used / reference)."})
+    time: float = field(default=0.02, metadata={"help": "Episode cost of a full-depth backward throughout "
+                                                        "(mean backward depth fraction, a step-time proxy)."})
+    wall: float = field(default=0.02, metadata={"help": "Penalty per decision the wall cut or forced."})
     divergence: float = field(default=1.0, metadata={"help": "Penalty when training diverges (NaN/inf loss)."})
 
 
@@ -23,7 +26,7 @@ class RewardWeights:
 class EnvConfig:
     """Everything that defines a :class:`~rankrl.env.LoRARankEnv`."""
 
-    name: str = field(default="custom", metadata={"help": "Preset name (registered as rankrl/<name>-v0)."})
+    name: str = field(default="custom", metadata={"help": "Preset name (registered as rankrl/<name>-v1)."})
     description: str = field(default="", metadata={"help": "One line for listings."})
     model: str = field(default="tiny", metadata={"help": "'tiny', 'default' (MiniLM-L6), a directory or hub name."})
     num_hidden_layers: int | None = field(default=None, metadata={"help": "Cut the model to its first N layers."})
@@ -38,7 +41,12 @@ class EnvConfig:
     eval_size: int = field(default=128, metadata={"help": "Held-out examples evaluated after each decision."})
     episode_length: int = field(default=8, metadata={"help": "Decisions per episode (max_episode_steps)."})
     budget_mb: float | None = field(default=None, metadata={"help": "Absolute memory budget in MiB."})
-    budget_frac: float = field(default=1.0, metadata={"help": "Budget as a fraction of the measured memory at reset."})
+    budget_frac: float = field(default=1.0, metadata={"help": "Budget as a fraction of the reference memory "
+                                                               "(whole model training at rank_init)."})
+    budget_range: list[float] | None = field(default=None, metadata={
+        "help": "[low, high]: each episode draws its budget fraction uniformly from it (instead of budget_frac)."})
+    traces: list[str] = field(default_factory=lambda: ["constant"], metadata={
+        "help": "Availability traces drawn per episode (constant, step-down, step-up, spike, sawtooth)."})
     memory_scope: str = field(default="adapter", metadata={"help": "'adapter' (rank-dependent) or 'total'."})
     reward: RewardWeights = field(default_factory=RewardWeights)
     batch_size: int = field(default=16, metadata={"help": "Training batch size."})
@@ -67,6 +75,14 @@ class EnvConfig:
             problems.append(f"budget_mb must be positive (got {self.budget_mb})")
         if self.budget_frac <= 0:
             problems.append(f"budget_frac must be positive (got {self.budget_frac})")
+        if self.budget_range is not None and (len(self.budget_range) != 2
+                                              or not 0 < self.budget_range[0] <= self.budget_range[1]):
+            problems.append(f"budget_range must be [low, high] with 0 < low <= high (got {self.budget_range})")
+        from rankrl.budget import TRACE_KINDS
+
+        unknown = [t for t in self.traces if t not in TRACE_KINDS]
+        if unknown or not self.traces:
+            problems.append(f"traces must name some of {', '.join(TRACE_KINDS)} (got {self.traces})")
         if self.memory_scope not in ("adapter", "total"):
             problems.append(f"memory_scope must be 'adapter' or 'total' (got {self.memory_scope!r})")
         if not self.tasks:

@@ -9,63 +9,89 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from rankrl.budget import BudgetTooSmallError, BudgetTrace, check_budget_trainable, clip_to_budget, fit_to_wall
 from rankrl.data import TaskData, load_task_data
+from rankrl.lora.allocation import apply_allocation, backward_depth
 from rankrl.env.config import EnvConfig, load_env_config
 from rankrl.env.observation import ObservationLayout
 from rankrl.session import FineTuneSession
 from rankrl.signals import SignalReader
-from rankrl.wall import clip_to_budget
 
 MB = 1024 * 1024
+FREEZE, THAW = "freeze", "thaw"
+
+
+def action_names(levels: int, rank_step: int) -> list[str]:
+    """What each action index of one group does: the rank deltas, then ``freeze`` and ``thaw``."""
+    half = levels // 2
+    return [f"{d * rank_step:+d}" for d in range(-half, half + 1)] + [FREEZE, THAW]
 
 
 class LoRARankEnv(gym.Env):
-    """Allocate LoRA rank across layer groups during a real fine-tuning run.
+    """Spend a moving memory budget on LoRA rank and trainable depth during a real fine-tuning run.
 
-    One episode is one fine-tuning run from fresh adapters on a task drawn from the preset's task family.
-    One step is one decision: change the rank of every layer group, train ``K`` optimizer steps, evaluate on
-    a small held-out set, and return the reward.
+    One episode is one fine-tuning run from fresh adapters on a task drawn from the preset's task family,
+    under a budget that may move. One step is one decision: change the rank of every layer group, or freeze
+    or thaw it, then train ``K`` optimizer steps, evaluate on a small held-out set, and return the reward.
+    The first decision comes before the first optimizer step.
 
     ## Action Space
-    ``MultiDiscrete([levels] * G)``: for each of the G groups an index into the deltas
-    ``(-(levels-1)/2 .. +(levels-1)/2) * rank_step``; with the default 3 levels, ``{-step, 0, +step}``.
-    Ranks stay in ``[0, r_max]``; rank 0 removes the group's adapters (their memory is freed). A growth that
-    would cross the memory budget is clipped at the wall (largest growth that fits, groups taken in order
-    of importance) and reported in ``info["clipped_groups"]``.
+    ``MultiDiscrete([levels + 2] * G)``: for each of the G groups an index into
+    ``action_names(levels, rank_step)``: the rank deltas ``(-(levels-1)/2 .. +(levels-1)/2) * rank_step``
+    (with the default 3 levels ``{-step, 0, +step}``), then ``freeze`` and ``thaw``. Ranks stay in
+    ``[0, r_max]``; rank 0 removes the group's adapters (their update is dropped, their memory freed).
+    ``freeze`` keeps a group's update exactly and stops training it: no gradients, no optimizer state, and
+    once nothing below trains, no saved activations there. ``thaw`` trains a frozen group again; it exists
+    because budgets also rise (a ``step-up`` trace), and without it memory freed by a freeze could only be
+    spent on rank. Rank deltas on a frozen group shrink or grow its frozen factors (growth adds nothing).
+    Growths and thaws that would cross the wall are cut back (largest growth that fits, groups taken in
+    order of importance) and reported in ``info["clipped_groups"]``.
 
     ## Observation Space
-    ``Box`` of ``6 + 7 G`` float32 features with fixed bounds (names in :attr:`feature_names`):
+    ``Box`` of ``9 + 9 G`` float32 features with fixed bounds (names in :attr:`feature_names`):
     run level: ``loss/ema_rel``, ``loss/slope_x100``, ``eval/accuracy``, ``eval/accuracy_delta``,
-    ``memory/used_frac``, ``progress``; per group: ``rank_frac``, ``importance_share`` (AdaLoRA
-    sensitivity x uncertainty), ``grad_norm_share``, ``input_variance_share``, ``rank_utilization``
-    (spectral), ``grow_cost_frac`` (bytes of the next +step / budget), ``last_change``. The size depends only
-    on G, so a policy trained on a small model can drive a larger one.
+    ``memory/used_frac`` (of the budget), ``memory/headroom_frac``, ``budget/ref_frac`` (the budget as a
+    fraction of the reference), ``budget/trend`` (its change since the last decision, of the reference),
+    ``progress``; per group: ``rank_frac``, ``importance_share`` (AdaLoRA sensitivity x uncertainty),
+    ``grad_norm_share``, ``input_variance_share``, ``rank_utilization`` (spectral), ``grow_cost_frac``
+    (bytes of the next +step / budget), ``freeze_free_frac`` (bytes a freeze frees / budget), ``frozen``,
+    ``last_change``. The size depends only on G, so a policy trained on a small model can drive a larger one.
 
     ## Rewards
-    ``r_t = w_acc * (acc_t - acc_{t-1}) - lambda * used_t / budget / T - w_wall * [clipped at the wall]``,
-    where ``acc_0`` is measured at reset and ``T`` is the episode length. Over an episode the sum is the
-    final accuracy gain minus the (time-averaged) memory integral and the wall penalties. ``info`` carries
-    every part (``reward/accuracy``, ``reward/memory``, ``reward/wall``).
+    ``r_t = w_acc (acc_t - acc_{t-1}) - w_mem mean(used / reference) / T - w_time mean(depth) / T
+    - w_wall [the wall cut or forced this decision]``, where the means run over the K optimizer steps of
+    the decision, ``depth`` is the fraction of the groups from the lowest training one to the top (how far
+    the backward pass reaches: a deterministic proxy of step time, which a measured time would not be) and
+    ``T`` is the episode length. Memory enters as the **wall**, a hard constraint: after every decision and
+    whenever the budget drops within the K steps, :func:`rankrl.budget.fit_to_wall` frees memory before the
+    next optimizer step, so measured memory never exceeds the budget. The memory and time costs are small
+    by default, so that the wall, not a memory weight, decides how much memory is worth; over an episode the
+    sum is the final accuracy gain minus those costs. ``info`` carries every part (``reward/*``).
 
     ## Starting State
     Fresh LoRA adapters at ``rank_init`` in every group, a freshly drawn classification head, a task drawn
-    from the task family and a run seed, both from ``self.np_random``. The budget is ``budget_mb`` or
-    ``budget_frac`` times the memory measured at reset. Memory is always measured on the task's reference
-    batch (its first ``batch_size`` training rows), so ``memory/used_frac`` moves with the ranks only.
+    from the task family and a run seed. The **reference** memory is the run at ``rank_init`` with every
+    group training, measured at reset on the task's reference batch (its first ``batch_size`` training rows
+    padded to ``max_length``), where all memory is measured. The budget fraction is drawn uniformly from
+    ``budget_range`` (else ``budget_frac``) and a trace kind from ``traces``
+    (:class:`~rankrl.budget.BudgetTrace`), both from ``self.np_random``; the budget may be below the
+    starting memory, which the first action (and the wall) must meet.
 
     ## Episode End
     Truncated after ``episode_length`` decisions (``max_episode_steps`` of the registration). Terminated
     early with ``-w_divergence`` when the training loss becomes NaN or infinite.
 
     ## Arguments
-    ``gymnasium.make("rankrl/tiny-v0")`` or ``LoRARankEnv(preset="tiny", **overrides)`` or
+    ``gymnasium.make("rankrl/tiny-v1")`` or ``LoRARankEnv(preset="tiny", **overrides)`` or
     ``LoRARankEnv(config=EnvConfig(...))``. Overrides are preset keys (see :class:`EnvConfig`).
     ``torch_threads`` sets ``torch.set_num_threads`` in the process that builds the environment
     (``rankrl train`` gives each subprocess worker one thread).
 
     ## Version History
-    * v0: initial version. Memory readings were taken on the first training batch after each rank change
-      (varying padded length) until they moved to the fixed reference batch.
+    * v1: freeze and thaw actions; budgets drawn per episode and moving along a trace, relative to the
+      reference memory; the first decision before the first step; the wall as a hard constraint with small
+      mean-memory and depth costs; budget and frozen features in the observation.
+    * v0: rank deltas only, under a fixed wall at the memory measured at reset.
     """
 
     metadata = {"render_modes": []}
@@ -87,11 +113,13 @@ class LoRARankEnv(gym.Env):
         self.layout = ObservationLayout(config.num_action_groups)
         low, high = self.layout.bounds
         self.observation_space = spaces.Box(low=low, high=high, dtype=np.float32)
-        self.action_space = spaces.MultiDiscrete([config.action_levels] * config.num_action_groups)
+        self.actions = action_names(config.action_levels, config.rank_step)
+        self.action_space = spaces.MultiDiscrete([len(self.actions)] * config.num_action_groups)
         half = config.action_levels // 2
         self.deltas = np.arange(-half, half + 1) * config.rank_step
         self.session: FineTuneSession | None = None
         self.reader: SignalReader | None = None
+        self.trace: BudgetTrace | None = None
         self._tasks: dict[str, TaskData] = {}
         # task -> (reference batch, measured what-if cache). Saved-activation bytes depend only on shapes and
         # on which parameters train, so a configuration measured once in this process is not measured again.
@@ -104,6 +132,11 @@ class LoRARankEnv(gym.Env):
         """Observation feature names, in vector order."""
         return self.layout.names
 
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of one episode."""
+        return self.config.episode_length * self.config.steps_per_action
+
     # ------------------------------------------------------------------ episode
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -111,6 +144,14 @@ class LoRARankEnv(gym.Env):
         config = self.config
         task = options.get("task") or config.tasks[int(self.np_random.integers(len(config.tasks)))]
         run_seed = int(options.get("run_seed", self.np_random.integers(2**31 - 1)))
+        if "budget_frac" in options:
+            fraction = float(options["budget_frac"])
+        elif config.budget_range is not None:
+            fraction = float(self.np_random.uniform(*config.budget_range))
+        else:
+            fraction = config.budget_frac
+        kind = options.get("trace") or config.traces[int(self.np_random.integers(len(config.traces)))]
+        self.trace = BudgetTrace.shape(kind, fraction, self.total_steps, self.np_random)
         data = self._task(task)
         if self.session is None:
             self.session = FineTuneSession(config.session_config(task, run_seed), task=data)
@@ -126,22 +167,31 @@ class LoRARankEnv(gym.Env):
         if task not in self._references:
             self._references[task] = (session.reference_batch(), {})
         self._reference, crossings = self._references[task]
-        status = self.reader.budget.read(session.optimizer, self._reference)
-        self.reader.budget.share_crossings(crossings)
-        budget = config.budget_mb * MB if config.budget_mb is not None else config.budget_frac * status.used
-        if status.used > budget:
-            raise ValueError(
-                f"The memory budget ({budget / MB:.2f} MiB) is below what training at rank_init={config.rank_init} "
-                f"needs ({status.used / MB:.2f} MiB, scope {config.memory_scope}). Raise budget_mb or lower rank_init."
-            )
-        self.reader.budget.budget = int(budget)
+        meter = self.reader.budget
+        status = meter.read(session.optimizer, self._reference)
+        meter.share_crossings(crossings)
+        self.reference = max(int(status.used), 1)
+        meter.reference = self.reference
+        meter.floor = self.trace.minimum_bytes(self.reference)
+        meter.budget = meter.floor
+        size = self.layout.num_groups
+        try:
+            check_budget_trainable(meter, [[config.rank_step if g == live else 0 for g in range(size)]
+                                           for live in range(size)], "the environment")
+        except BudgetTooSmallError as err:
+            raise BudgetTooSmallError(f"{err} Raise budget_mb, budget_frac or budget_range of the preset.") from None
+        meter.budget = self._budget_at(0)
+        meter.read(session.optimizer)
+        self._last_budget = meter.budget
         first = session.evaluate()
         self.reader.update_eval(first.accuracy)
         self._accuracy = first.accuracy
         self._t = 0
         self._last_change = [0.0] * self.layout.num_groups
+        self._trend = 0.0
         self._signals = self.reader.read()
-        info = {"task": task, "run_seed": run_seed, "accuracy": first.accuracy, "budget_bytes": int(budget),
+        info = {"task": task, "run_seed": run_seed, "accuracy": first.accuracy, "budget_bytes": meter.budget,
+                "reference_bytes": self.reference, "budget_frac": fraction, "trace": self.trace.to_dict(),
                 "ranks": session.rl.group_ranks}
         return self._observation(), info
 
@@ -150,58 +200,114 @@ class LoRARankEnv(gym.Env):
             self._tasks[source] = load_task_data(source, seed=0, max_train=self.config.train_size)
         return self._tasks[source]
 
+    def _budget_at(self, step: int) -> int:
+        return max(self.trace.bytes_at(step, self.reference), 1)
+
     # ------------------------------------------------------------------ decisions
     def step(self, action):
         if self.session is None:
             raise RuntimeError("Call reset() before step().")
         started = time.perf_counter()
-        config, session = self.config, self.session
+        config, session, meter = self.config, self.session, self.reader.budget
         action = np.asarray(action, dtype=np.int64).reshape(-1)
         if action.shape != (self.layout.num_groups,) or not self.action_space.contains(action):
             raise ValueError(f"Action {action.tolist()} is not in {self.action_space}.")
         before = session.rl.group_ranks
-        requested = [int(np.clip(r + self.deltas[a], 0, config.r_max)) for r, a in zip(before, action, strict=True)]
+        frozen_before = list(session.rl.frozen_groups)
+        requested, wanted = [], []
+        for rank, frozen, a in zip(before, frozen_before, action, strict=True):
+            name = self.actions[a]
+            if name in (FREEZE, THAW):
+                requested.append(rank)
+                wanted.append(name == FREEZE and rank > 0)
+            else:
+                requested.append(int(np.clip(rank + self.deltas[a], 0, config.r_max)))
+                wanted.append(frozen)
         shares = [group.get("importance_share", 0.0) for group in self._signals.groups]
-        applied, clipped = clip_to_budget(self.reader.budget, before, requested, config.rank_step, shares)
-        session.set_group_ranks(applied)
-        if not session.rl.activations_measured:  # ranks changed: measure on the reference batch (cached)
-            self.reader.budget.measure_kept_batch()
-        self._last_change = [float(np.sign(a - b)) for a, b in zip(applied, before, strict=True)]
+        ranks, frozen, clipped = clip_to_budget(meter, before, requested, config.rank_step, shares,
+                                                frozen_before, wanted)
+        ranks, frozen, forced = fit_to_wall(meter, ranks, frozen, fresh=session.step == 0, priority=shares)
+        self._allocate(ranks, frozen)
+        self._last_change = [float(np.sign(a - b)) for a, b in zip(ranks, before, strict=True)]
         train_started = time.perf_counter()
-        result = session.train(config.steps_per_action)
+        result, memory_mean, depth_mean, forced_later = self._train_within_budget(config.steps_per_action)
         for loss in result.losses:
             self.reader.update_loss(loss)
         self._t += 1
         weights = config.reward
+        base_info = {"ranks": session.rl.group_ranks, "frozen": list(session.rl.frozen_groups),
+                     "requested_ranks": requested, "requested_frozen": wanted, "clipped_groups": clipped,
+                     "forced_groups": sorted(set(forced) | set(forced_later))}
         if result.diverged:
-            info = {"diverged": True, "ranks": applied, "requested_ranks": requested, "clipped_groups": clipped,
-                    "reward/divergence": -weights.divergence}
+            info = {**base_info, "diverged": True, "reward/divergence": -weights.divergence}
             return self._observation(), -weights.divergence, True, False, info
         metrics = session.evaluate()
         train_eval_time = time.perf_counter() - train_started
         self.reader.update_eval(metrics.accuracy)
+        budget_now = self._budget_at(session.step)
+        self._trend = (budget_now - self._last_budget) / self.reference
+        self._last_budget = budget_now
+        meter.budget = budget_now
         self._signals = self.reader.read()
-        used_frac = self._signals.memory.used_frac
+        T = config.episode_length
         parts = {
             "reward/accuracy": weights.accuracy * (metrics.accuracy - self._accuracy),
-            "reward/memory": -weights.memory * used_frac / config.episode_length,
-            "reward/wall": -weights.wall * float(bool(clipped)),
+            "reward/memory": -weights.memory * memory_mean / T,
+            "reward/time": -weights.time * depth_mean / T,
+            "reward/wall": -weights.wall * float(bool(clipped or forced or forced_later)),
         }
         self._accuracy = metrics.accuracy
         info = {
-            **parts,
-            "ranks": applied, "requested_ranks": requested, "clipped_groups": clipped, "wall_hit": bool(clipped),
+            **parts, **base_info, "wall_hit": bool(clipped or forced or forced_later),
             "accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1, "eval_loss": metrics.loss,
-            "train_loss": result.mean_loss, "memory_used_frac": used_frac,
-            "memory_used_bytes": self._signals.memory.used, "budget_bytes": self._signals.memory.budget,
+            "train_loss": result.mean_loss, "memory_used_frac": self._signals.memory.used_frac,
+            "memory_used_bytes": self._signals.memory.used, "budget_bytes": budget_now,
+            "memory_mean_ref_frac": memory_mean, "backward_depth": depth_mean,
         }
         # Wall times stay out of ``info`` (which must be deterministic for a seed); benchmarks read them here.
         self.last_timing = {"train_eval": train_eval_time, "step": time.perf_counter() - started}
         return self._observation(), float(sum(parts.values())), False, False, info
 
+    def _allocate(self, ranks: list[int], frozen: list[bool]) -> None:
+        """Apply an allocation and measure it on the reference batch (cached per training set)."""
+        session = self.session
+        apply_allocation(session.rl, ranks, frozen, session.optimizer)
+        if not session.rl.activations_measured:
+            self.reader.budget.measure_kept_batch()
+
+    def _train_within_budget(self, steps: int):
+        """Train ``steps`` optimizer steps; wherever the trace drops below the memory in use, fit first.
+
+        Returns the training result, the mean of used / reference and of the backward depth over the steps,
+        and the groups the wall forced on the way.
+        """
+        session, meter = self.session, self.reader.budget
+        start, end = session.step, session.step + steps
+        changes = [s for s, _ in self.trace.points if start < s < end]
+        bounds = [start, *changes, end]
+        losses, memory, depth, forced = [], 0.0, 0.0, []
+        result = None
+        for lo, hi in zip(bounds, bounds[1:], strict=False):
+            meter.budget = self._budget_at(lo)
+            used = meter.read(session.optimizer).used
+            if used > meter.budget:
+                ranks, frozen, moved = fit_to_wall(meter, session.rl.group_ranks, list(session.rl.frozen_groups),
+                                                   fresh=lo == 0)
+                self._allocate(ranks, frozen)
+                forced += moved
+                used = meter.read(session.optimizer).used
+            memory += used / self.reference * (hi - lo)
+            depth += backward_depth(session.rl) * (hi - lo)
+            result = session.train(hi - lo)
+            losses += result.losses
+            if result.diverged:
+                break
+        result.losses = losses
+        return result, memory / steps, depth / steps, sorted(set(forced))
+
     def _observation(self) -> np.ndarray:
         values = self.layout.build(self._signals, r_max=self.config.r_max, last_change=self._last_change,
-                                   progress=min(1.0, self._t / self.config.episode_length))
+                                   progress=min(1.0, self._t / self.config.episode_length), budget_trend=self._trend)
         self.last_features = values
         return self.layout.vector(values)
 

@@ -21,6 +21,8 @@ GROUP_FEATURES: tuple[tuple[str, float, float], ...] = (
     ("input_variance_share", 0.0, 1.0),
     ("rank_utilization", 0.0, 1.0),
     ("grow_cost_frac", 0.0, 1.0),
+    ("freeze_free_frac", 0.0, 1.0),
+    ("frozen", 0.0, 1.0),
     ("last_change", -1.0, 1.0),
 )
 GLOBAL_FEATURES: tuple[tuple[str, float, float], ...] = (
@@ -29,6 +31,9 @@ GLOBAL_FEATURES: tuple[tuple[str, float, float], ...] = (
     ("eval/accuracy", 0.0, 1.0),
     ("eval/accuracy_delta", -1.0, 1.0),
     ("memory/used_frac", 0.0, 2.0),
+    ("memory/headroom_frac", -1.0, 1.0),
+    ("budget/ref_frac", 0.0, 2.0),
+    ("budget/trend", -1.0, 1.0),
     ("progress", 0.0, 1.0),
 )
 
@@ -56,8 +61,13 @@ class ObservationLayout:
         highs = [hi for _, _, hi in GLOBAL_FEATURES] + [hi for _ in range(self.num_groups) for _, _, hi in GROUP_FEATURES]
         return np.asarray(lows, dtype=np.float32), np.asarray(highs, dtype=np.float32)
 
-    def build(self, signals: Signals, *, r_max: int, last_change: list[float], progress: float) -> dict[str, float]:
-        """Named feature values (unclipped) from one signal reading."""
+    def build(self, signals: Signals, *, r_max: int, last_change: list[float], progress: float,
+              budget_trend: float = 0.0) -> dict[str, float]:
+        """Named feature values (unclipped) from one signal reading.
+
+        ``budget_trend`` is the change of the budget since the previous decision as a fraction of the
+        reference memory (positive: more memory became available).
+        """
         flat = signals.to_dict()
         values = {
             "loss/ema_rel": flat.get("loss/ema_rel", 1.0),
@@ -65,6 +75,9 @@ class ObservationLayout:
             "eval/accuracy": flat.get("eval/accuracy", 0.0),
             "eval/accuracy_delta": flat.get("eval/accuracy_delta", 0.0),
             "memory/used_frac": flat.get("memory/used_frac", 0.0),
+            "memory/headroom_frac": flat.get("memory/headroom_frac", 0.0),
+            "budget/ref_frac": flat.get("budget/ref_frac", 1.0),
+            "budget/trend": budget_trend,
             "progress": progress,
         }
         for g, group in enumerate(signals.groups):

@@ -1,4 +1,10 @@
-"""Register every shipped environment preset as ``rankrl/<name>-v0`` (done on ``import rankrl``)."""
+"""Register every shipped environment preset as ``rankrl/<name>-v1`` (done on ``import rankrl``).
+
+Version history (Gymnasium's rule: changed semantics, new version): v0 acted on rank deltas only, under a
+fixed wall at the start memory; v1 adds freeze and thaw to the actions, budgets that move during an
+episode, the first decision before the first step, and a reward with the wall as a hard constraint.
+``rankrl/<name>-v0`` is no longer registered; Gymnasium names v1 when it is asked for.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,12 @@ from rankrl.presets import find_preset, list_presets, read_yaml
 ENTRY_POINT = "rankrl.env.lora_rank_env:LoRARankEnv"
 
 
+ENV_VERSION = 1
+
+
 def env_id(name: str) -> str:
     """Gymnasium id of a preset."""
-    return f"rankrl/{name}-v0"
+    return f"rankrl/{name}-v{ENV_VERSION}"
 
 
 def register_presets() -> list[str]:

@@ -16,7 +16,10 @@ Moment policy, per replaced parameter:
 * **shrink** (the basis rotates to singular vectors): the old moments describe directions that no longer
   exist, so the state of that parameter is dropped and the optimizer initialises it afresh on its next step.
 * **remove** (rank 0): the parameter leaves its group and its state is freed.
-* **add** (growth from rank 0): the parameter joins the group that held LoRA parameters, with empty state.
+* **freeze** (``RankedLoRA.freeze``): as remove; the parameter stays in the model with its values, but
+  no longer trains, so it leaves the optimizer and its state is freed.
+* **add** (growth from rank 0, or a thaw): the parameter joins the group that held LoRA parameters, with
+  empty state. A parameter the optimizer holds already is left where it is.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ class ParamChange:
     Attributes:
         old: The parameter leaving the optimizer (``None`` for an added one).
         new: The parameter entering it (``None`` for a removed one).
-        mode: ``"grow"``, ``"shrink"``, ``"remove"`` or ``"add"``.
+        mode: ``"grow"``, ``"shrink"``, ``"remove"``, ``"freeze"`` or ``"add"``.
         dim: Axis along which a grown parameter was extended (0 for ``A``, 1 for ``B``).
         moment_scale: Gradient scale ``1/c`` of the kept part of a grown parameter (see module docstring).
     """
@@ -95,13 +98,13 @@ def apply_param_changes(optimizer, changes: list[ParamChange], fallback_group: i
             group_index, position = location[id(change.old)]
             home_group = group_index if home_group is None else home_group
             old_state = inner.state.pop(change.old, None)
-            if change.mode == "remove":
+            if change.mode in ("remove", "freeze"):
                 removed.append((group_index, position))
                 continue
             inner.param_groups[group_index]["params"][position] = change.new
             if change.mode == "grow" and old_state:
                 inner.state[change.new] = _carry_state(old_state, change)
-        elif change.new is not None:
+        elif change.new is not None and id(change.new) not in location:
             additions.append(change.new)
 
     for group_index, position in sorted(removed, reverse=True):

@@ -7,6 +7,10 @@ module by tensors of the new size (see :mod:`rankrl.lora.factors` for the algebr
 entirely, so the memory is really released. After every change the PEFT config (``r``, ``rank_pattern``,
 ``alpha_pattern``, ``exclude_modules``) describes the model exactly, so ``save_pretrained`` writes an
 adapter that vanilla ``PeftModel.from_pretrained`` loads with identical logits.
+
+:meth:`RankedLoRA.freeze` is the other way to stop training a module: its factors keep their values (the
+update it learned stays in the model) but stop requiring grad and leave the optimizer, so they get no
+gradients and no optimizer state, and once nothing below a layer trains autograd saves nothing there.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from torch import nn
 
 from rankrl.lora.factors import grow_factors, lora_scaling, shrink_factors
 from rankrl.lora.groups import assign_groups
-from rankrl.lora.optim import ParamChange, apply_param_changes, optimizer_state_bytes
+from rankrl.lora.optim import ParamChange, apply_param_changes, optimizer_state_bytes, unwrap_optimizer
 from rankrl.memory import (
     MemoryReport,
     SavedActivationMeter,
@@ -87,10 +91,13 @@ class RankedLoRA:
         self._groups = assign_groups(list(self._ranks), num_groups, split_by_kind)
         self.num_groups = num_groups * (2 if split_by_kind else 1)
         self.split_by_kind = split_by_kind
+        self._frozen: set[str] = set()  # live modules whose factors do not train (see freeze())
         self._last_activations: int | None = None
         self._params: tuple[nn.Parameter, ...] | None = None  # see parameters()
         self._buffer_bytes: int | None = None
-        self.probing = False  # see probe()
+        # True during what-if forward passes that only measure memory: signal hooks skip them, so what a
+        # run observes does not depend on which measurements happened to be cached.
+        self.measuring = False
         self._sync_config()
 
     # ------------------------------------------------------------------ construction
@@ -203,6 +210,21 @@ class RankedLoRA:
         """Parameters that require grad (LoRA factors and saved heads)."""
         return (p for p in self.parameters() if p.requires_grad)
 
+    @property
+    def frozen(self) -> set[str]:
+        """Names of the frozen modules (live adapters that keep their factors but do not train)."""
+        return set(self._frozen)
+
+    @property
+    def frozen_groups(self) -> list[bool]:
+        """Per group: whether it has live modules and all of them are frozen."""
+        return [self.group_frozen(g) for g in range(self.num_groups)]
+
+    def group_frozen(self, group: int) -> bool:
+        """Whether ``group`` has live modules and all of them are frozen."""
+        live = [name for name in self.group_modules(group) if self._ranks[name] > 0]
+        return bool(live) and all(name in self._frozen for name in live)
+
     def scaling(self, name: str) -> float | None:
         """Current PEFT scaling of a module, ``None`` at rank 0."""
         rank = self._ranks[name]
@@ -226,7 +248,8 @@ class RankedLoRA:
         Growing keeps the function exactly; shrinking keeps the best low-rank approximation; rank 0 removes
         the module's adapter from the model; growth from 0 restores a fresh one (B = 0). When ``optimizer``
         is given, replaced tensors leave it and new ones enter it, with Adam moments carried on growth and
-        reset on shrink (:mod:`rankrl.lora.optim`).
+        reset on shrink (:mod:`rankrl.lora.optim`). A frozen module stays frozen at its new rank (its new
+        factors never enter the optimizer) until rank 0 drops it; growth from 0 is always trainable.
 
         Args:
             new_ranks: Module name -> new rank (non-negative int). Modules not named keep their rank.
@@ -256,8 +279,9 @@ class RankedLoRA:
                 changes += self._restore(name, rank)
             elif rank == 0:
                 changes += self._detach(name)
+                self._frozen.discard(name)
             else:
-                changes += self._resize_live(name, old, rank)
+                changes += self._resize_live(name, old, rank, frozen=name in self._frozen)
             self._ranks[name] = rank
             changed[name] = rank
         if changed:
@@ -268,7 +292,7 @@ class RankedLoRA:
                 apply_param_changes(optimizer, changes)
         return changed
 
-    def _resize_live(self, name: str, old: int, rank: int) -> list[ParamChange]:
+    def _resize_live(self, name: str, old: int, rank: int, frozen: bool = False) -> list[ParamChange]:
         layer = self.lora_layer(name)
         adapter = self.adapter_name
         old_A, old_B = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
@@ -287,6 +311,10 @@ class RankedLoRA:
         layer.lora_B[adapter] = new_B
         layer.r[adapter] = rank
         layer.scaling[adapter] = new_scaling
+        if frozen:
+            new_A.weight.requires_grad_(False)
+            new_B.weight.requires_grad_(False)
+            return [ParamChange(old_A, None, "freeze"), ParamChange(old_B, None, "freeze")]
         if rank > old:
             ratio = new_scaling / old_scaling  # gradient of the kept part of B scales by s_new / s_old
             return [
@@ -302,6 +330,100 @@ class RankedLoRA:
         parent, child = _parent_of(self._root, name)
         setattr(parent, child, layer.get_base_layer())
         return [ParamChange(p, None, "remove") for p in params]
+
+    # ------------------------------------------------------------------ freezing
+    def freeze(self, targets: int | str | list[int] | list[str], optimizer=None) -> list[str]:
+        """Stop training modules while keeping what they learned.
+
+        The factors keep their values exactly (the model's outputs do not change by a bit), stop requiring
+        grad, drop their gradients, and leave ``optimizer`` with their state freed. Once every adapter below a
+        layer is frozen or at rank 0, autograd saves nothing below it. Unlike rank 0, the factors stay in
+        the model (and in :meth:`save_pretrained`'s adapter); :meth:`thaw` trains them again.
+
+        Args:
+            targets: A group index, a list of group indices, a module name, or a list of module names. Modules
+                at rank 0 inside a targeted group are skipped (they have no adapter).
+            optimizer: The optimizer training the model (a torch optimizer or accelerate's wrapper).
+
+        Returns:
+            Names of the modules that were not frozen before, in model order.
+
+        Raises:
+            RankedLoRAError: unknown module or group, or a named module at rank 0; nothing is changed.
+        """
+        names = self._freeze_targets(targets, "freeze")
+        if optimizer is not None:
+            unwrap_optimizer(optimizer)  # a bad optimizer fails here, before anything changes
+        changed = [name for name in names if name not in self._frozen]
+        changes = []
+        for name in names:  # already frozen ones too: they must not stay in an optimizer
+            for param in self._factors(name):
+                param.requires_grad_(False)
+                param.grad = None
+                changes.append(ParamChange(param, None, "freeze"))
+        self._frozen.update(changed)
+        if changed:
+            self._last_activations = None  # what autograd saves changed
+        if optimizer is not None:
+            apply_param_changes(optimizer, changes)
+        return changed
+
+    def thaw(self, targets: int | str | list[int] | list[str], optimizer=None) -> list[str]:
+        """Train frozen modules again: their factors require grad and enter ``optimizer`` with empty state.
+
+        Takes the same ``targets`` as :meth:`freeze`; modules that are not frozen are left alone.
+
+        Returns:
+            Names of the modules that were frozen before, in model order.
+
+        Raises:
+            RankedLoRAError: unknown module or group, or a named module at rank 0; nothing is changed.
+        """
+        names = self._freeze_targets(targets, "thaw")
+        if optimizer is not None:
+            unwrap_optimizer(optimizer)
+        changed = [name for name in names if name in self._frozen]
+        changes = []
+        for name in changed:
+            for param in self._factors(name):
+                param.requires_grad_(True)
+                changes.append(ParamChange(None, param, "add"))
+        self._frozen.difference_update(changed)
+        if changed:
+            self._last_activations = None
+            if optimizer is not None:
+                apply_param_changes(optimizer, changes)
+        return changed
+
+    def frozen_factors(self) -> list[nn.Parameter]:
+        """The LoRA factors of the frozen modules: state to save beside the trainable parameters."""
+        return [param for name in self._ranks if name in self._frozen for param in self._factors(name)]
+
+    def _factors(self, name: str) -> list[nn.Parameter]:
+        layer = self.lora_layer(name)
+        return [layer.lora_A[self.adapter_name].weight, layer.lora_B[self.adapter_name].weight]
+
+    def _freeze_targets(self, targets, action: str) -> list[str]:
+        """Module names of ``targets`` (see :meth:`freeze`) in model order; raises before any change."""
+        items = list(targets) if isinstance(targets, (list, tuple)) else [targets]
+        names: set[str] = set()
+        for item in items:
+            if isinstance(item, str):
+                if item not in self._ranks:
+                    raise RankedLoRAError(f"Unknown LoRA module '{item}'. Known modules are the keys of .ranks, "
+                                          f"e.g. {next(iter(self._ranks))!r}; or pass a group index.")
+                if self._ranks[item] == 0:
+                    fix = "grow it with resize() first" if action == "freeze" else "grow it with resize() to train it"
+                    raise RankedLoRAError(f"'{item}' is at rank 0, so there is nothing to {action}: it has no adapter; "
+                                          f"{fix}.")
+                names.add(item)
+            elif isinstance(item, numbers.Integral) and not isinstance(item, bool):
+                self._check_group(int(item))
+                names.update(n for n in self.group_modules(int(item)) if self._ranks[n] > 0)
+            else:
+                raise RankedLoRAError(f"Cannot {action} {item!r}: pass a group index (int), a module name (str), "
+                                      "or a list of either.")
+        return [name for name in self._ranks if name in names]
 
     def _restore(self, name: str, rank: int) -> list[ParamChange]:
         parent, child = _parent_of(self._root, name)
@@ -350,20 +472,6 @@ class RankedLoRA:
         if nbytes < 0:
             raise ValueError(f"nbytes must be >= 0, got {nbytes}.")
         self._last_activations = int(nbytes)
-
-    @contextmanager
-    def probe(self) -> Iterator[None]:
-        """Mark the forward passes inside the block as measurements, not training: signal hooks skip them.
-
-        A memory figure measured once and cached (:class:`~rankrl.signals.MemoryBudget`) would otherwise feed
-        one extra forward into the input-variance EMAs only when the cache is cold, so the same episode
-        would observe differently in a fresh process than in a warm one.
-        """
-        before, self.probing = self.probing, True
-        try:
-            yield
-        finally:
-            self.probing = before
 
     @contextmanager
     def measure_activations(self) -> Iterator[SavedActivationMeter]:
@@ -415,6 +523,7 @@ class RankedLoRA:
             self._buffer_bytes = sum(buffer.nbytes for buffer in self.model.buffers())
         params = self.parameters()
         trainable, frozen, count = parameter_bytes(self.model, params, self._buffer_bytes)
+        frozen_adapter = sum(p.nbytes for name in self._frozen for p in self._factors(name))
         if batch is not None:
             activations, grads = self.measure_step(batch)
         else:
@@ -422,7 +531,8 @@ class RankedLoRA:
         device = next(self.model.parameters()).device
         return MemoryReport(
             trainable_parameters=trainable,
-            frozen_parameters=frozen,
+            frozen_parameters=frozen - frozen_adapter,
+            frozen_adapter=frozen_adapter,
             gradients=grads,
             optimizer_state=optimizer_state_bytes(optimizer),
             activations=activations,
@@ -445,7 +555,8 @@ class RankedLoRA:
         return directory
 
     def __repr__(self) -> str:
-        return f"RankedLoRA(modules={len(self._ranks)}, groups={self.num_groups}, group_ranks={self.group_ranks})"
+        frozen = f", frozen_groups={self.frozen_groups}" if self._frozen else ""
+        return f"RankedLoRA(modules={len(self._ranks)}, groups={self.num_groups}, group_ranks={self.group_ranks}{frozen})"
 
 
 # ---------------------------------------------------------------------- helpers

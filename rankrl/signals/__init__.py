@@ -4,7 +4,7 @@
 * :mod:`.importance`: AdaLoRA sensitivity with uncertainty and gradient norm, accumulated after backward;
 * :mod:`.spectral`: numerical / effective / stable rank, top-k energy and complexity of ``scaling * B @ A``;
 * :mod:`.activations`: input-feature variance through forward hooks on the base layers;
-* :mod:`.memory`: used / budget, headroom and the cost of the next rank step of each group;
+* memory against the budget comes from :mod:`rankrl.budget`;
 * :mod:`.reader`: :class:`SignalReader`, which owns them all and returns named features;
 * :mod:`.callback`: :class:`SignalsCallback` for the Hugging Face ``Trainer`` (imported lazily).
 """
@@ -12,7 +12,6 @@
 from rankrl.signals.activations import InputVarianceTracker
 from rankrl.signals.importance import ImportanceTracker
 from rankrl.signals.loss import LossTracker, least_squares_slope
-from rankrl.signals.memory import MemoryBudget, MemoryStatus
 from rankrl.signals.reader import SignalReader, Signals
 from rankrl.signals.spectral import (
     complexity_score,
@@ -25,8 +24,6 @@ __all__ = [
     "ImportanceTracker",
     "InputVarianceTracker",
     "LossTracker",
-    "MemoryBudget",
-    "MemoryStatus",
     "SignalReader",
     "Signals",
     "SignalsCallback",

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from rankrl.lora import RankedLoRA
-from rankrl.signals._modules import base_layer, module_slots
+from rankrl.lora.slots import base_layer, module_slots
 
 _MAX_PENDING = 1024
 """Queued samples that force a fold (bounds the queue when :meth:`InputVarianceTracker.variances` is rare)."""
@@ -138,7 +138,7 @@ class InputVarianceTracker:
 
     def _make_hook(self, name: str):
         def hook(module: nn.Module, args: tuple) -> None:
-            if self.rl.probing:  # a cached memory measurement, not a training pass (RankedLoRA.probe)
+            if self.rl.measuring:
                 return
             count = self._calls[name]
             self._calls[name] = count + 1

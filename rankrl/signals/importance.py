@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rankrl.lora import RankedLoRA
-from rankrl.signals._modules import ModuleSlot, lora_factors, module_slots
+from rankrl.lora.slots import ModuleSlot, lora_factors, module_slots
 
 
 @dataclass

@@ -19,8 +19,10 @@ Group features (``group{g}/<feature>``) aggregate module features of the group:
 * means over the group's live modules (0 when none is live): ``numerical_rank``, ``effective_rank``,
   ``stable_rank``, ``rank_utilization``, ``top{k}_energy``;
 * ``input_variance``: mean over *all* modules of the group (measurable at rank 0 too);
-* ``log_complexity = log(complexity + 1e-12)``, ``rank`` (the group rank), ``live_frac``;
-* with a budget: ``grow_cost_frac``, ``shrink_free_frac``, ``grow_fits`` (see :mod:`.memory`).
+* ``log_complexity = log(complexity + 1e-12)``, ``rank`` (the group rank), ``live_frac``, ``frozen`` (1 when
+  the group has live modules and all of them are frozen);
+* with a budget: ``grow_cost_frac``, ``shrink_free_frac``, ``freeze_free_frac``, ``grow_fits`` (see
+  :mod:`rankrl.budget.meter`).
 """
 
 from __future__ import annotations
@@ -31,11 +33,11 @@ from dataclasses import dataclass
 import torch
 
 from rankrl.lora import RankedLoRA
-from rankrl.signals._modules import module_slots
+from rankrl.lora.slots import module_slots
 from rankrl.signals.activations import InputVarianceTracker
 from rankrl.signals.importance import ImportanceTracker
 from rankrl.signals.loss import LossTracker
-from rankrl.signals.memory import MemoryBudget, MemoryStatus
+from rankrl.budget.meter import MemoryBudget, MemoryStatus
 from rankrl.signals.spectral import SPECTRAL_FEATURES, module_spectral_features
 
 _SUMMED = ("importance", "sensitivity", "complexity")
@@ -78,7 +80,7 @@ class SignalReader:
         rl: The model.
         optimizer: The training optimizer (memory figures); may be set later as ``reader.optimizer``.
         budget_bytes: Memory budget; ``None`` leaves the memory features out.
-        memory_scope: ``"total"`` or ``"adapter"`` (see :class:`~rankrl.signals.memory.MemoryBudget`).
+        memory_scope: ``"total"`` or ``"adapter"`` (see :class:`~rankrl.budget.meter.MemoryBudget`).
         rank_step: Rank step whose per-group cost is reported.
         importance_every: Accumulate importance on every k-th :meth:`after_backward`.
         beta1: Sensitivity EMA coefficient.
@@ -147,7 +149,7 @@ class SignalReader:
         scalars["importance/total"] = sum(f["importance"] for f in modules.values())
         scalars["importance/updates"] = float(self.importance.updates)
         if status is not None:
-            scalars.update({k: v for k, v in status.to_dict().items() if k.startswith("memory/")})
+            scalars.update({k: v for k, v in status.to_dict().items() if k.startswith(("memory/", "budget/"))})
         return Signals(modules=modules, groups=groups, scalars=scalars, memory=status)
 
     def _read_memory(self, batch: dict | None) -> MemoryStatus:
@@ -174,10 +176,12 @@ class SignalReader:
             members[groups_of[name]].append(name)
         group_ranks = self.rl.group_ranks
         energy_keys = [f"top{k}_energy" for k in self.top_k]
+        frozen = set(getattr(self.rl, "frozen", ()))
         out = []
         for g, names in enumerate(members):
             live = [n for n in names if modules[n]["rank"] > 0]
-            features = {"rank": float(group_ranks[g]), "live_frac": len(live) / len(names) if names else 0.0}
+            features = {"rank": float(group_ranks[g]), "live_frac": len(live) / len(names) if names else 0.0,
+                        "frozen": float(bool(live) and all(n in frozen for n in live))}
             for key in _SUMMED:
                 features[key] = sum(modules[n][key] for n in names)
             features["grad_norm"] = math.sqrt(sum(modules[n]["grad_norm"] ** 2 for n in names))
@@ -192,7 +196,7 @@ class SignalReader:
         if status is not None:
             memory = status.to_dict()
             for g, features in enumerate(out):
-                for key in ("grow_cost_frac", "shrink_free_frac", "grow_fits"):
+                for key in ("grow_cost_frac", "shrink_free_frac", "freeze_free_frac", "grow_fits"):
                     features[key] = memory[f"group{g}/{key}"]
         return out
 

@@ -30,7 +30,7 @@ import math
 import torch
 
 from rankrl.lora import RankedLoRA
-from rankrl.signals._modules import ModuleSlot, lora_factors, module_slots
+from rankrl.lora.slots import ModuleSlot, lora_factors, module_slots
 
 SPECTRAL_FEATURES = (
     "numerical_rank",

@@ -28,7 +28,9 @@ class RankLoggingCallback(BaseCallback):
             self.logger.record_mean("memory/used_frac", info["memory_used_frac"])
             self.logger.record_mean("memory/wall_hits", float(info["wall_hit"]))
             self.logger.record_mean("train/eval_accuracy", info["accuracy"])
-            for key in ("reward/accuracy", "reward/memory", "reward/wall"):
+            for g, frozen in enumerate(info.get("frozen", [])):
+                self.logger.record_mean(f"frozen/group{g}", float(frozen))
+            for key in ("reward/accuracy", "reward/memory", "reward/time", "reward/wall"):
                 self.logger.record_mean(key, info[key])
         return True
 

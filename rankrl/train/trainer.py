@@ -12,6 +12,7 @@ from gymnasium.wrappers import TimeLimit
 
 from rankrl.cluster import BACKENDS, connect_ray
 from rankrl.env import LoRARankEnv, env_id, load_env_config
+from rankrl.env.registration import ENV_VERSION
 from rankrl.policy import FEATURES_FILE, METADATA_FILE, POLICY_FILE
 from rankrl.presets import to_mapping
 from rankrl.runs import new_run_dir, read_config, write_config
@@ -122,6 +123,10 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int = 20_0
         run_dir = Path(resume)
         saved = read_config(run_dir)
         env, agent, seed = saved["env_preset"], saved["agent_preset"], saved["seed"]
+        trained_on = str(saved.get("env_id", ""))
+        if trained_on and not trained_on.endswith(f"-v{ENV_VERSION}"):
+            raise ValueError(f"{run_dir} was trained on {trained_on}; this rankrl trains environment v{ENV_VERSION}, "
+                             f"whose actions and observations differ. Start a new run: rankrl train --env {env}.")
         checkpoint = _latest_checkpoint(run_dir)
         if checkpoint is None:
             raise ValueError(f"{run_dir} has no checkpoints to resume from (checkpoints/*_steps.zip).")
@@ -177,7 +182,7 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int = 20_0
         ) from None
     model.save(run_dir / POLICY_FILE)
     vec_env.close()
-    _write_metadata(run_dir, env_config, spec_env.deltas, agent_config, evaluation, model.num_timesteps)
+    _write_metadata(run_dir, env_config, spec_env, agent_config, evaluation, model.num_timesteps)
     from rankrl.train.plots import plot_learning_curve
 
     plot_learning_curve(run_dir)
@@ -192,10 +197,13 @@ def _load_warm_start(init_policy: str | Path, spec_env: LoRARankEnv):
     if loaded.model.action_space != spec_env.action_space:
         raise PolicyFileError(f"--init-policy {init_policy} acts in {loaded.model.action_space}, but this "
                               f"environment's action space is {spec_env.action_space}.")
-    deltas = loaded.metadata.get("deltas")
-    if deltas is not None and list(deltas) != [int(d) for d in spec_env.deltas]:
-        raise PolicyFileError(f"--init-policy {init_policy} was trained with rank deltas {deltas}, this "
-                              f"environment uses {[int(d) for d in spec_env.deltas]}.")
+    from rankrl.controllers.learned import check_env_version
+
+    check_env_version(loaded.metadata, init_policy)
+    actions = loaded.metadata.get("actions")
+    if actions is not None and list(actions) != spec_env.actions:
+        raise PolicyFileError(f"--init-policy {init_policy} was trained with actions {actions}, this "
+                              f"environment uses {spec_env.actions}.")
     return loaded.model
 
 
@@ -209,15 +217,19 @@ def _copy_policy_weights(source, model, init_policy) -> None:
                               f"({err.__class__.__name__}); use the agent preset it was trained with.") from err
 
 
-def _write_metadata(run_dir: Path, env_config, deltas, agent_config, evaluation, steps: int) -> None:
-    deltas = [int(d) for d in deltas]
+def _write_metadata(run_dir: Path, env_config, spec_env: LoRARankEnv, agent_config, evaluation, steps: int) -> None:
+    deltas = [int(d) for d in spec_env.deltas]
+    high = env_config.budget_range[1] if env_config.budget_range else env_config.budget_frac
     metadata = {
-        "algo": agent_config.algo, "timesteps": steps, "env": env_config.name,
+        "algo": agent_config.algo, "timesteps": steps, "env": env_config.name, "env_id": env_id(env_config.name),
+        "actions": spec_env.actions,
         "num_groups": env_config.num_action_groups, "split_by_kind": env_config.split_by_kind,
         "r_max": env_config.r_max, "rank_init": env_config.rank_init, "rank_step": env_config.rank_step,
         "deltas": deltas, "memory_scope": env_config.memory_scope, "use_rslora": env_config.use_rslora,
-        # The wall the policy was trained behind, relative to the memory at reset; deployment defaults to it.
-        "budget_frac": env_config.budget_frac if env_config.budget_mb is None else None,
+        # The highest wall the policy was trained behind, relative to the reference memory; deployment without
+        # a budget defaults to it (the policy never saw more memory than that).
+        "budget_frac": high if env_config.budget_mb is None else None,
+        "budget_range": env_config.budget_range, "traces": env_config.traces,
         "budget_mb": env_config.budget_mb,
         "group_definition": "group g holds transformer layers [g*L/G, (g+1)*L/G); with split_by_kind each depth "
                             "group is split into attention (2g) and MLP (2g+1) modules",

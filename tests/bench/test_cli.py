@@ -39,12 +39,12 @@ def test_bench_command_writes_the_outputs_and_resumes(tmp_path):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--controllers", "fixed,ada-lora"], "Known controllers: fixed, layerwise, importance, complexity, variance, "
-                                          "greedy-memory, learned, adalora. Did you mean 'adalora'?"),
+                                          "greedy-memory, static-fit, autofreeze, learned, adalora, oracle-static. Did you mean 'adalora'?"),
     (["--tasks", "synthetic:nosuch"], "unknown synthetic task 'nosuch'"),
     (["--tasks", "zebra=/nowhere/train.tsv:/nowhere/dev.tsv"], "task 'zebra'"),
     (["--seeds", "0"], "--seeds must be a positive integer"),
     (["--budget-mb", "20,lots"], "--budget-mb: 'lots' is not a number"),
-    (["--controllers", "greedy-memory"], "needs a memory budget; pass --budget-mb"),
+    (["--controllers", "greedy-memory"], "needs a memory budget; pass --budget-frac, --budget-mb"),
 ])
 def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, args, message):
     out = tmp_path / "out"

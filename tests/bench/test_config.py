@@ -58,8 +58,8 @@ def test_layerwise_ramp_keeps_the_mean_rank():
 
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"controllers": ["fixed,impotrance"]}, r"Unknown controller 'impotrance'.*Known controllers: fixed, layerwise.*"
-                                            r"adalora\. Did you mean 'importance'\?"),
-    ({"controllers": ["greedy-memory"]}, "needs a memory budget; pass --budget-mb"),
+                                            r"adalora, oracle-static\. Did you mean 'importance'\?"),
+    ({"controllers": ["greedy-memory"]}, "needs a memory budget; pass --budget-frac, --budget-mb"),
     ({"controllers": ["importance,importance"]}, "lists 'importance' twice"),
     ({"controllers": ["fixed:0"]}, "rank of at least 1"),
     ({"controllers": ["adalora:init_r=2"]}, "target_r <= init_r"),

@@ -38,7 +38,7 @@ def bench(tmp_path_factory):
     write_tsv(root / "train.tsv", 96, seed=0)
     write_tsv(root / "dev.tsv", 48, seed=1)
     config = tiny_config(root / "out", tasks=[TASK, f"zebra={root / 'train.tsv'}:{root / 'dev.tsv'}"],
-                         controllers=["fixed,importance,adalora"], seeds=2, budget_mb=[19.7])
+                         controllers=["fixed,importance,adalora"], seeds=2, budget_mb=[23.0])
     return config, run_bench(config, progress=False)
 
 
@@ -58,7 +58,7 @@ def test_results_csv_has_one_row_per_run(bench):
         if r["kind"] != "adaptive":  # no decision changes their memory: mean and peak are one figure
             assert float(r["mean_memory_mib"]) == pytest.approx(float(r["peak_memory_mib"]))
     importance = [r for r in rows if r["arm"] == "importance"]
-    assert all(float(r["budget_mb"]) == 19.7 and float(r["peak_memory_mib"]) <= 19.7 for r in importance)
+    assert all(float(r["budget_mb"]) == 23.0 and float(r["peak_memory_mib"]) <= 23.0 for r in importance)
     assert all(float(r["mean_memory_mib"]) < float(r["peak_memory_mib"]) for r in importance)  # its schedule shrinks
     assert all(r["budget_mb"] == "" for r in rows if r["kind"] == "fixed")
 
@@ -86,7 +86,7 @@ def test_report_and_plot(bench):
     _, result = bench
     report = (result.out / "report.md").read_text()
     assert "## keyword" in report and "## zebra" in report and report.count("| arm | kind | seeds |") == 2
-    assert "### Winner per budget" in report and "| 19.7 MiB |" in report and "16 of 16 runs finished." in report
+    assert "### Winner per budget" in report and "| 23 MiB |" in report and "16 of 16 runs finished." in report
     assert (result.out / "pareto.png").stat().st_size > 10_000
     assert set(result.comparisons) == {(task, arm) for task in ("keyword", "zebra") for arm in ("importance", "adalora")}
 
@@ -99,7 +99,7 @@ def test_existing_directory_is_refused_without_resume(bench):
 
 def test_resume_with_other_settings_is_refused(bench):
     config, result = bench
-    changed = tiny_config(result.out, tasks=config.tasks, controllers=config.controllers, seeds=2, budget_mb=[19.7],
+    changed = tiny_config(result.out, tasks=config.tasks, controllers=config.controllers, seeds=2, budget_mb=[23.0],
                           steps=7, resume=True)
     with pytest.raises(ValueError, match="other settings.*steps: was 6, now 7"):
         run_bench(changed, progress=False)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rankrl.controllers import Applied, ControllerContext, RankController, prepare_controller
+from rankrl.lora.allocation import apply_allocation
 from rankrl.session import FineTuneSession
 from rankrl.signals import SignalReader, Signals
 
@@ -72,7 +73,7 @@ class Loop:
         self.reader.update_eval(self.session.evaluate().accuracy)
         ctx = self.context()
         applied = controller.apply(ctx)
-        self.session.set_group_ranks(applied.ranks)
+        apply_allocation(self.session.rl, applied.ranks, applied.frozen, self.session.optimizer)
         measured = self.budget.read(self.session.optimizer, self.batch).used if self.budget is not None else None
         step = Step(ctx, applied, measured)
         self.steps.append(step)

@@ -14,8 +14,9 @@ from rankrl.controllers import LearnedController, make_controller
 from rankrl.env import LoRARankEnv, ObservationMismatchError
 from rankrl.policy import FEATURES_FILE, METADATA_FILE, POLICY_FILE, PolicyFileError
 
-# Output bias of the policy's action head (3 levels per group): group 0 prefers +step, group 1 prefers -step.
-BIAS = [0.0, 0.0, 3.0, 3.0, 0.0, 0.0]
+# Output bias of the policy's action head (5 actions per group: -step, 0, +step, freeze, thaw): group 0
+# prefers +step, group 1 prefers -step.
+BIAS = [0.0, 0.0, 3.0, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0, 0.0]
 
 
 def save_policy(directory, num_groups: int = 2, features: bool = True, bias: list[float] | None = None):
@@ -31,7 +32,7 @@ def save_policy(directory, num_groups: int = 2, features: bool = True, bias: lis
     if features:
         (directory / FEATURES_FILE).write_text(json.dumps(env.layout.to_dict()))
     metadata = {"algo": "PPO", "num_groups": num_groups, "r_max": env.config.r_max,
-                "rank_step": env.config.rank_step, "deltas": [int(d) for d in env.deltas]}
+                "rank_step": env.config.rank_step, "actions": env.actions, "env_id": "rankrl/tiny-v1"}
     (directory / METADATA_FILE).write_text(json.dumps(metadata))
     return directory
 
@@ -45,15 +46,16 @@ def test_learned_acts_deterministically_and_reports_probabilities(make_loop, pol
     loop = make_loop(budget_frac=1.1)
     controller = make_controller(f"learned:{policy_dir}")
     steps = loop.run(controller, decisions=3)
-    top = math.exp(3) / (2 + math.exp(3))
+    top = math.exp(3) / (4 + math.exp(3))
     for s in steps:
         decision = s.applied.decision
         assert decision.action == [2, 0]
         assert [sum(p) for p in decision.probabilities] == pytest.approx([1.0, 1.0])
-        assert decision.probabilities[0] == pytest.approx([(1 - top) / 2, (1 - top) / 2, top], rel=1e-5)
+        rest = (1 - top) / 4
+        assert decision.probabilities[0] == pytest.approx([rest, rest, top, rest, rest], rel=1e-5)
         before = s.applied.before
         assert s.applied.requested == [min(before[0] + 2, 8), max(before[1] - 2, 0)]
-        assert "p=0.91" in decision.reason
+        assert "g0 +2 (p=0.83)" in decision.reason and "g1 -2 (p=0.83)" in decision.reason
     assert steps[-1].applied.ranks[1] == 0 and steps[-1].applied.ranks[0] > 4
     loop.assert_within_wall()
 
@@ -110,3 +112,25 @@ def test_deciding_before_bind_says_what_to_call(policy_dir):
 
     with pytest.raises(RuntimeError, match="bind"):
         LearnedController(policy_dir).decide(fake_context([4, 4]))
+
+
+def test_freeze_and_thaw_actions_reach_the_decision(make_loop, tmp_path):
+    directory = save_policy(tmp_path / "freezer", bias=[0.0, 0.0, 0.0, 3.0, 0.0] * 2)  # every group: freeze
+    loop = make_loop(budget_frac=None)
+    controller = LearnedController(directory)
+    step = loop.run(controller, decisions=1)[0]
+    assert step.applied.decision.frozen == [True, True] and step.applied.frozen == [True, True]
+    assert loop.session.rl.frozen_groups == [True, True] and step.applied.ranks == step.applied.before
+
+
+@pytest.mark.parametrize("metadata", [{"env_id": "rankrl/default-v0"}, {"deltas": [-2, 0, 2]}])
+def test_a_policy_trained_on_environment_v0_is_one_clear_error(make_loop, tmp_path, metadata):
+    directory = save_policy(tmp_path / "v0")
+    saved = json.loads((directory / METADATA_FILE).read_text())
+    saved.pop("actions")
+    saved.pop("env_id")
+    (directory / METADATA_FILE).write_text(json.dumps({**saved, **metadata}))
+    loop = make_loop(budget_frac=None)
+    with pytest.raises(PolicyFileError, match=r"trained on environment v0.*Retrain it: rankrl train --env"):
+        loop.prepare(LearnedController(directory))
+    assert loop.session.step == 0

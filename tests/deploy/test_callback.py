@@ -25,7 +25,8 @@ from rankrl.models import load_model
 from .conftest import TASK
 
 EVERY, STEPS, SAVE = 3, 12, 6
-PLAN = [[0, 4], [2, 6], [4, 2], [4, 4]]  # group 0 leaves at step 3 and regrows at 6: the optimizer reorders
+# Hold before step 1; group 0 leaves at step 3 and regrows at 6: the optimizer reorders.
+PLAN = [[4, 4], [0, 4], [2, 6], [4, 2], [4, 4]]
 
 
 class Scripted(RankController):
@@ -94,7 +95,7 @@ def test_gradient_accumulation_decides_on_optimizer_steps_and_exports_plain_peft
     rl, control, _, _, trainer = make_run(data, tmp_path, make_controller("importance"), save=False, budget_mb=40.0)
     trainer.train()
     records = DecisionLog.read(tmp_path / "rankrl")
-    assert [r["step"] for r in records] == [3, 6, 9, 12]  # optimizer steps, not micro-batches (24)
+    assert [r["step"] for r in records] == [0, 3, 6, 9, 12]  # optimizer steps, not micro-batches (24)
     assert control.reader.importance.updates == STEPS  # one importance update per optimizer step
     assert control.total_steps == STEPS  # taken from max_steps
     assert [e["step"] for e in trainer.state.log_history if "rankrl/group0_rank" in e] == [3, 6, 9, 12]
@@ -102,7 +103,7 @@ def test_gradient_accumulation_decides_on_optimizer_steps_and_exports_plain_peft
     assert all(r["memory_after"] <= r["budget"] for r in records)
     explained = explain_run(tmp_path)  # a Trainer output_dir: decisions under rankrl/
     assert explained.png == tmp_path / "rankrl" / "explain.png" and explained.png.stat().st_size > 10_000
-    assert "4 decisions at steps 3..12" in explained.summary
+    assert "5 decisions at steps 0..12" in explained.summary
     base = load_model("tiny", num_labels=2).model
     loaded = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
     batch = data[1]([data[0][i] for i in range(8)])
@@ -119,7 +120,7 @@ def test_resume_from_a_checkpoint_restores_ranks_and_controller_state(data, tmp_
     trainer1.train()
     checkpoint = tmp_path / f"checkpoint-{SAVE}"
     saved = json.loads((checkpoint / CONTROL_FILE).read_text())
-    assert saved["step"] == SAVE and saved["decisions"] == 2 and saved["module_ranks"] == spy1.saved[SAVE]["ranks"]
+    assert saved["step"] == SAVE and saved["decisions"] == 3 and saved["module_ranks"] == spy1.saved[SAVE]["ranks"]
 
     rl2, control2, callback2, spy2, trainer2 = make_run(data, tmp_path, new(), save=True)
     restore_ranks_from_checkpoint(rl2, checkpoint)  # before the Trainer loads weights and optimizer
@@ -128,14 +129,14 @@ def test_resume_from_a_checkpoint_restores_ranks_and_controller_state(data, tmp_
     assert callback2.resumed_from == checkpoint
     begin, at_save = spy2.begin, spy1.saved[SAVE]
     assert begin["ranks"] == at_save["ranks"] and begin["controller"] == at_save["controller"] == saved["controller_state"]
-    assert begin["decisions"] == at_save["decisions"] == 2
+    assert begin["decisions"] == at_save["decisions"] == 3  # with the one before step 1
     assert all(torch.equal(begin["weights"][n], w) for n, w in at_save["weights"].items())
     assert begin["exp_avg"].keys() == at_save["exp_avg"].keys()  # Adam moments follow their parameters by name
     assert all(torch.equal(begin["exp_avg"][n], m) for n, m in at_save["exp_avg"].items())
-    assert [r["step"] for r in DecisionLog.read(tmp_path / "rankrl")] == [3, 6, 9, 12]  # redone steps replaced
-    assert control2.decisions == control1.decisions == 4
+    assert [r["step"] for r in DecisionLog.read(tmp_path / "rankrl")] == [0, 3, 6, 9, 12]  # redone steps replaced
+    assert control2.decisions == control1.decisions == 5
     if kind == "scripted":
-        assert saved["controller_state"] == {"index": 2} and saved["group_ranks"] == PLAN[1]
+        assert saved["controller_state"] == {"index": 3} and saved["group_ranks"] == PLAN[2]
         trained = [n for n, p in rl2.model.named_parameters() if p.requires_grad]
         order = [n for n in trained if n.endswith("weight") and "lora" in n]
         assert saved["optimizer_params"][0][: len(order)] != order  # the regrown group sits at the end
@@ -145,3 +146,16 @@ def test_resume_from_a_checkpoint_restores_ranks_and_controller_state(data, tmp_
     else:
         assert saved["controller_state"]["initial_total"] == 8 and sum(saved["group_ranks"]) < 8
         assert control2.controller.state_dict() == control1.controller.state_dict()
+
+
+def test_restore_from_a_checkpoint_freezes_the_saved_frozen_modules(tmp_path):
+    from rankrl.deploy.checkpoint import save_control_state
+
+    rl1 = RankedLoRA.attach(load_model("tiny", num_labels=2).model, rank=4, num_groups=2)
+    rl1.set_group_ranks([2, 4])
+    rl1.freeze(0)
+    save_control_state(tmp_path, {"module_ranks": rl1.ranks, "frozen": sorted(rl1.frozen)})
+    rl2 = RankedLoRA.attach(load_model("tiny", num_labels=2).model, rank=4, num_groups=2)
+    assert restore_ranks_from_checkpoint(rl2, tmp_path) == rl1.ranks
+    assert rl2.frozen == rl1.frozen and not any(p.requires_grad for n in rl2.frozen
+                                                    for p in rl2.lora_layer(n).parameters())

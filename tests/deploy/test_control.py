@@ -8,7 +8,8 @@ import pytest
 import torch
 from peft import PeftModel
 
-from rankrl.controllers import BudgetTooSmallError, DecisionLog, make_controller
+from rankrl.budget import BudgetTrace, LiveBudget, WallError
+from rankrl.controllers import BudgetTooSmallError, Decision, DecisionLog, RankController, make_controller
 from rankrl.controllers.base import MIB
 from rankrl.deploy import RankControl
 from rankrl.models import load_model
@@ -62,7 +63,7 @@ def test_plain_loop_decides_every_n_within_the_wall(session, tmp_path, spec):
     decided = [step for step, a in enumerate(applied, start=1) if a is not None]
     assert decided == list(range(EVERY, STEPS + 1, EVERY))
     records = DecisionLog.read(tmp_path)
-    assert [r["step"] for r in records] == decided and control.decisions == len(records)
+    assert [r["step"] for r in records] == [0, *decided] and control.decisions == len(records)  # 0: before step 1
     assert records[-1]["ranks_after"] == session.rl.group_ranks
     assert any(r["ranks_after"] != r["ranks_before"] for r in records), "the controller never changed a rank"
     assert all(r["memory_after_measured"] for r in records)
@@ -157,7 +158,7 @@ def test_tensorboard_scalars_are_queued_and_all_written(session, tmp_path):
     assert not control._pending_scalars
     events = EventAccumulator(str(tmp_path / "tb")).Reload()
     assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 11))
-    assert [e.step for e in events.Scalars("rank/group0")] == [4, 8]
+    assert [e.step for e in events.Scalars("rank/group0")] == [0, 4, 8]
 
 
 def test_relative_wall_is_a_fraction_of_the_start_memory(session, tmp_path):
@@ -176,24 +177,29 @@ def test_relative_wall_is_a_fraction_of_the_start_memory(session, tmp_path):
     assert control.peak_used == int(start * MIB)  # greedy stays at the wall: the start memory is its peak
 
 
-def test_budget_mb_overrides_budget_frac(session):
-    session.reset(seed=0)
-    start = start_memory(session)
-    control = RankControl(session.rl, make_controller("fixed"), every=EVERY, budget_mb=start + 1.0, budget_frac=0.5,
-                          r_max=8, rank_step=2)
-    try:
-        control.setup(session.optimizer, session.train_batch(0))
-        assert control.budget_frac is None and control.budget.budget == int((start + 1.0) * MIB)
-    finally:
-        control.close()
+def test_one_budget_at_a_time(session):
+    with pytest.raises(ValueError, match="Give one budget, not budget_mb and budget_frac"):
+        RankControl(session.rl, make_controller("fixed"), every=EVERY, budget_mb=100.0, budget_frac=0.5)
     with pytest.raises(ValueError, match="budget_frac"):
         RankControl(session.rl, make_controller("fixed"), every=EVERY, budget_frac=0.0)
+
+
+class ShrinkLater(RankController):
+    """Holds the starting ranks at the first decisions, then asks for 2 in every group from step ``at`` on."""
+
+    name = "shrink-later"
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def decide(self, ctx):
+        return Decision([2] * ctx.num_groups if ctx.step >= self.at else list(ctx.group_ranks), "test")
 
 
 def test_mean_memory_weights_each_allocation_by_its_steps(session):
     """Ranks 4,4 for 4 steps, then 2,2 for the next 8: the mean is the step-weighted average of the two."""
     session.reset(seed=0)
-    control = RankControl(session.rl, make_controller("fixed:2"), every=EVERY, total_steps=12, r_max=8, rank_step=2)
+    control = RankControl(session.rl, ShrinkLater(EVERY), every=EVERY, total_steps=12, r_max=8, rank_step=2)
     try:
         hand_loop(session, control, steps=12)
         start, after = control.peak_used, control.last_used
@@ -225,3 +231,71 @@ def test_resume_keeps_the_memory_reference_of_the_start(session):
         assert resumed.mean_used == pytest.approx(first.mean_used)
     finally:
         resumed.close()
+
+
+def test_frozen_modules_survive_the_control_state(session):
+    """state_dict lists the frozen modules; load_state_dict resizes, then freezes exactly those again."""
+    session.reset(seed=0)
+    rl, optimizer = session.rl, session.optimizer
+    rl.freeze(0, optimizer=optimizer)
+    control = RankControl(rl, make_controller("fixed"), every=EVERY, r_max=8, rank_step=2)
+    try:
+        state = control.state_dict()
+        assert state["frozen"] == sorted(rl.group_modules(0))
+        rl.thaw(0, optimizer=optimizer)
+        rl.freeze(1, optimizer=optimizer)
+        rl.set_group_ranks([2, 0], optimizer=optimizer)
+        control.load_state_dict(state, optimizer=optimizer)
+        assert rl.group_ranks == [4, 4] and rl.frozen == set(rl.group_modules(0))
+        trained = {id(p) for p in rl.trainable_parameters()}
+        assert {id(p) for g in optimizer.param_groups for p in g["params"]} == trained
+        corrupt = dict(state, module_ranks={**state["module_ranks"], state["frozen"][0]: 0})
+        with pytest.raises(ValueError, match="rank 0"):
+            control.load_state_dict(corrupt, optimizer=optimizer)
+        assert rl.group_ranks == [4, 4] and rl.frozen == set(rl.group_modules(0))
+    finally:
+        control.close()
+
+
+def test_a_budget_that_drops_between_decisions_is_met_before_the_next_step(session, tmp_path):
+    """A step-down trace at step 10 (decisions every 4): the wall frees memory at step 10, not at 12."""
+    session.reset(seed=0)
+    trace = BudgetTrace(((0, 1.0), (10, 0.7)), "frac", "down")
+    control = RankControl(session.rl, make_controller("fixed"), every=EVERY, budget_trace=trace, total_steps=16,
+                          log_dir=tmp_path, r_max=8, rank_step=2, memory_scope="adapter")
+    try:
+        hand_loop(session, control, steps=16)
+    finally:
+        control.close()
+    records = DecisionLog.read(tmp_path)
+    assert [r["step"] for r in records] == [0, 4, 8, 10, 12, 16]
+    drop = records[3]
+    assert drop["budget"] == int(0.7 * control.reference) and drop["frozen_after"] == [True, False]
+    assert drop["ranks_after"] == drop["ranks_before"] and "frozen or dropped" in drop["reason"]
+    assert all(r["memory_after"] <= r["budget"] for r in records)
+    assert control.violations == 0 and control.max_over_wall == 0
+
+
+def test_the_first_decision_meets_a_budget_below_the_start_by_dropping(session, tmp_path):
+    session.reset(seed=0)
+    control = RankControl(session.rl, make_controller("fixed"), every=EVERY, budget_frac=0.7, total_steps=8,
+                          r_max=8, rank_step=2, memory_scope="adapter")
+    try:
+        hand_loop(session, control, steps=8)
+    finally:
+        control.close()
+    assert session.rl.group_ranks == [0, 4] and not any(session.rl.frozen_groups)  # nothing learned: dropped
+    assert control.peak_used <= control.budget.budget < control.reference and control.violations == 0
+
+
+def test_a_live_budget_is_read_at_each_decision(session):
+    session.reset(seed=0)
+    readings = iter([10**9, 10**9, 10**9, 0])  # a co-tenant takes everything before the third decision
+    live = LiveBudget(free=lambda: next(readings), held=lambda: 0, margin_mb=0)
+    control = RankControl(session.rl, make_controller("fixed"), every=EVERY, live_budget=live, total_steps=12,
+                          r_max=8, rank_step=2, memory_scope="adapter")
+    try:
+        with pytest.raises(WallError, match="smallest budget this run fits in"):
+            hand_loop(session, control, steps=12)
+    finally:
+        control.close()

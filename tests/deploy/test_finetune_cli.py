@@ -58,9 +58,9 @@ def test_finetune_on_local_tsv_files(tmp_path):
     assert result.exit_code == 0, result.output
     assert {p.name for p in out.iterdir()} >= {"config.json", "decisions.jsonl", "metrics.json", "tb", "adapter"}
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["steps"] == 20 and metrics["decisions"] == 4 and 0 <= metrics["accuracy"] <= 1
+    assert metrics["steps"] == 20 and metrics["decisions"] == 5 and 0 <= metrics["accuracy"] <= 1
     assert metrics["peak_memory_bytes"] > 0 and metrics["trainable_params"] > 0 and "macro_f1" in metrics
-    assert [r["step"] for r in DecisionLog.read(out)] == [5, 10, 15, 20]
+    assert [r["step"] for r in DecisionLog.read(out)] == [0, 5, 10, 15, 20]  # 0: before the first step
     config = json.loads((out / "config.json").read_text())
     assert config["controller"] == "importance" and config["text_column"] == "sentence"
     assert (out / "adapter" / "adapter_config.json").exists()
@@ -73,7 +73,7 @@ def test_finetune_on_synthetic_data_with_a_budget(tmp_path):
                       "--every", "4", "--out", str(out))
     assert result.exit_code == 0, result.output
     records = DecisionLog.read(out)
-    assert len(records) == 5 and all(r["memory_after"] <= r["budget"] for r in records)
+    assert len(records) == 6 and all(r["memory_after"] <= r["budget"] for r in records)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["peak_memory_mib"] <= 19.7 and metrics["budget_mib"] == pytest.approx(19.7)
 
@@ -94,7 +94,7 @@ def test_finetune_refuses_an_existing_out(tmp_path):
     (["--controller", "learned:{tmp}/corrupt/policy.zip"], "is not a stable-baselines3 zip"),
     (["--controller", "learned:{tmp}/g1"], "trained for 1 layer groups but this run has 2"),
     (["--controller", "greedy-memory"], "needs a memory budget"),
-    (["--controller", "greedy-memory", "--budget-mb", "30", "--budget-frac", "0.9"], "not both"),
+    (["--controller", "greedy-memory", "--budget-mb", "30", "--budget-frac", "0.9"], "not several"),
     (["--controller", "importance", "--budget-frac", "0"], "--budget-frac must be a positive fraction"),
 ])
 def test_bad_input_fails_before_training_and_leaves_nothing(tmp_path, flags, message):
@@ -115,7 +115,7 @@ def test_explain_draws_a_png_and_prints_a_summary(learned_run):
     assert result.exit_code == 0, result.output
     png = learned_run / "explain.png"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "controller learned:" in result.output and "6 decisions" in result.output
+    assert "controller learned:" in result.output and "7 decisions" in result.output
     assert "policy saliency (mean |grad x input|" in result.output
     assert "ranks per group: start [4, 4]" in result.output and str(png) in result.output
 
@@ -134,14 +134,14 @@ def test_explain_of_a_heuristic_run_and_of_a_directory_without_decisions(tmp_pat
 
 def test_learned_policy_runs_behind_the_wall_it_was_trained_with(tmp_path):
     """Without --budget-mb a learned policy gets its training wall (metadata ``budget_frac`` x start memory)."""
-    policy = save_policy(tmp_path / "grow", bias=[0.0, 0.0, 3.0] * 2)  # both groups always ask for +step
+    policy = save_policy(tmp_path / "grow", bias=[0.0, 0.0, 3.0, 0.0, 0.0] * 2)  # both groups always ask for +step
     metadata = json.loads((policy / "metadata.json").read_text())
     (policy / "metadata.json").write_text(json.dumps({**metadata, "budget_frac": 1.0}))
     out = tmp_path / "run"
     result = finetune(*SYNTHETIC, "--controller", f"learned:{policy}", "--steps", "12", "--every", "4",
                       "--out", str(out))
     assert result.exit_code == 0, result.output
-    assert "x the start memory" in " ".join(result.output.split())
+    assert "x the reference" in " ".join(result.output.split())
     metrics = json.loads((out / "metrics.json").read_text())
     records = DecisionLog.read(out)
     assert metrics["budget_mib"] == pytest.approx(metrics["peak_memory_mib"])  # the start memory is the wall
@@ -170,3 +170,41 @@ def test_lora_scaling_is_the_flag_s_not_the_policy_s(tmp_path):
     learned, _ = build_controller(f"learned:{policy}")
     assert session_config_for(with_policy_defaults(learned, FinetuneConfig())).use_rslora is False
     assert session_config_for(with_policy_defaults(learned, FinetuneConfig(use_rslora=True))).use_rslora is True
+
+
+def test_finetune_under_a_moving_trace_never_exceeds_its_wall(tmp_path):
+    trace = tmp_path / "down.csv"
+    trace.write_text("step,budget_frac\n0,1.0\n10,0.6\n")
+    out = tmp_path / "run"
+    result = finetune(*SYNTHETIC, "--controller", "importance", "--budget-trace", str(trace), "--memory-scope",
+                      "adapter", "--steps", "20", "--every", "4", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["wall_violations"] == 0 and metrics["max_over_wall_mib"] == 0
+    assert metrics["budget_mib"] == pytest.approx(0.6 * metrics["reference_mib"], rel=1e-6)
+    records = DecisionLog.read(out)
+    assert 10 in [r["step"] for r in records]  # the drop is met at once, not at the next decision (12)
+    assert all(r["memory_after"] <= r["budget"] for r in records)
+    explained = runner.invoke(app, ["explain", str(out)])
+    assert explained.exit_code == 0 and (out / "explain.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(("trace", "message"), [
+    ("step,budget_mb\n0,100\n20,90\n10,80\n", "steps must increase"),
+    ("", "is empty"),
+    ("step,budget_mb\n0,abc\n", "is not numeric"),
+])
+def test_a_bad_trace_file_fails_before_anything_is_written(tmp_path, trace, message):
+    path = tmp_path / "trace.csv"
+    path.write_text(trace)
+    out = tmp_path / "run"
+    result = finetune(*SYNTHETIC, "--controller", "fixed", "--budget-trace", str(path), "--out", str(out))
+    assert result.exit_code == 2 and result.output.startswith("error: ") and message in result.output
+    assert not out.exists()
+
+
+def test_budget_fractions_must_be_positive_and_unique_in_kind(tmp_path):
+    result = finetune(*SYNTHETIC, "--budget-frac", "0", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 2 and "--budget-frac must be a positive fraction" in result.output
+    result = finetune(*SYNTHETIC, "--budget", "live", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 2 and "needs CUDA" in result.output

@@ -14,7 +14,7 @@ from rankrl.presets import PresetError, list_presets
 
 @pytest.fixture(scope="module")
 def env():
-    environment = gym.make("rankrl/tiny-v0")
+    environment = gym.make("rankrl/tiny-v1")
     yield environment
     environment.close()
 
@@ -40,7 +40,7 @@ def test_same_seed_same_actions_same_trajectory():
         environment = LoRARankEnv(preset="tiny")
         obs, _ = environment.reset(seed=seed)
         observations, rewards = [obs], []
-        for action in ([2, 0], [1, 2], [0, 0]):
+        for action in ([2, 0], [3, 2], [0, 4]):
             obs, reward, *_ = environment.step(np.array(action))
             observations.append(obs)
             rewards.append(reward)
@@ -62,14 +62,14 @@ def test_episode_truncates_at_preset_length_and_reward_parts_add_up(env):
         obs, reward, terminated, truncated, info = env.step(np.ones(config.num_groups, dtype=np.int64))
         assert env.observation_space.contains(obs)
         steps, total = steps + 1, total + reward
-        parts += info["reward/accuracy"] + info["reward/memory"] + info["reward/wall"]
+        parts += info["reward/accuracy"] + info["reward/memory"] + info["reward/time"] + info["reward/wall"]
         if terminated or truncated:
             break
     assert truncated and not terminated and steps == config.episode_length
     assert total == pytest.approx(parts)
     accuracy_gain = info["accuracy"] - first_accuracy
-    memory_integral = total - config.reward.accuracy * accuracy_gain
-    assert memory_integral < 0  # the memory penalty is paid at every step
+    costs = total - config.reward.accuracy * accuracy_gain
+    assert costs < 0  # the memory and depth costs are paid at every step
 
 
 def test_growth_is_clipped_at_the_memory_wall():
@@ -99,6 +99,56 @@ def test_memory_is_read_on_the_reference_batch_so_it_moves_with_the_ranks_only()
     environment.close()
 
 
+def test_freeze_keeps_the_rank_frees_memory_and_thaw_restores_training():
+    environment = LoRARankEnv(preset="tiny", budget_frac=1.0)
+    environment.reset(seed=0)
+    environment.step(np.array([1, 1]))
+    used = environment.reader.budget.last.used
+    _, _, _, _, info = environment.step(np.array([3, 1]))  # freeze the bottom group
+    assert info["frozen"] == [True, False] and info["ranks"] == [4, 4]
+    assert info["memory_used_bytes"] < used and info["backward_depth"] == 0.5
+    obs, _, _, _, info = environment.step(np.array([4, 1]))  # thaw it
+    assert info["frozen"] == [False, False] and info["backward_depth"] == 1.0
+    names = environment.feature_names
+    assert obs[names.index("group0/frozen")] == 0.0
+    environment.close()
+
+
+@pytest.mark.parametrize("trace", ["constant", "step-down", "step-up", "spike", "sawtooth"])
+def test_the_wall_holds_at_every_optimizer_step_under_every_trace(trace):
+    environment = LoRARankEnv(preset="tiny", budget_range=[0.5, 0.6], traces=[trace])
+    _, info = environment.reset(seed=1)
+    assert info["trace"]["name"] == trace and 0.5 <= info["budget_frac"] <= 0.6
+    meter = environment.reader.budget
+    seen = []
+    original = environment.session.train
+
+    def train(steps, measure_every=0):  # every optimizer step: memory in force <= the budget in force
+        for _ in range(steps):
+            budget = environment._budget_at(environment.session.step)
+            seen.append((meter.read(environment.session.optimizer).used, budget))
+            result = original(1, measure_every)
+        return result
+
+    environment.session.train = train
+    environment.action_space.seed(7)
+    for _ in range(environment.config.episode_length):
+        environment.step(environment.action_space.sample())
+    assert len(seen) == environment.total_steps
+    assert all(used <= budget for used, budget in seen)
+    environment.close()
+
+
+def test_a_budget_below_the_starting_memory_is_met_by_the_first_action():
+    environment = LoRARankEnv(preset="tiny", budget_frac=0.6)
+    obs, info = environment.reset(seed=0)
+    assert obs[environment.feature_names.index("memory/used_frac")] > 1.0  # the start does not fit
+    _, _, _, _, info = environment.step(np.array([1, 1]))  # hold: the wall drops groups before step one
+    assert info["forced_groups"] and info["memory_used_bytes"] <= info["budget_bytes"]
+    assert 0 in info["ranks"] and not any(info["frozen"])  # nothing learned yet: dropped, not frozen
+    environment.close()
+
+
 def test_rank_bounds_and_zero():
     environment = LoRARankEnv(preset="tiny", budget_frac=3.0)
     environment.reset(seed=0)
@@ -124,29 +174,34 @@ def test_divergence_terminates_with_the_penalty():
 def test_feature_names_match_the_observation(env):
     obs, _ = env.reset(seed=1)
     names = env.unwrapped.feature_names
-    assert len(names) == obs.shape[0] == 6 + 7 * env.unwrapped.config.num_groups
+    assert len(names) == obs.shape[0] == 9 + 9 * env.unwrapped.config.num_groups
     assert len(set(names)) == len(names) and "group1/importance_share" in names
 
 
 def test_invalid_action_is_refused(env):
     env.reset(seed=0)
     with pytest.raises(ValueError, match="not in MultiDiscrete"):
-        env.unwrapped.step(np.array([5, 0]))
+        env.unwrapped.step(np.array([7, 0]))
 
 
-def test_budget_below_starting_memory_is_refused():
-    environment = LoRARankEnv(preset="tiny", budget_mb=0.01)
-    with pytest.raises(ValueError, match="Raise budget_mb"):
+def test_budget_below_the_smallest_trainable_configuration_is_refused():
+    environment = LoRARankEnv(preset="tiny", budget_frac=0.01)
+    with pytest.raises(ValueError, match="Raise budget_mb, budget_frac or budget_range"):
         environment.reset(seed=0)
+
+
+def test_v0_ids_name_v1():
+    with pytest.raises(gym.error.DeprecatedEnv, match="rankrl/tiny-v1"):
+        gym.make("rankrl/tiny-v0")
 
 
 def test_vectorised_with_sb3_make_vec_env():
     from stable_baselines3.common.env_util import make_vec_env
 
-    vec = make_vec_env("rankrl/tiny-v0", n_envs=2, seed=0)
+    vec = make_vec_env("rankrl/tiny-v1", n_envs=2, seed=0)
     obs = vec.reset()
     assert obs.shape == (2, vec.observation_space.shape[0])
-    obs, rewards, dones, infos = vec.step(np.array([[1, 1], [2, 0]]))
+    obs, rewards, dones, infos = vec.step(np.array([[1, 1], [3, 0]]))
     assert rewards.shape == (2,) and len(infos) == 2
     vec.close()
 
@@ -156,10 +211,11 @@ def test_vectorised_with_sb3_make_vec_env():
 def test_every_shipped_preset_loads_and_is_registered(name):
     config = load_env_config(name)
     assert config.name == name
-    spec = gym.spec(f"rankrl/{name}-v0")
+    spec = gym.spec(f"rankrl/{name}-v1")
     assert spec.max_episode_steps == config.episode_length
     environment = LoRARankEnv(preset=name)  # cheap: builds the spaces only
-    assert environment.observation_space.shape == (6 + 7 * config.num_action_groups,)
+    assert environment.observation_space.shape == (9 + 9 * config.num_action_groups,)
+    assert environment.action_space.nvec.tolist() == [config.action_levels + 2] * config.num_action_groups
     assert environment.session is None
 
 

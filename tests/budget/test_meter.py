@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from rankrl.signals import MemoryBudget
+from rankrl.budget import MemoryBudget
 
-from .helpers import attach, make_batch, train_steps
+from tests.signals.helpers import attach, make_batch, train_steps
 
 BUDGET = 64 * 2**20
 
@@ -147,3 +147,26 @@ def test_kept_batch_figure_is_the_measured_one_at_every_configuration(split_by_k
 def test_kept_batch_needs_a_read_with_a_batch(rl):
     with pytest.raises(ValueError, match="read\\(optimizer, batch\\) first"):
         MemoryBudget(rl, BUDGET).measure_kept_batch()
+
+
+def test_predictions_with_frozen_modules_match_measured_memory_exactly():
+    """Frozen factors cost their bytes only (no gradient, state or saved input), and the budget sees a freeze."""
+    rl = attach(rank=4, num_groups=2)
+    optimizer = torch.optim.AdamW(rl.trainable_parameters(), lr=1e-2)
+    train_steps(rl, optimizer, 2)
+    budget = MemoryBudget(rl, BUDGET)
+    batch = make_batch(50)
+    before = budget.read(optimizer, batch).used
+    rl.freeze(1, optimizer=optimizer)
+    predicted = budget.predict_used([4, 4])  # a reading taken before a freeze is not reused
+    assert predicted == budget.read(optimizer, batch).used < before
+    for target in ([4, 7], [4, 2], [6, 2], [6, 0], [6, 3], [0, 3], [2, 3]):
+        predicted = budget.predict_used(target)
+        rl.set_group_ranks(target, optimizer)
+        assert budget.read(optimizer, batch).used == predicted, target
+    assert rl.frozen == set()  # group 1 went through rank 0: its regrown adapter trains
+    rl.freeze(0, optimizer=optimizer)
+    for target in ([4, 3], [0, 3]):
+        predicted = budget.predict_used(target)
+        rl.set_group_ranks(target, optimizer)
+        assert budget.read(optimizer, batch).used == predicted, target

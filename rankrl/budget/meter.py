@@ -1,4 +1,4 @@
-"""Memory against a budget: used / budget, headroom, and what the next rank step of each group costs.
+"""Memory against a budget: used / budget, headroom, and what a rank step or a freeze of each group costs.
 
 ``used`` is the peak a training step holds: the measured :class:`~rankrl.memory.MemoryReport` (parameters,
 optimizer state, activations of a measured pass, gradients) plus two *derived* parts the report cannot see
@@ -27,7 +27,12 @@ The cost of a rank change is split the same way:
   twice, erring on the safe side). Without any batch the crossing cost is the derived local figure
   ``tokens * d_in * e`` per module, which misses those non-local effects.
 
-These figures are checked against measured differences in ``tests/signals/test_memory.py``.
+A **frozen** adapter (:meth:`RankedLoRA.freeze`) keeps its factors but trains no more: it has no gradients and
+no optimizer state, and autograd saves nothing for it. So freezing a module frees its gradient and state
+bytes (exact shapes) and changes the saved activations the way rank 0 would (measured, as a crossing); the
+factor bytes stay. Thawing costs the same back.
+
+These figures are checked against measured differences in ``tests/budget/test_meter.py``.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import torch
 from rankrl.lora import RankedLoRA
 from rankrl.lora.optim import unwrap_optimizer
 from rankrl.memory import MemoryReport, SavedActivationMeter
-from rankrl.signals._modules import base_layer, factor_dtype, in_out_features, lora_factors, module_slots
+from rankrl.lora.slots import base_layer, factor_dtype, in_out_features, lora_factors, module_slots
 
 
 @dataclass
@@ -54,6 +59,9 @@ class MemoryStatus:
         shrink_free: Per group, bytes that ``-step`` rank (floored at 0) frees.
         step: The rank step of ``grow_cost`` and ``shrink_free``.
         ranks: Module ranks at the time of the reading.
+        frozen: Modules frozen at the time of the reading.
+        freeze_free: Per group, bytes that freezing its training modules frees (0 when none trains).
+        reference: The run's reference memory (whole model training at ``rank_init``), ``None`` when unset.
         state_factor: Optimizer-state bytes per parameter byte used for the figures.
         state_scalar: Scalar optimizer-state bytes per parameter (Adam's ``step``).
         activations_measured: Whether the activation figures come from a measured pass.
@@ -67,6 +75,9 @@ class MemoryStatus:
     shrink_free: list[int]
     step: int
     ranks: dict[str, int]
+    frozen: frozenset[str]
+    freeze_free: list[int]
+    reference: int | None
     state_factor: float
     state_scalar: float
     activations_measured: bool
@@ -88,7 +99,8 @@ class MemoryStatus:
         return self.headroom / self.budget
 
     def to_dict(self) -> dict[str, float]:
-        """Named features: ``memory/*`` and ``group{g}/grow_cost_frac``, ``shrink_free_frac``, ``grow_fits``."""
+        """Named features: ``memory/*``, ``budget/*`` and per group ``grow_cost_frac``, ``shrink_free_frac``,
+        ``freeze_free_frac``, ``grow_fits``."""
         out = {
             "memory/used_frac": self.used_frac,
             "memory/headroom_frac": self.headroom_frac,
@@ -97,9 +109,13 @@ class MemoryStatus:
             "memory/budget_bytes": float(self.budget),
             "memory/activations_measured": float(self.activations_measured),
         }
+        if self.reference:
+            out["budget/ref_frac"] = self.budget / self.reference
+            out["memory/used_ref_frac"] = self.used / self.reference
         for g, (grow, free) in enumerate(zip(self.grow_cost, self.shrink_free, strict=True)):
             out[f"group{g}/grow_cost_frac"] = grow / self.budget
             out[f"group{g}/shrink_free_frac"] = free / self.budget
+            out[f"group{g}/freeze_free_frac"] = self.freeze_free[g] / self.budget
             out[f"group{g}/grow_fits"] = float(grow <= self.headroom)
         return out
 
@@ -134,6 +150,9 @@ class MemoryBudget:
         self.default_state_scalar = state_scalar
         self._slots = {slot.name: slot for slot in module_slots(rl)}
         self.tokens: dict[str, int] = {}
+        self.reference: int | None = None
+        # The lowest budget the run is known to see (a trace's minimum), for rules that choose once.
+        self.floor: int | None = None
         self.last: MemoryStatus | None = None
         self._batch: dict | None = None
         self._optimizer = None
@@ -164,14 +183,21 @@ class MemoryBudget:
         factor, scalar = self.state_figures(optimizer)
         derived = self._missing_bytes(optimizer, factor, scalar, grads_measured=batch is not None)
         used = (report.total if self.scope == "total" else report.adapter_total) + derived
-        self.last = MemoryStatus(self.budget, used, derived, [], [], self.step, self.rl.ranks, factor,
-                                 scalar, report.activations_measured, report)
+        frozen = self.frozen_now()
+        self.last = MemoryStatus(self.budget, used, derived, [], [], self.step, self.rl.ranks, frozen, [],
+                                 self.reference, factor, scalar, report.activations_measured, report)
         ranks, groups = self.last.ranks, self.rl.groups
         for g in range(self.rl.num_groups):
             members = [n for n in ranks if groups[n] == g]
             self.last.grow_cost.append(self.delta_bytes({n: ranks[n] + self.step for n in members}))
             self.last.shrink_free.append(-self.delta_bytes({n: max(ranks[n] - self.step, 0) for n in members}))
+            training = [n for n in members if ranks[n] > 0 and n not in frozen]
+            self.last.freeze_free.append(-self.delta_bytes({}, frozen | set(training)) if training else 0)
         return self.last
+
+    def frozen_now(self) -> frozenset[str]:
+        """Modules of the model that are frozen now (:meth:`RankedLoRA.freeze`)."""
+        return frozenset(getattr(self.rl, "frozen", ()))
 
     def _measure_with_tokens(self, optimizer, batch: dict) -> MemoryReport:
         tokens: dict[str, int] = {}
@@ -221,80 +247,107 @@ class MemoryBudget:
         return missing + int(sum(factor * p.nbytes + scalar for p in without))
 
     # ------------------------------------------------------------------ costs
-    def delta_bytes(self, new_ranks: dict[str, int]) -> int:
-        """Bytes that changing module ranks from those of the last reading to ``new_ranks`` adds.
+    def delta_bytes(self, new_ranks: dict[str, int], frozen: set[str] | frozenset[str] | None = None) -> int:
+        """Bytes that changing module ranks (and the frozen set) from those of the last reading adds.
 
-        Negative values are bytes freed; modules not in ``new_ranks`` keep their rank. Rank-0 crossings are
-        measured on the kept batch when there is one (see the module docstring).
+        Args:
+            new_ranks: Module name -> new rank; modules not named keep their rank.
+            frozen: Every module frozen after the change (``None``: the frozen set of the reading). Modules
+                at rank 0 are never frozen.
+
+        Negative values are bytes freed. Crossings of the training set (rank 0, freeze, thaw) are measured on
+        the kept batch when there is one (see the module docstring).
         """
         status = self.last if self.last is not None else self.read()
         factor, scalar = status.state_factor, status.state_scalar
         dropout = float(self.rl.model.peft_config[self.rl.adapter_name].lora_dropout or 0.0)
+        ranks = {**status.ranks, **new_ranks}
+        new_frozen = {n for n in (status.frozen if frozen is None else frozen) if ranks.get(n, 0) > 0}
         total = 0
-        to_zero, from_zero = set(), set()
-        for name, new in new_ranks.items():
-            old = status.ranks[name]
-            if new == old:
+        stop, start, thaw = set(), set(), set()
+        for name, old in status.ranks.items():
+            new = ranks[name]
+            was_training = old > 0 and name not in status.frozen
+            training = new > 0 and name not in new_frozen
+            if new == old and was_training == training:
                 continue
-            module = self._slots[name].current()
-            d_in, d_out = in_out_features(module)
+            d_in, d_out = in_out_features(self._slots[name].current())
             elem = self._element_size(name)
             tokens = self.tokens.get(name, 0)
-            total += int((new - old) * (d_in + d_out) * elem * (2 + factor))
-            if old == 0:
-                from_zero.add(name)
-                total += int(2 * scalar) + new * tokens * elem
-                total += tokens * d_in * (elem + 1) if dropout > 0 else 0
-            elif new == 0:
-                to_zero.add(name)
-                total -= int(2 * scalar)  # B's saved input leaves with the frozen factors: in the measurement
-            else:
+            per_rank = (d_in + d_out) * elem
+            total += (new - old) * per_rank  # the factors themselves, trained or frozen
+            if training:  # gradients, optimizer state and its scalar per factor
+                total += int(new * per_rank * (1 + factor) + 2 * scalar)
+            if was_training:
+                total -= int(old * per_rank * (1 + factor) + 2 * scalar)
+            if was_training and training:
+                total += (new - old) * tokens * elem  # B's saved input is r wide
+            elif was_training:
+                stop.add(name)
+            elif training and old == 0:
+                start.add(name)
+                total += new * tokens * elem + (tokens * d_in * (elem + 1) if dropout > 0 else 0)
+            elif training:
+                thaw.add(name)  # measured at its old rank
                 total += (new - old) * tokens * elem
-        if to_zero or from_zero:
-            total += self._crossing_activations(frozenset(to_zero), frozenset(from_zero))
+        if stop or start or thaw:
+            total += self._crossing_activations(frozenset(stop), frozenset(start), frozenset(thaw))
         return total
 
-    def _crossing_activations(self, to_zero: frozenset, from_zero: frozenset) -> int:
-        """Activation bytes added (negative: freed) by modules crossing rank 0.
+    def _crossing_activations(self, stop: frozenset, start: frozenset, thaw: frozenset) -> int:
+        """Activation bytes added (negative: freed) when modules leave or join the training set.
 
-        Measured as the difference of two what-if forward passes on the kept batch: the live set after the
-        change against the live set now, both at the current ranks. The difference is cached by the crossing
-        until another batch is read, so a crossing seen before costs nothing (the environment revisits
-        them constantly).
+        ``stop``: training modules going to rank 0 or frozen; ``start``: modules growing from rank 0;
+        ``thaw``: frozen modules training again. Measured as the difference of two what-if forward passes on
+        the kept batch: the training set after the change against the one now, at the current ranks. The
+        difference is cached by the crossing until another batch is read, so a crossing seen before costs
+        nothing (the environment revisits them constantly).
         """
+        ranks = self.last.ranks
         if self._batch is None or not self.last.activations_measured:
             delta = 0
-            for name in to_zero | from_zero:
+            for name in stop | start | thaw:
                 module = self._slots[name].current()
                 elem = self._element_size(name)
-                local = self.tokens.get(name, 0) * in_out_features(module)[0] * elem
-                delta += local if name in from_zero else -local - self.last.ranks[name] * self.tokens.get(name, 0) * elem
+                tokens = self.tokens.get(name, 0)
+                local = tokens * in_out_features(module)[0] * elem
+                if name in start:
+                    delta += local
+                elif name in thaw:
+                    delta += local + ranks[name] * tokens * elem
+                else:
+                    delta -= local + ranks[name] * tokens * elem
             return delta
-        ranks = self.last.ranks
-        live = frozenset(name for name, rank in ranks.items() if rank > 0)
-        # Ranks of modules that stay live cancel in the difference; those of modules going to 0 do not.
-        key = (live, from_zero, frozenset((name, ranks[name]) for name in to_zero))
+        training, frozen = self._training_sets()
+        # Ranks of modules that keep training cancel in the difference; those that stop or thaw do not.
+        key = (training, frozen, start, frozenset((n, ranks[n]) for n in stop), frozenset((n, ranks[n]) for n in thaw))
         deltas = self._crossings["delta"]
         if key not in deltas:
-            deltas[key] = self._what_if_activations(to_zero, from_zero) - self._saved_now()
+            deltas[key] = self._what_if_activations(stop, start, thaw) - self._saved_now()
         return deltas[key]
+
+    def _training_sets(self) -> tuple[frozenset[str], frozenset[str]]:
+        """``(training modules, frozen modules)`` of the model now."""
+        frozen = self.frozen_now()
+        training = frozenset(n for n, r in self.rl.ranks.items() if r > 0 and n not in frozen)
+        return training, frozen
 
     def _saved_now(self) -> int:
         """Saved-activation bytes of a training forward at the current ranks on the kept batch.
 
-        Measured once per live set. Within a live set, ranks change only the ``r``-wide output of ``A``
+        Measured once per training set (and frozen set). Within a training set, ranks change only the ``r``-wide output of ``A``
         that each ``B`` saves (``tokens * e`` bytes per rank unit, the figure :meth:`delta_bytes` uses and
         the tests check against measured passes), so another rank configuration of the same live set is
         the measured figure plus that exact difference.
         """
         ranks = self.rl.ranks
-        live = frozenset(name for name, rank in ranks.items() if rank > 0)
+        key = self._training_sets()
         saved = self._crossings["saved"]
-        if live not in saved:
-            saved[live] = (dict(ranks), self._what_if_activations(frozenset(), frozenset()))
-        measured_at, nbytes = saved[live]
+        if key not in saved:
+            saved[key] = (dict(ranks), self._what_if_activations(frozenset(), frozenset(), frozenset()))
+        measured_at, nbytes = saved[key]
         return nbytes + sum((ranks[name] - measured_at[name]) * self.tokens.get(name, 0) * self._element_size(name)
-                            for name in live)
+                            for name in key[0])
 
     def _element_size(self, name: str) -> int:
         """Bytes per element of the LoRA factors of module ``name``."""
@@ -326,39 +379,49 @@ class MemoryBudget:
         cache.setdefault("delta", {})
         self._crossings = cache
 
-    def _what_if_activations(self, to_zero: frozenset, from_zero: frozenset) -> int:
-        """Saved-activation bytes of one training-mode forward on the kept batch with gradient flags changed."""
+    def _what_if_activations(self, stop: frozenset, start: frozenset, thaw: frozenset) -> int:
+        """Saved-activation bytes of one training-mode forward on the kept batch with gradient flags changed.
+
+        Stopping flips a module's factors off, thawing flips them on, and a module growing from rank 0 is
+        stood in for by its base weight made trainable, which records what its ``A`` would save.
+        """
         adapter = self.rl.adapter_name
         flags: list[torch.Tensor] = []
-        for name in to_zero:
+        for name in stop | thaw:
             flags += list(lora_factors(self._slots[name].current(), adapter) or ())
-        for name in from_zero:
+        for name in start:
             flags.append(base_layer(self._slots[name].current()).weight)
         saved = [(p, p.requires_grad) for p in flags]
         model = self.rl.model
         was_training = model.training
         device = next(model.parameters()).device
+        self.rl.measuring = True
         try:
             for p in flags:
                 p.requires_grad_(not p.requires_grad)
             model.train()
             meter = SavedActivationMeter(exclude=[*model.parameters(), *model.buffers()])
             devices = [device] if device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices), torch.enable_grad(), self.rl.probe(), meter:
+            with torch.random.fork_rng(devices=devices), torch.enable_grad(), meter:
                 model(**self._batch)
         finally:
+            self.rl.measuring = False
             for p, flag in saved:
                 p.requires_grad_(flag)
             model.train(was_training)
         return meter.bytes
 
-    def predict_used(self, group_ranks: list[int] | dict[str, int]) -> int:
-        """Predicted ``used`` at other ranks (a list per group, or module name -> rank).
+    def predict_used(self, group_ranks: list[int] | dict[str, int], frozen_groups: list[bool] | None = None) -> int:
+        """Predicted ``used`` at other ranks (a list per group, or module name -> rank) and frozen groups.
 
         It is the last reading's ``used`` plus :meth:`delta_bytes`; the reading is refreshed first (with the
-        same optimizer and batch) when the model's ranks changed since.
+        same optimizer and batch) when the model's ranks or frozen modules changed since.
+
+        Args:
+            group_ranks: Target ranks.
+            frozen_groups: Per group, whether its live modules are frozen (``None``: the frozen modules now).
         """
-        if self.last is None or self.last.ranks != self.rl.ranks:
+        if self.last is None or self.last.ranks != self.rl.ranks or self.last.frozen != self.frozen_now():
             self.read(self._optimizer, self._batch)
         if isinstance(group_ranks, dict):
             unknown = set(group_ranks) - set(self.last.ranks)
@@ -369,8 +432,13 @@ class MemoryBudget:
             if len(group_ranks) != self.rl.num_groups:
                 raise ValueError(f"Expected {self.rl.num_groups} group ranks, got {len(group_ranks)}.")
             new_ranks = {name: group_ranks[g] for name, g in self.rl.groups.items()}
-        return self.last.used + self.delta_bytes(new_ranks)
+        frozen = None
+        if frozen_groups is not None:
+            if len(frozen_groups) != self.rl.num_groups:
+                raise ValueError(f"Expected {self.rl.num_groups} frozen flags, got {len(frozen_groups)}.")
+            frozen = {name for name, g in self.rl.groups.items() if frozen_groups[g]}
+        return self.last.used + self.delta_bytes(new_ranks, frozen)
 
-    def would_fit(self, group_ranks: list[int] | dict[str, int]) -> bool:
-        """Whether those ranks keep ``used`` within the budget (the hard wall a controller must respect)."""
-        return self.predict_used(group_ranks) <= self.budget
+    def would_fit(self, group_ranks: list[int] | dict[str, int], frozen_groups: list[bool] | None = None) -> bool:
+        """Whether those ranks (and frozen groups) keep ``used`` within the budget: the hard wall."""
+        return self.predict_used(group_ranks, frozen_groups) <= self.budget

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from rankrl.controllers import (
@@ -14,7 +16,7 @@ from rankrl.controllers import (
 )
 from rankrl.controllers.allocation import allocate
 
-from .helpers import fake_context
+from tests.controllers.helpers import fake_context
 
 
 class Constant(RankController):
@@ -46,12 +48,20 @@ def test_requests_are_clipped_into_zero_to_r_max(make_loop):
     assert applied.predicted_used is None and applied.last_change == [-1.0, 1.0]
 
 
-def test_a_run_over_budget_is_shrunk_until_it_fits(make_loop):
+def test_a_run_over_budget_freezes_bottom_up_until_it_fits(make_loop):
     loop = make_loop(budget_frac=0.9)
     step = loop.run(Constant(), decisions=1)[0]  # the rule holds, the wall does not
-    assert step.applied.requested == [4, 4] and sum(step.applied.ranks) < 8
-    assert step.applied.clipped and "shrunk to get under the budget" in step.applied.decision.reason
+    assert step.applied.requested == step.applied.ranks == [4, 4]  # freezing keeps what was learned
+    assert step.applied.frozen == [True, False] and step.applied.forced == [0]
+    assert "frozen or dropped to get under the budget" in step.applied.decision.reason
     loop.assert_within_wall()
+
+
+def test_before_the_first_step_the_wall_drops_instead_of_freezing(make_loop):
+    loop = make_loop(budget_frac=0.9)
+    loop.prepare(Constant())
+    applied = Constant().apply(dataclasses.replace(loop.context(), step=0))
+    assert applied.ranks == [0, 4] and applied.frozen == [False, False] and applied.forced == [0]
 
 
 def test_wall_error_when_nothing_fits(make_loop):
