@@ -20,9 +20,11 @@ from rankrl.deploy import RankControl  # noqa: E402
 from rankrl.deploy.distributed import DataParallelSync, init_from_env  # noqa: E402
 from rankrl.lora import RankedLoRA  # noqa: E402
 
-GLOBAL_BATCH, STEPS, EVERY = 8, 12, 3
-SCHEDULE = [[2, 6], [0, 8], [6, 2], [4, 4]]
-"""Group ranks of decisions 1..4: a shrink and growth, a group to rank 0, regrowth from 0, back."""
+GLOBAL_BATCH, STEPS, EVERY = 8, 15, 3
+SCHEDULE = [([4, 4], None), ([2, 6], None), ([0, 8], None), ([6, 2], None), ([6, 2], [True, False]),
+            ([6, 4], [True, False])]
+"""(group ranks, frozen flags) of the decisions at steps 0, 3, ..., 15: a shrink and growth, a group to rank
+0, regrowth from 0, a freeze, and a resize next to the frozen group."""
 
 
 class Scripted(RankController):
@@ -34,9 +36,9 @@ class Scripted(RankController):
         self.calls = 0
 
     def decide(self, ctx) -> Decision:
-        ranks = SCHEDULE[self.calls % len(SCHEDULE)]
+        ranks, frozen = SCHEDULE[self.calls % len(SCHEDULE)]
         self.calls += 1
-        return Decision(list(ranks), f"schedule entry {self.calls}")
+        return Decision(list(ranks), f"schedule entry {self.calls}", frozen=frozen)
 
 
 def tiny_model():
@@ -73,8 +75,8 @@ def run_loop(out: str, mismatch: bool) -> None:
     every = EVERY + 1 if mismatch and rank == 1 else EVERY
     control = RankControl(rl, Scripted(), every=every, total_steps=STEPS, r_max=8, rank_step=2)
     sync = DataParallelSync(track=[model]).attach(control) if distributed else None
-    control.setup(optimizer, local_batch(0, rank, world))
-    decisions = []
+    control.setup(optimizer, local_batch(0, rank, world))  # decides at step 0 (schedule entry 1)
+    decisions = [(control.last_applied.ranks, control.last_applied.frozen)]
     for step in range(1, STEPS + 1):
         loss = model(**local_batch(step, rank, world)).loss
         loss.backward()
@@ -83,7 +85,7 @@ def run_loop(out: str, mismatch: bool) -> None:
         optimizer.zero_grad()
         applied = control.step(step, loss.item(), optimizer)
         if applied is not None:
-            decisions.append(applied.ranks)
+            decisions.append((applied.ranks, applied.frozen))
     signals = control.reader.read()  # this process's own reading, and the one every process decides on
     extra = {"local": signals.to_dict(), "reduced": sync.reduce_signals(signals).to_dict()} if sync else {}
     save(out, rank if distributed else None, rl, decisions, sync, **extra)
@@ -123,7 +125,7 @@ def run_trainer(out: str) -> None:
     sync = DataParallelSync(track=[lambda: trainer.model_wrapped]).attach(control)
     trainer.train()
     decisions = [
-        [e[f"rankrl/group{g}_rank"] for g in range(2)]
+        ([e[f"rankrl/group{g}_rank"] for g in range(2)], None)
         for e in trainer.state.log_history
         if "rankrl/group0_rank" in e
     ]
@@ -131,11 +133,12 @@ def run_trainer(out: str) -> None:
 
 
 def save(out: str, rank: int | None, rl: RankedLoRA, decisions: list, sync, **extra) -> None:
-    params = {name: p.detach().clone() for name, p in rl.model.named_parameters() if p.requires_grad}
+    params = {n: p.detach().clone() for n, p in rl.model.named_parameters() if p.requires_grad or "lora_" in n}
     torch.save(
         {
             "decisions": decisions,
             "ranks": rl.group_ranks,
+            "frozen": rl.frozen_groups,
             "params": params,
             "rebuilds": sync.rebuilds if sync is not None else 0,
             **extra,

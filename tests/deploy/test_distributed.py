@@ -44,9 +44,12 @@ def test_two_processes_resize_identically_and_match_one_process(tmp_path):
     )
     assert single.returncode == 0, single.stderr[-3000:]
     a, b, one = (torch.load(tmp_path / name) for name in ("rank0.pt", "rank1.pt", "single.pt"))
-    # Several resizes: shrink and grow, a group to rank 0, regrowth from 0; DDP rebuilt after each.
-    assert a["decisions"] == b["decisions"] == one["decisions"] == [[2, 6], [0, 8], [6, 2], [4, 4]]
-    assert a["rebuilds"] == b["rebuilds"] == 4
+    # Several resizes (shrink and grow, a group to rank 0, regrowth from 0) and a freeze; DDP rebuilt after each.
+    expected = [([4, 4], [False, False]), ([2, 6], [False, False]), ([0, 8], [False, False]),
+                ([6, 2], [False, False]), ([6, 2], [True, False]), ([6, 4], [True, False])]
+    assert a["decisions"] == b["decisions"] == one["decisions"] == expected
+    assert a["frozen"] == b["frozen"] == one["frozen"] == [True, False]
+    assert a["rebuilds"] == b["rebuilds"] == 5
     # Signals: every process decides on the mean of the processes' readings (the losses differ by shard).
     assert a["reduced"] == b["reduced"] and a["local"]["loss/ema_rel"] != b["local"]["loss/ema_rel"]
     for key, value in a["reduced"].items():
@@ -61,11 +64,13 @@ def test_hf_trainer_under_torchrun(tmp_path):
     result = torchrun(str(WORKER), "trainer", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
-    assert a["decisions"] == b["decisions"] == [[2, 6], [0, 8], [6, 2], [4, 4]]
-    assert a["ranks"] == b["ranks"] == [4, 4] and a["rebuilds"] == b["rebuilds"] == 4
+    assert [ranks for ranks, _ in a["decisions"]] == [[4, 4], [2, 6], [0, 8], [6, 2], [6, 2], [6, 4]]
+    assert a["decisions"] == b["decisions"]
+    assert a["ranks"] == b["ranks"] == [6, 4] and a["frozen"] == b["frozen"] == [True, False]
+    assert a["rebuilds"] == b["rebuilds"] == 5
     assert all(torch.equal(value, b["params"][name]) for name, value in a["params"].items())
     # One process writes: one decision log line per decision, one adapter.
-    assert len((tmp_path / "trainer" / "rankrl" / "decisions.jsonl").read_text().splitlines()) == 4
+    assert len((tmp_path / "trainer" / "rankrl" / "decisions.jsonl").read_text().splitlines()) == 6
     assert (tmp_path / "trainer" / "adapter" / "adapter_config.json").exists()
 
 
