@@ -1,4 +1,4 @@
-"""QLoRA: a bitsandbytes 4-bit base under RankedLoRA on CPU: resize, regrowth from 0, export, memory.
+"""QLoRA: a bitsandbytes 4-bit base under RankedLoRA on CPU: resize, rank 0 and back, freeze, export, memory.
 
 bitsandbytes >= 0.48 runs 4-bit (NF4) on CPU, and ``make setup`` installs it (the ``qlora`` extra), so this
 runs on CPU; on a machine without it the skip reason says so.
@@ -78,6 +78,25 @@ def test_4bit_base_resizes_exports_and_counts_its_memory(saved_tiny, tmp_path):
     assert rl.lora_layer(name) is not None and isinstance(
         rl.lora_layer(name).get_base_layer(), bnb.nn.Linear4bit
     )
+    train_step()
+
+    # Freeze: group 0 keeps its factors (outputs unchanged) and stops training; thaw trains it again.
+    rl.model.eval()
+    with torch.no_grad():
+        before = rl.model(**batch).logits
+    rl.freeze(0, optimizer=optimizer)
+    frozen_factors = rl.frozen_factors()
+    assert rl.frozen_groups == [True, False] and frozen_factors
+    assert not any(p.requires_grad for p in frozen_factors)
+    with torch.no_grad():
+        torch.testing.assert_close(rl.model(**batch).logits, before, atol=0, rtol=0)
+    saved = [p.detach().clone() for p in frozen_factors]
+    rl.model.train()
+    train_step()
+    assert all(torch.equal(p, q) for p, q in zip(rl.frozen_factors(), saved, strict=True))
+    assert isinstance(rl.lora_layer(rl.group_modules(0)[0]).get_base_layer(), bnb.nn.Linear4bit)
+    rl.thaw(0, optimizer=optimizer)
+    assert rl.frozen_groups == [False, False] and all(p.requires_grad for p in frozen_factors)
     train_step()
 
     rl.save_pretrained(tmp_path / "adapter")
