@@ -15,6 +15,7 @@ Run: ``.venv/bin/python bench/bench_ray.py [--quick]``
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -57,6 +58,8 @@ def backend_ratio(blocks: int, steps: int) -> tuple[float, float, float]:
             rates[backend].append(rate(vec, config, steps, rng))
     for vec in envs.values():
         vec.close()
+    for backend, values in rates.items():
+        print(f"  {backend:10s} blocks: " + ", ".join(f"{v:.3f}" for v in values) + " env steps/s")
     ray_rate, sub_rate = statistics.median(rates["ray"]), statistics.median(rates["subprocess"])
     return ray_rate, sub_rate, ray_rate / sub_rate
 
@@ -133,6 +136,7 @@ def main() -> None:
     datasets.disable_progress_bars()
     torch.set_num_threads(1)
     quick = "--quick" in sys.argv
+    os.environ.setdefault("RAY_worker_niceness", "0")  # as rankrl.cluster.connect_ray starts a local Ray
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray_rate, sub_rate, ratio = backend_ratio(blocks=2 if quick else 3, steps=4 if quick else 8)
     print(

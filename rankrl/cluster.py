@@ -7,6 +7,7 @@ hangs ``ray.init``), and a cluster with fewer CPUs than the workers asked for.
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 
@@ -81,6 +82,10 @@ def connect_ray(
         kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
         try:
             if address in (None, ""):
+                # Ray starts its workers at niceness 15; on a shared machine they would then lose the CPU to
+                # everything else, where SB3's subprocess workers would not. A local Ray's workers are the
+                # run's main work: normal priority (a cluster started by `ray start` sets its own).
+                os.environ.setdefault("RAY_worker_niceness", "0")
                 ray.init(**kwargs)
             else:
                 ray.init(address=address, **kwargs)
