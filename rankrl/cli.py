@@ -139,6 +139,11 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     init_policy: str = typer.Option(None, "--init-policy", help="Warm start from this policy (run directory or "
                                     "policy.json; same observation layout and actions, e.g. a cheaper preset's)."),
+    backend: str = typer.Option("subprocess", "--backend", help="Environment workers: 'subprocess' (this "
+                                "machine) or 'ray' (Ray actors; needs the rankrl[ray] extra). Same seeds, "
+                                "same policy."),
+    address: str = typer.Option(None, "--address", help="With --backend ray: a cluster's head ('auto', "
+                                "HOST:PORT or ray://HOST:PORT); default a local Ray."),
     # Reliability options.
     checkpoint_every: int = typer.Option(None, "--checkpoint-every", help=f"{CHECKPOINT_HELP} (environment steps; "
                                          "default: the agent preset's checkpoint_freq)."),
@@ -150,8 +155,8 @@ def train(
     try:
         run_dir = train_policy(env=env, agent=agent, timesteps=timesteps, n_envs=n_envs, seed=seed, out=out,
                                resume=resume, progress=progress, init_policy=init_policy,
-                               checkpoint_every=checkpoint_every, trust_policy=trust_policy,
-                               say=lambda text: typer.secho(text, fg=typer.colors.YELLOW, err=True))
+                               checkpoint_every=checkpoint_every, trust_policy=trust_policy, backend=backend,
+                               address=address, say=lambda text: typer.secho(text, fg=typer.colors.YELLOW, err=True))
     except (ValueError, OSError) as err:
         _fail(err)
     typer.echo(f"policy: {run_dir / 'policy.json'} (+ policy.safetensors; SB3 model: {run_dir / 'policy.zip'})")
@@ -308,6 +313,11 @@ def bench(
     out: str = typer.Option(..., "--out", help="Benchmark directory (must not exist or be empty, unless --resume)."),
     resume: bool = typer.Option(False, "--resume", help="Continue --out: skip finished runs (same settings required)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    backend: str = typer.Option("local", "--backend", help="'local' (one run after another) or 'ray' (every "
+                                "run a Ray task; needs the rankrl[ray] extra and, on a cluster, --out on a "
+                                "shared filesystem)."),
+    address: str = typer.Option(None, "--address", help="With --backend ray: a cluster's head ('auto', "
+                                "HOST:PORT or ray://HOST:PORT); default a local Ray."),
     # Reliability options.
     encoding: str = typer.Option(None, "--encoding", help=ENCODING_HELP),
     drop_invalid: bool = typer.Option(False, "--drop-invalid", help=DROP_INVALID_HELP),
@@ -327,7 +337,7 @@ def bench(
             batch_size=batch_size, max_length=max_length, rank=rank, r_max=r_max, rank_step=rank_step,
             num_groups=num_groups, num_hidden_layers=num_hidden_layers, out=out, resume=resume,
             encoding=encoding, drop_invalid=drop_invalid, trust_policy=trust_policy)
-        run_bench(config, progress=progress)
+        run_bench(config, progress=progress, backend=backend, address=address)
     except (ValueError, OSError) as err:
         _fail(err)
     except interrupt.Interrupted as err:

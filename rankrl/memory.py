@@ -165,9 +165,25 @@ def parameter_bytes(model: nn.Module, params: Iterable[nn.Parameter] | None = No
             trainable += param.nbytes
             count += param.numel()
         else:
-            frozen += param.nbytes
+            frozen += param.nbytes + quant_state_bytes(param)
     frozen += sum(buffer.nbytes for buffer in model.buffers()) if buffer_bytes is None else buffer_bytes
     return trainable, frozen, count
+
+
+def quant_state_bytes(param: torch.Tensor) -> int:
+    """Bytes a quantized weight keeps beside its packed data: bitsandbytes 4-bit block scales (``absmax``,
+    the code book, and their own scales with double quantization). 0 for an ordinary tensor.
+
+    A ``Params4bit`` holds two 4-bit values per byte; the scales (one float per 64-value block) live in its
+    ``quant_state``, outside the module's parameters and buffers, so a walk of those alone misses them.
+    """
+    state = getattr(param, "quant_state", None)
+    total = 0
+    while state is not None:
+        total += sum(t.nbytes for t in (getattr(state, "absmax", None), getattr(state, "code", None),
+                                        getattr(state, "offset", None)) if torch.is_tensor(t))
+        state = getattr(state, "state2", None)
+    return total
 
 
 def gradient_bytes(model: nn.Module, params: Iterable[nn.Parameter] | None = None) -> int:

@@ -114,6 +114,9 @@ class FineTuneSession:
         self._bases: dict[int, LoadedModel] = {}
         self.after_backward: list = []
         self.rl: RankedLoRA | None = None
+        # Data parallel (rankrl.deploy.distributed): this process's share of each batch and the DDP wrapper.
+        self.shard: tuple[int, int] = (0, 1)
+        self.train_module: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
         self.step = 0
@@ -167,7 +170,9 @@ class FineTuneSession:
         per_epoch = max(1, n // size)
         epoch, position = divmod(step, per_epoch)
         order = np.random.default_rng([self.seed, epoch]).permutation(n)
-        return order[position * size : (position + 1) * size].tolist()
+        rows = order[position * size : (position + 1) * size].tolist()
+        index, count = self.shard  # a data-parallel process trains on its slice of the global batch
+        return rows[index * len(rows) // count : (index + 1) * len(rows) // count] if count > 1 else rows
 
     def _collate(self, rows) -> dict:
         return self.tokenizer.pad(rows, return_tensors="pt")
@@ -196,7 +201,7 @@ class FineTuneSession:
                 after a reset or when no measurement exists yet).
         """
         losses: list[float] = []
-        model = self.rl.model
+        model = self.train_module if self.train_module is not None else self.rl.model
         model.train()
         for _ in range(steps):
             batch = self.train_batch(self.step)

@@ -32,13 +32,17 @@ from rankrl.bench.config import BenchConfig, TaskSpec, parse_tasks
 from rankrl.bench.plan import Arm, PlannedRun, expand_arms, plan_runs
 from rankrl.bench.plot import PARETO_FILE, plot_pareto
 from rankrl.bench.preflight import preflight
+from rankrl.bench.ray_runner import move_aside, run_on_ray
 from rankrl.bench.report import REPORT_FILE, write_report
 from rankrl.bench.results import ERROR, ResultsFile, row_from_metrics
 from rankrl.bench.runner import execute
 from rankrl.bench.stats import ArmSummary, Paired, compare_to_fixed, summarize
+from rankrl.cluster import connect_ray
 from rankrl.deploy.finetune import METRICS_FILE
 from rankrl.deploy.resume import list_checkpoints
 from rankrl.runs import CONFIG_FILE, RunDirectoryExistsError, check_writable, claim_run_dir, write_config
+
+BENCH_BACKENDS = ("local", "ray")
 
 
 @dataclass
@@ -79,22 +83,33 @@ def prepare(config: BenchConfig) -> tuple[list[TaskSpec], list[Arm], list[Planne
     return tasks, arms, plan_runs(tasks, arms, config.seeds)
 
 
-def run_bench(config: BenchConfig, console: Console | None = None, progress: bool = True) -> BenchResult:
+def run_bench(config: BenchConfig, console: Console | None = None, progress: bool = True,
+              backend: str = "local", address: str | None = None) -> BenchResult:
     """Run (or resume) a benchmark and write ``results.csv``, ``report.md`` and ``pareto.png`` (module docstring).
 
+    ``backend="ray"`` makes every run a Ray task (:mod:`rankrl.bench.ray_runner`) on a local Ray or the
+    cluster at ``address``; the rows are the same as a local benchmark's for the same seeds (one torch thread
+    per run), only their order in ``results.csv`` follows completion. The backend is not a setting of the
+    benchmark: a resume may use another one.
+
     Raises:
-        ValueError: bad settings, task, controller, model or budget; a resume with other settings. Raised
-            before anything is written.
+        ValueError: bad settings, task, controller, model or budget; a resume with other settings; a bad
+            backend, no ``ray`` extra or an unreachable ``address``. Raised before anything is written.
         RunDirectoryExistsError: ``config.out`` exists and ``config.resume`` is not set.
         KeyboardInterrupt: on Ctrl-C, after the report of the finished runs is written.
     """
     console = console or Console()
+    if backend not in BENCH_BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(BENCH_BACKENDS)}, got {backend!r}.")
+    if address is not None and backend != "ray":
+        raise ValueError("--address goes with --backend ray.")
     tasks, arms, runs = prepare(config)
     out = Path(config.out)
     resuming = _check_out(out, config)
     check_writable(out, "--out")
     unfit = preflight(config, tasks, arms)
     runs = [run for run in runs if (run.task.name, run.arm.label) not in unfit]
+    connection = connect_ray(address, 1, what="--backend ray") if backend == "ray" else None
     if not resuming:
         claim_run_dir(out)
         write_config(out, {"command": "bench", "settings": config.settings(), "tasks": [t.to_dict() for t in tasks],
@@ -116,14 +131,22 @@ def run_bench(config: BenchConfig, console: Console | None = None, progress: boo
                    TimeRemainingColumn(), TextColumn("{task.fields[status]}")]
         with Progress(*columns, console=console, disable=not progress) as bar:
             task = bar.add_task("bench", total=len(runs), completed=skipped, status="")
-            for run in pending:
-                interrupt.stop_point(lambda: "")
-                bar.update(task, status=run.run_id)
-                row = execute(run, config, out, resume=run.run_id in resumable)
+
+            def record(row: dict) -> None:
+                nonlocal ran
                 results.append(row)
                 ran += 1
                 bar.console.print(_line(row))
                 bar.advance(task)
+
+            if connection is not None:
+                bar.update(task, status=f"{len(pending)} Ray tasks on {connection.cpus:g} CPUs")
+                run_on_ray(pending, config, out, record)
+            else:
+                for run in pending:
+                    interrupt.stop_point(lambda: "")
+                    bar.update(task, status=run.run_id)
+                    record(execute(run, config, out, resume=run.run_id in resumable))
     except (KeyboardInterrupt, interrupt.Interrupted) as err:
         finished = skipped + ran
         _write_outputs(out, config, tasks, results.read(), len(runs))
@@ -131,6 +154,9 @@ def run_bench(config: BenchConfig, console: Console | None = None, progress: boo
         raise interrupt.Interrupted(
             f"bench interrupted: {finished} of {len(runs)} runs are finished and saved in {out / 'results.csv'}; "
             "the run in progress kept its last checkpoint and --resume continues it.", signum) from None
+    finally:
+        if connection is not None:
+            connection.close()
     rows = results.read()
     files = _write_outputs(out, config, tasks, rows, len(runs))
     summaries = summarize(rows)
@@ -182,12 +208,8 @@ def _pending(runs: list[PlannedRun], results: ResultsFile, out: Path,
             resumable.add(run.run_id)
             pending.append(run)
         else:
-            if run_dir.exists():
-                n = 1
-                while run_dir.with_name(f"{run_dir.name}.partial-{n}").exists():
-                    n += 1
-                aside = run_dir.with_name(f"{run_dir.name}.partial-{n}")
-                run_dir.rename(aside)
+            aside = move_aside(run_dir)
+            if aside is not None:
                 console.print(f"  {run.run_id} was interrupted half-way; its directory is kept as {aside}")
             pending.append(run)
     return pending, skipped, resumable

@@ -12,6 +12,9 @@
   into ``output_dir/checkpoint-<step>``; a resume restores both;
 * ``on_train_end``: the adapter is saved as plain PEFT to ``adapter_dir`` (default ``output_dir/adapter``).
 
+Under ``torchrun`` only the world's process zero writes logs, control states and the adapter; attach a
+:class:`~rankrl.deploy.distributed.DataParallelSync` to the control so that all processes resize as one.
+
 To resume, resize the model first (:func:`~rankrl.deploy.restore_ranks_from_checkpoint`), then call
 ``trainer.train(resume_from_checkpoint=...)``; see :mod:`rankrl.deploy.checkpoint`.
 """
@@ -66,7 +69,7 @@ class RankRLCallback(TrainerCallback):
     # ------------------------------------------------------------------ start
     def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
         rc = self.control
-        if rc.log_dir is None:
+        if rc.log_dir is None and state.is_world_process_zero:  # data parallel: one process writes the logs
             rc.log_dir = Path(args.output_dir) / LOG_SUBDIR
         if rc.total_steps is None and state.max_steps and state.max_steps > 0:
             rc.total_steps = int(state.max_steps)
@@ -125,12 +128,12 @@ class RankRLCallback(TrainerCallback):
     # ------------------------------------------------------------------ checkpoints and end
     def on_save(self, args, state, control, model=None, optimizer=None, **kwargs):
         directory = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        if directory.is_dir():
+        if directory.is_dir() and state.is_world_process_zero:
             save_control_state(directory, self.control.state_dict(), optimizer=optimizer, model=model,
                                signals=self.control.reader.state_dict())
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.adapter_dir is False:
+        if self.adapter_dir is False or not state.is_world_process_zero:
             return
         if not any(self.control.rl.group_ranks):
             warnings.warn("Every group ended at rank 0: there is no LoRA adapter to save.", stacklevel=2)

@@ -150,6 +150,8 @@ class RankControl:
         self._log: DecisionLog | None = None
         self._writer = None
         self._pending_scalars: list[tuple[str, float, int]] = []
+        # Data-parallel processes (torchrun): a rankrl.deploy.distributed.DataParallelSync, or None.
+        self.sync = None
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -185,10 +187,14 @@ class RankControl:
         self.optimizer = optimizer
         self.reader.optimizer = optimizer
         ranks = self.rl.group_ranks
+        if self.sync is not None:
+            self.sync.check_settings(self.settings())
         if max(ranks) > self.r_max:
             raise ValueError(f"The run starts at group ranks {ranks}, above r_max={self.r_max}; raise r_max.")
         status = self.memory.read(optimizer, self.batch)
         self.reference = self._saved_reference or max(int(status.used), 1)
+        if self.sync is not None:  # every process measures against the deciding one's reference
+            self.reference = self.sync.from_main(self.reference)
         self.memory.reference = self.reference
         resumed = self.step_count > 0
         if self.budget is None:
@@ -304,13 +310,21 @@ class RankControl:
             previous = self._last_budget if self._last_budget is not None else self.budget.budget
             trend = (self.budget.budget - previous) / self.reference if self.reference else 0.0
             self._last_budget = self.budget.budget
-        ctx = ControllerContext.build(self.reader.read(), step=step, total_steps=self.total_steps, r_max=self.r_max,
+        signals = self.reader.read()
+        if self.sync is not None:  # averaged over the processes; rank 0 decides for all
+            signals = self.sync.reduce_signals(signals)
+        ctx = ControllerContext.build(signals, step=step, total_steps=self.total_steps, r_max=self.r_max,
                                       rank_step=self.rank_step, last_change=self.last_change, budget=self.budget,
                                       budget_trend=trend)
-        applied = self.controller.apply(ctx)
+        if self.sync is None:
+            applied = self.controller.apply(ctx)
+        else:
+            applied = self.sync.decide(lambda: self.controller.apply(ctx))
         used_after = ctx.signals.memory.used
         if applied.changed:
             apply_allocation(self.rl, applied.ranks, applied.frozen, optimizer)
+            if self.sync is not None:
+                self.sync.after_change(self.rl, optimizer)
             used_after = self.memory.read(optimizer, self.batch).used
         self.last_used = used_after
         self.last_change = applied.last_change
@@ -324,6 +338,15 @@ class RankControl:
                       r_max=self.r_max, rank_step=self.rank_step)
         self._write(record, applied, used_after)
         return applied
+
+    def settings(self) -> dict:
+        """What every data-parallel process must agree on: controller, schedule, rank grid, budget, scope."""
+        trace = self.budget_trace
+        return {"controller": self.spec, "every": self.every, "total_steps": self.total_steps,
+                "r_max": self.r_max, "rank_step": self.rank_step, "budget_mb": self.budget_mb,
+                "budget_frac": self.budget_frac, "budget_trace": None if trace is None else repr(trace),
+                "memory_scope": self.memory.scope, "group_ranks": self.rl.group_ranks,
+                "frozen_groups": self.rl.frozen_groups, "num_groups": self.rl.num_groups}
 
     # ------------------------------------------------------------------ figures
     def trainable_params(self) -> int:

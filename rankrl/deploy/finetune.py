@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -31,6 +32,7 @@ from rankrl.controllers import LearnedController, RankController, make_controlle
 from rankrl.controllers.base import MIB
 from rankrl.data import load_task_data
 from rankrl.deploy.control import RankControl
+from rankrl.deploy.distributed import data_parallel_session
 from rankrl.lora import RankedLoRA
 from rankrl.memory import device_figures, parameter_bytes
 from rankrl.runs import (
@@ -239,27 +241,38 @@ def run_finetune(config: FinetuneConfig, console: Console | None = None, progres
     session_config = session_config_for(config)
     session = FineTuneSession(session_config, task=task)
     control = make_control(session.rl, controller, spec, config)
+    # Under torchrun: sharded batches, DDP, one decision for all processes; only rank 0 writes.
+    sync = data_parallel_session(session, control)
+    main = sync is None or sync.is_main
+    console = console if main else Console(quiet=True)
     try:
         control.setup(session.optimizer, session.reference_batch(), start=False)
         start_ranks = session.rl.group_ranks
-        run_dir = claim_run_dir(config.out)
-        control.log_dir = run_dir
+        run_dir = claim_run_dir(config.out) if main else Path(config.out)
+        control.log_dir = run_dir if main else None
         control.start()
-        write_config(run_dir, {"command": "finetune", **asdict(config), "controller_spec": spec, "r_max": control.r_max,
-                               "rank_step": control.rank_step, "num_groups_effective": session.rl.num_groups,
-                               "task": task.summary(), "session": session_config.to_dict(),
-                               "start_ranks": start_ranks, "start_fit": control.start_fit,
-                               "reference_bytes": control.reference})
+        if main:
+            write_config(run_dir, {"command": "finetune", **asdict(config), "controller_spec": spec,
+                                   "r_max": control.r_max, "rank_step": control.rank_step,
+                                   "num_groups_effective": session.rl.num_groups, "task": task.summary(),
+                                   "session": session_config.to_dict(), "start_ranks": start_ranks,
+                                   "start_fit": control.start_fit, "reference_bytes": control.reference,
+                                   "processes": 1 if sync is None else sync.world_size})
         relative = (f" ({control.budget_frac:g} x the reference {_mib(control.reference)})"
                     if control.budget_frac is not None else
                     f" (trace {config.budget_trace})" if config.budget_trace is not None else "")
         console.print(f"[bold]rankrl finetune[/] {config.model} on {task.summary()}\n  controller {spec}, "
                       f"every {config.every} steps, budget {_mib(control.budget.budget if control.budget else None)}"
                       f"{relative} -> {run_dir}")
-        metrics = _train(session, control, config, console, progress, run_dir)
+        metrics = _train(session, control, config, console, progress and main, run_dir if main else None)
+        metrics["processes"] = 1 if sync is None else sync.world_size
+        if not main:  # rank 0 writes the run directory
+            return run_dir
         return _finish(session, control, metrics, run_dir, console)
     finally:
         control.close()
+        if sync is not None:
+            torch.distributed.destroy_process_group()
 
 
 def resume_finetune(run_dir: str | Path, console: Console | None = None, progress: bool = True,
@@ -329,7 +342,8 @@ def _finish(session: FineTuneSession, control: RankControl, metrics: dict, run_d
 
 
 def _train(session: FineTuneSession, control: RankControl, config: FinetuneConfig, console: Console,
-           progress: bool, run_dir: Path, loop: dict | None = None) -> dict:
+           progress: bool, run_dir: Path | None, loop: dict | None = None) -> dict:
+    """Train to ``config.steps``; checkpoints go to ``run_dir`` (``None``: a process that writes nothing)."""
     from rankrl import interrupt
     from rankrl.deploy.resume import save_checkpoint
 
@@ -354,6 +368,8 @@ def _train(session: FineTuneSession, control: RankControl, config: FinetuneConfi
         """Save at a step boundary (a KeyboardInterrupt may have hit mid-step: keep the last periodic one)."""
         from rankrl.deploy.resume import list_checkpoints
 
+        if run_dir is None:
+            return f"finetune interrupted at step {session.step} of {config.steps} (a process that writes nothing)"
         path = save_checkpoint(run_dir, session, control, snapshot()) if save and session.step else None
         control.flush()
         path = path or next(iter(list_checkpoints(run_dir)), None)
@@ -382,7 +398,7 @@ def _train(session: FineTuneSession, control: RankControl, config: FinetuneConfi
                     peak_state = max(peak_state, control.reader.importance.state_bytes())
                     bar.update(task, status=f"loss {result.losses[-1]:.3f} ranks {session.rl.group_ranks}")
                 bar.advance(task)
-                if checkpoint_every and step % checkpoint_every == 0 and step < config.steps:
+                if run_dir is not None and checkpoint_every and step % checkpoint_every == 0 and step < config.steps:
                     save_checkpoint(run_dir, session, control, snapshot())
         except KeyboardInterrupt:  # library use without rankrl's signal handlers
             raise interrupt.Interrupted(interrupted(save=False)) from None
@@ -395,7 +411,8 @@ def _train(session: FineTuneSession, control: RankControl, config: FinetuneConfi
     mean_used = control.mean_used if control.mean_used is not None else control.last_used
     mean_total = mean_used + (frozen if config.memory_scope == "adapter" else 0)
     cuda_peak = device_figures(next(session.rl.model.parameters()).device)["cuda_max_allocated"]
-    records = control.decisions_path.read_text().splitlines() if control.decisions_path.exists() else []
+    path = control.decisions_path
+    records = path.read_text().splitlines() if path is not None and path.exists() else []
     records = [json.loads(line) for line in records if line.strip()]
     return {
         "accuracy": final.accuracy, "macro_f1": final.macro_f1, "eval_loss": final.loss,

@@ -16,6 +16,7 @@ from gymnasium.wrappers import TimeLimit
 from stable_baselines3.common.callbacks import BaseCallback
 
 from rankrl import interrupt
+from rankrl.cluster import BACKENDS, connect_ray
 from rankrl.env import LoRARankEnv, env_id, load_env_config
 from rankrl.env.registration import ENV_VERSION
 from rankrl.policy import FEATURES_FILE, METADATA_FILE, POLICY_FILE, save_policy_data
@@ -38,16 +39,46 @@ def make_limited_env(config, torch_threads: int | None = None) -> gym.Env:
     return TimeLimit(LoRARankEnv(config=config, torch_threads=torch_threads), max_episode_steps=config.episode_length)
 
 
-def _vec_env(config, n_envs: int, seed: int, monitor_dir: Path | None):
+def _vec_env(config, n_envs: int, seed: int, monitor_dir: Path | None, backend: str = "subprocess",
+             connection=None):
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
+    if backend == "ray":
+        return _ray_vec_env(config, n_envs, seed, monitor_dir, connection)
     if n_envs > 1:
         return make_vec_env(make_limited_env, n_envs=n_envs, seed=seed, monitor_dir=None if monitor_dir is None else str(monitor_dir),
                             env_kwargs={"config": config, "torch_threads": 1}, vec_env_cls=SubprocVecEnv,
                             vec_env_kwargs={"start_method": "forkserver"})
     return make_vec_env(make_limited_env, n_envs=1, seed=seed, monitor_dir=None if monitor_dir is None else str(monitor_dir),
                         env_kwargs={"config": config}, vec_env_cls=DummyVecEnv)
+
+
+# ---------------------------------------------------------------- --backend ray
+def _worker_env(config, action_seed: int) -> gym.Env:
+    """One Ray worker's environment, seeded as ``make_vec_env`` seeds worker ``rank`` (``seed + rank``)."""
+    env = make_limited_env(config, torch_threads=1)
+    env.action_space.seed(action_seed)
+    return env
+
+
+def _ray_vec_env(config, n_envs: int, seed: int, monitor_dir: Path | None, connection=None):
+    """Ray actors behind a ``VecEnv``; episodes are recorded by the driver (``monitor/workers.monitor.csv``),
+    since on a cluster the workers' files would land on other machines."""
+    from functools import partial
+
+    from stable_baselines3.common.vec_env import VecMonitor
+
+    from rankrl.train.ray_vec_env import RayVecEnv
+
+    env_fns = [partial(_worker_env, config, seed + rank) for rank in range(n_envs)]
+    vec_env = RayVecEnv(env_fns, connection=connection)
+    vec_env.seed(seed)
+    filename = None
+    if monitor_dir is not None:
+        monitor_dir.mkdir(parents=True, exist_ok=True)
+        filename = str(monitor_dir / "workers")
+    return VecMonitor(vec_env, filename=filename)
 
 
 def _checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -123,7 +154,8 @@ def _resume_model(algorithm, run_dir: Path, vec_env, build, say) -> object:
 def train_policy(env: str = "default", agent: str = "ppo", timesteps: int | None = None, n_envs: int = 1,
                  seed: int = 0, out: str | Path = "runs", resume: str | Path | None = None,
                  progress: bool = True, device: str = "cpu", init_policy: str | Path | None = None,
-                 checkpoint_every: int | None = None, trust_policy: bool = False, say=print) -> Path:
+                 checkpoint_every: int | None = None, trust_policy: bool = False, say=print,
+                 backend: str = "subprocess", address: str | None = None) -> Path:
     """Train a rank-allocation policy and write a run directory ``<out>/<env>/<agent>_<seed>_<n>/``.
 
     The run directory holds ``config.json`` (everything resolved), ``policy.json`` + ``policy.safetensors``
@@ -150,17 +182,26 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int | None
         checkpoint_every: Environment steps between checkpoints (default: the agent preset's).
         trust_policy: Allow a bare SB3 zip as ``init_policy`` (it is unpickled).
         say: Where resume messages go.
+        backend: ``subprocess`` (SB3 workers on this machine) or ``ray`` (Ray actors, one CPU each; see
+            :mod:`rankrl.train.ray_vec_env`). The same seeds give the same episodes and policy on both.
+        address: With ``ray``: ``None`` for a local Ray, ``auto`` or ``HOST:PORT`` / ``ray://HOST:PORT`` of a
+            cluster (:func:`rankrl.cluster.connect_ray`).
 
     Raises:
         ValueError: ``timesteps`` or ``n_envs`` < 1, unknown presets, a resume directory that is not a train
             run or has no usable checkpoint, an ``init_policy`` that does not fit
-            (:class:`~rankrl.policy.PolicyFileError`).
+            (:class:`~rankrl.policy.PolicyFileError`), a bad backend, a missing ``ray`` extra, an unreachable
+            ``address`` or too few cluster CPUs (:class:`~rankrl.cluster.ClusterError`).
         Interrupted: Ctrl-C / SIGTERM, after saving a checkpoint (the message says how to continue).
     """
     if timesteps is not None and timesteps < 1:
         raise ValueError(f"--timesteps must be a positive number of environment steps, got {timesteps}.")
     if n_envs < 1:
         raise ValueError(f"--n-envs must be >= 1, got {n_envs}.")
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}.")
+    if address is not None and backend != "ray":
+        raise ValueError("--address goes with --backend ray.")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ValueError(f"--checkpoint-every must be a positive number of environment steps, got {checkpoint_every}.")
     saved: dict = {}
@@ -190,17 +231,20 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int | None
     warm_start = (_load_warm_start(init_policy, spec_env, trust_policy)
                   if init_policy is not None and resume is None else None)
     every = checkpoint_every or agent_config.checkpoint_freq
+    # Ray is connected (and its CPUs checked) before the run directory exists; the VecEnv's close ends it.
+    connection = connect_ray(address, n_envs) if backend == "ray" else None
     if resume is None:
         run_dir = new_run_dir(Path(out) / env_config.name, f"{agent_config.name}_{seed}")
         saved = {
             "command": "train", "env_preset": str(env), "agent_preset": str(agent), "env_id": env_id(env_config.name),
             "timesteps": timesteps, "n_envs": n_envs, "seed": seed, "device": device, "checkpoint_every": every,
+            "backend": backend, "address": address,
             "init_policy": None if init_policy is None else str(Path(init_policy).resolve()),
             "env": to_mapping(env_config), "agent": agent_config.to_dict(), "python": platform.python_version(),
         }
     try:
         return _train(run_dir, saved, env_config, agent_config, spec_env, warm_start, init_policy, timesteps,
-                      n_envs, seed, every, resume is not None, progress, device, say)
+                      n_envs, seed, every, resume is not None, progress, device, say, backend, connection)
     except _SetupError as err:  # nothing trained yet: a new run leaves no directory behind
         if resume is None:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -212,14 +256,15 @@ class _SetupError(Exception):
 
 
 def _train(run_dir: Path, saved: dict, env_config, agent_config, spec_env, warm_start, init_policy, timesteps: int,
-           n_envs: int, seed: int, every: int, resuming: bool, progress: bool, device: str, say) -> Path:
+           n_envs: int, seed: int, every: int, resuming: bool, progress: bool, device: str, say,
+           backend: str = "subprocess", connection=None) -> Path:
     from stable_baselines3.common.callbacks import CallbackList
 
     layout = spec_env.layout.to_dict()
     try:
         if resuming:
             keep_history(run_dir)
-        vec_env = _vec_env(env_config, n_envs, seed, run_dir / "monitor")
+        vec_env = _vec_env(env_config, n_envs, seed, run_dir / "monitor", backend, connection)
         algorithm = agent_config.algorithm_class()
 
         def build():
