@@ -6,6 +6,8 @@ import csv
 
 import pytest
 
+from rankrl.interrupt import Interrupted
+
 ray = pytest.importorskip("ray", reason="the ray extra is part of the test set-up (make setup installs it)")
 
 from rankrl.bench import run_bench  # noqa: E402
@@ -34,17 +36,18 @@ def test_ray_bench_gives_the_local_rows_and_survives_ctrl_c(tmp_path, monkeypatc
     local = run_bench(tiny_config(tmp_path / "local", **settings), progress=False)
     assert local.ran == 6 and not local.failed
 
-    real_wait, calls = ray.wait, []
+    real_wait, finished = ray.wait, []
 
     def interrupted_wait(refs, **kwargs):
-        calls.append(len(refs))
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # Ctrl-C while runs are queued and running
-        return real_wait(refs, **kwargs)
+        if len(finished) == 2:
+            raise KeyboardInterrupt  # Ctrl-C while runs are queued and running, after two have finished
+        done, rest = real_wait(refs, **kwargs)
+        finished.extend(done)
+        return done, rest
 
     monkeypatch.setattr(ray, "wait", interrupted_wait)
     config = tiny_config(tmp_path / "ray", **settings)
-    with pytest.raises(KeyboardInterrupt, match="2 of 6 runs are finished.*--resume"):
+    with pytest.raises(Interrupted, match="2 of 6 runs are finished.*--resume"):
         run_bench(config, progress=False, backend="ray")
     assert len(_rows(tmp_path / "ray")) == 2
     assert "2 of 6 runs finished" in (tmp_path / "ray" / "report.md").read_text()
