@@ -28,10 +28,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check rankrl tests bench
+	$(VENV)/bin/ruff check rankrl tests benchmarks
 
 bench: $(STAMP)
-	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
+	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

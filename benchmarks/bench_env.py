@@ -7,7 +7,7 @@
 2. Throughput of 2 subprocess environments (one torch thread each) against 1 environment (two threads),
    in environment steps per second, on the `default` preset.
 
-Run: ``.venv/bin/python bench/bench_env.py``
+Run: ``.venv/bin/python benchmarks/bench_env.py``
 """
 
 from __future__ import annotations
