@@ -59,7 +59,7 @@ def demo(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """The main job: learn a rank policy, fine-tune with it under a budget that drops, next to the baselines."""
-    from rankrl.demo import HELD_OUT_TASK, DemoConfig, run_demo
+    from rankrl.demos.main import HELD_OUT_TASK, DemoConfig, run_demo
 
     config = DemoConfig(env=env, timesteps=timesteps, n_envs=n_envs, model=model, task=task or HELD_OUT_TASK,
                         steps=steps, every=every, controllers=[c.strip() for c in controllers.split(",") if c.strip()],
@@ -81,7 +81,7 @@ def resize_demo(
     num_groups: int = typer.Option(4, "--num-groups", help="Layer groups (at most the model's layers)."),
 ) -> None:
     """Live rank reallocation in one run (8 -> 0/16 -> 4): the memory it frees, and vanilla PEFT's reload."""
-    from rankrl.resize_demo import run_resize_demo
+    from rankrl.demos.resize import run_resize_demo
 
     try:
         run_resize_demo(model=model, task=task, steps_per_phase=steps_per_phase, out=out, seed=seed,

@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from rankrl.demo import DemoConfig, run_demo
+from rankrl.demos.main import DemoConfig, run_demo
 
 QUICK_AGENT = """\
 algo: PPO
