@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from rankrl.env import LoRARankEnv
-from rankrl.train.callbacks import EpisodeSummary, held_out_episodes, run_episode
+from rankrl.train.episodes import EpisodeSummary, held_out_episodes, run_episode
 
 
 def static_arms(num_groups: int) -> dict[str, list[list[int]]]:

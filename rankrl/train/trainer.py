@@ -23,7 +23,8 @@ from rankrl.policy import FEATURES_FILE, METADATA_FILE, POLICY_FILE, save_policy
 from rankrl.presets import to_mapping
 from rankrl.runs import atomic_write_text, check_writable, new_run_dir, read_config, write_config
 from rankrl.train.agent_config import load_agent_config
-from rankrl.train.callbacks import BaselineEvalCallback, RankLoggingCallback, check_eval_episodes
+from rankrl.train.callbacks import BaselineEvalCallback, RankLoggingCallback
+from rankrl.train.episodes import check_eval_episodes
 
 DEFAULT_TIMESTEPS = 20_000
 
