@@ -14,7 +14,6 @@ message. Only files are read: ``torch.load`` and unpickling are never used.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -23,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from rankrl.runs import file_sha256
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.json"
@@ -85,7 +86,7 @@ def save_checkpoint(run_dir: Path, session, control, loop: dict, keep: int = KEE
         "optimizer_state": state_keys, "scheduler": snapshot["scheduler"],
         "control": control.state_dict(), "signals": signals["values"], "loop": loop,
         "memory_crossings": control.memory.crossings_state(),
-        "tensors_sha256": _sha256(tmp / TENSORS_FILE),
+        "tensors_sha256": file_sha256(tmp / TENSORS_FILE),
     }
     (tmp / STATE_FILE).write_text(json.dumps(state, default=_json_default) + "\n")
     for path in tmp.iterdir():
@@ -127,7 +128,7 @@ def load_latest_checkpoint(run_dir: Path, say=print) -> Checkpoint:
             state = json.loads((path / STATE_FILE).read_text())
             if state.get("format") != FORMAT:
                 raise ValueError(f"format {state.get('format')!r}")
-            if _sha256(path / TENSORS_FILE) != state["tensors_sha256"]:
+            if file_sha256(path / TENSORS_FILE) != state["tensors_sha256"]:
                 raise ValueError("tensors do not match their checksum")
             return Checkpoint(path, state, load_file(str(path / TENSORS_FILE)))
         except Exception as err:  # any damage: fall back to the previous checkpoint
@@ -170,14 +171,6 @@ def restore_checkpoint(checkpoint: Checkpoint, session, control, batch: dict) ->
         control.memory.load_crossings_state(state["memory_crossings"])
     torch.set_rng_state(tensors["rng/torch"])
     control.truncate_log(checkpoint.step)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _json_default(value):
