@@ -16,12 +16,7 @@ from tests.bench.conftest import tiny_config  # noqa: E402
 TIMING = {"wall_seconds", "train_seconds", "controller_seconds", "controller_overhead", "run_dir"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    """One local Ray for the module (2 CPUs, no dashboard)."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def _rows(out) -> dict[str, dict]:

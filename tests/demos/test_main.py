@@ -7,25 +7,14 @@ import csv
 import pytest
 
 from rankrl.demos.main import DemoConfig, run_demo
-
-QUICK_AGENT = """\
-algo: PPO
-net_arch: [16]
-hyperparams:
-  n_steps: 10
-  batch_size: 10
-  n_epochs: 1
-eval_freq: 10
-eval_episodes: 1
-checkpoint_freq: 10
-"""
+from tests.processes import tiny_agent
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     agent = root / "quick.yaml"
-    agent.write_text(QUICK_AGENT)
+    agent.write_text(tiny_agent(eval_freq=10, n_epochs=1))
     config = DemoConfig(env="tiny", agent=str(agent), timesteps=10, n_envs=1, model="tiny",
                         task="synthetic:keyword?difficulty=0.2&n_train=128&n_eval=64&seed=5", steps=8, every=4,
                         eval_size=32, controllers=["learned", "fixed", "static-fit"], out=str(root / "runs"))

@@ -10,24 +10,13 @@ from stable_baselines3 import PPO
 from rankrl.env import LoRARankEnv
 from rankrl.presets import PresetError
 from rankrl.train import load_agent_config, train_policy
-
-AGENT = """\
-algo: PPO
-net_arch: [16]
-hyperparams:
-  n_steps: 10
-  batch_size: 10
-  n_epochs: 2
-eval_freq: 20
-eval_episodes: 1
-checkpoint_freq: 10
-"""
+from tests.processes import tiny_agent
 
 
 @pytest.fixture(scope="module")
 def agent_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("agents") / "quick.yaml"
-    path.write_text(AGENT)
+    path.write_text(tiny_agent(eval_freq=20))
     return path
 
 
