@@ -82,7 +82,10 @@ class LoadedPolicy:
 
 # ---------------------------------------------------------------------------------------------- shipped policies
 def shipped_policy_dirs() -> list[Path]:
-    """Folders of the policies shipped with rankrl: ``policies/`` in a checkout, ``rankrl/shipped/policies`` in a wheel."""
+    """Folders of the policies shipped with rankrl.
+
+    ``policies/`` in a checkout, ``rankrl/shipped/policies`` in a wheel.
+    """
     package = Path(__file__).resolve().parent
     return [d for d in (package.parent / "policies", package / "shipped" / "policies") if d.is_dir()]
 
@@ -302,7 +305,8 @@ def _load_trusted_zip(path: Path, device: str, layout: ObservationLayout | None)
     try:
         model = getattr(stable_baselines3, algo).load(path, device=device)
     except Exception as err:  # SB3 raises many kinds for a damaged zip
-        raise PolicyFileError(f"{path} could not be loaded by stable-baselines3 ({type(err).__name__}: {err}).") from err
+        raise PolicyFileError(f"{path} could not be loaded by stable-baselines3 "
+                              f"({type(err).__name__}: {err}).") from err
     model.policy.set_training_mode(False)
     return LoadedPolicy(policy=model.policy, path=path, features=features, metadata=metadata, spec={"algo": algo})
 

@@ -25,7 +25,8 @@ def new_run_dir(root: str | Path, name: str) -> Path:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     stem = _slug(name)
-    taken = [int(m.group(1)) for p in root.glob(f"{stem}_*") if (m := re.fullmatch(rf"{re.escape(stem)}_(\d+)", p.name))]
+    pattern = re.compile(rf"{re.escape(stem)}_(\d+)")
+    taken = [int(m.group(1)) for p in root.glob(f"{stem}_*") if (m := pattern.fullmatch(p.name))]
     n = max(taken, default=0) + 1
     while True:
         path = root / f"{stem}_{n}"
@@ -73,7 +74,8 @@ def check_writable(path: str | Path, flag: str = "--out") -> None:
 
 def write_config(run_dir: Path, config: dict) -> Path:
     """Write the resolved configuration of a run as JSON."""
-    return atomic_write_text(Path(run_dir) / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+    text = json.dumps(config, indent=2, sort_keys=True, default=str) + "\n"
+    return atomic_write_text(Path(run_dir) / CONFIG_FILE, text)
 
 
 def read_config(run_dir: str | Path) -> dict:

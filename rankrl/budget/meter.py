@@ -337,10 +337,10 @@ class MemoryBudget:
     def _saved_now(self) -> int:
         """Saved-activation bytes of a training forward at the current ranks on the kept batch.
 
-        Measured once per training set (and frozen set). Within a training set, ranks change only the ``r``-wide output of ``A``
-        that each ``B`` saves (``tokens * e`` bytes per rank unit, the figure :meth:`delta_bytes` uses and
-        the tests check against measured passes), so another rank configuration of the same live set is
-        the measured figure plus that exact difference.
+        Measured once per training set (and frozen set). Within a training set, ranks change only the
+        ``r``-wide output of ``A`` that each ``B`` saves (``tokens * e`` bytes per rank unit, the figure
+        :meth:`delta_bytes` uses and the tests check against measured passes), so another rank configuration
+        of the same live set is the measured figure plus that exact difference.
         """
         ranks = self.rl.ranks
         key = self._training_sets()

@@ -138,7 +138,8 @@ def run_demo(config: DemoConfig | None = None, console: Console | None = None, p
     if evaluation:
         nan = float("nan")
         console.print(f"  held-out episodes: policy return {evaluation.get('policy_return', nan):+.3f} (accuracy "
-                      f"{evaluation.get('policy_accuracy', nan):.3f}, memory {evaluation.get('policy_used_frac', nan):.2f} "
+                      f"{evaluation.get('policy_accuracy', nan):.3f}, "
+                      f"memory {evaluation.get('policy_used_frac', nan):.2f} "
                       f"of the budget), fixed rank {evaluation.get('fixed_return', nan):+.3f} (accuracy "
                       f"{evaluation.get('fixed_accuracy', nan):.3f})")
     console.print(f"  policy: {policy_dir / 'policy.json'} (+ policy.safetensors)")

@@ -111,8 +111,9 @@ class RankRLCallback(TrainerCallback):
         if applied is None:
             return
         entry = {f"rankrl/group{g}_rank": rank for g, rank in enumerate(applied.ranks)}
-        entry.update({"rankrl/memory_mib": (self.control.last_used or 0) / 2**20, "rankrl/wall_hit": bool(applied.clipped),
-                      "rankrl/reason": applied.decision.reason, "step": state.global_step})
+        entry.update({"rankrl/memory_mib": (self.control.last_used or 0) / 2**20,
+                      "rankrl/wall_hit": bool(applied.clipped), "rankrl/reason": applied.decision.reason,
+                      "step": state.global_step})
         state.log_history.append(entry)
         logger.info(f"rankrl step {state.global_step}: ranks {applied.before} -> {applied.ranks} "
                     f"({applied.decision.reason})")

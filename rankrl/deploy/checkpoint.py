@@ -76,7 +76,10 @@ def read_control_state(directory: str | Path) -> dict | None:
 
 
 def ranks_from_adapter_config(rl: RankedLoRA, directory: str | Path) -> dict[str, int]:
-    """Module ranks that a saved PEFT ``adapter_config.json`` describes (``r``, ``rank_pattern``, ``exclude_modules``)."""
+    """Module ranks that a saved PEFT ``adapter_config.json`` describes.
+
+    Read from ``r``, ``rank_pattern`` and ``exclude_modules``.
+    """
     from peft.utils.other import get_pattern_key
 
     path = Path(directory) / ADAPTER_CONFIG

@@ -100,7 +100,8 @@ class RankControl:
                  budget_frac: float | None = None, budget_trace: BudgetTrace | None = None,
                  live_budget: LiveBudget | None = None, total_steps: int | None = None,
                  log_dir: str | Path | None = None,
-                 memory_scope: str = "total", r_max: int | None = None, rank_step: int | None = None, spec: str | None = None,
+                 memory_scope: str = "total", r_max: int | None = None, rank_step: int | None = None,
+                 spec: str | None = None,
                  **reader_options) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive number of optimizer steps, got {every!r}.")
@@ -435,7 +436,8 @@ class RankControl:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        """JSON-serialisable state: controller state, ranks, frozen modules, step counters, last change, initial loss."""
+        """JSON-serialisable state: controller state, ranks, frozen modules, step counters, last change and
+        initial loss."""
         return {
             "format": STATE_FORMAT,
             "controller": self.controller.name,

@@ -1,9 +1,10 @@
 """Periodic checkpoints of a ``rankrl finetune`` run, and resuming from the newest good one.
 
 A checkpoint is a directory ``checkpoints/step_<n>/`` holding ``tensors.safetensors`` (the trainable and
-frozen adapter weights at their current ranks, the optimizer's moments, the importance EMAs, the torch RNG) and ``state.json``
-(module ranks, frozen modules, optimizer parameter order and hyperparameters, schedule, :class:`RankControl` state with the
-controller's, the loss and input-variance trackers, the loop's counters, and a SHA-256 of the tensors).
+frozen adapter weights at their current ranks, the optimizer's moments, the importance EMAs, the torch RNG)
+and ``state.json`` (module ranks, frozen modules, optimizer parameter order and hyperparameters, schedule,
+:class:`RankControl` state with the controller's, the loss and input-variance trackers, the loop's counters,
+and a SHA-256 of the tensors).
 Data order is a pure function of ``(seed, step)`` (:meth:`FineTuneSession.batch_indices`), so no iterator
 state is needed: a resumed run takes the very batches the interrupted one would have taken.
 
@@ -165,8 +166,8 @@ def restore_checkpoint(checkpoint: Checkpoint, session, control, batch: dict) ->
     control.setup(session.optimizer, batch)
     # After setup, whose measuring pass would otherwise count as an input-variance sample.
     prefix = "signals/"
-    control.reader.load_state_dict({"values": state["signals"],
-                                    "tensors": {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}})
+    signal_tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    control.reader.load_state_dict({"values": state["signals"], "tensors": signal_tensors})
     if state.get("memory_crossings") is not None:  # measuring passes the interrupted run had cached
         control.memory.load_crossings_state(state["memory_crossings"])
     torch.set_rng_state(tensors["rng/torch"])

@@ -65,7 +65,8 @@ class RankedLoRA:
     def __init__(self, peft_model: PeftModel, num_groups: int = 4, split_by_kind: bool = False,
                  adapter_name: str = "default") -> None:
         if not isinstance(peft_model, PeftModel):
-            raise RankedLoRAError(f"RankedLoRA wraps a peft.PeftModel, got {type(peft_model).__name__}; use RankedLoRA.attach(model).")
+            raise RankedLoRAError(f"RankedLoRA wraps a peft.PeftModel, got {type(peft_model).__name__}; "
+                                  "use RankedLoRA.attach(model).")
         config = peft_model.peft_config.get(adapter_name)
         if not isinstance(config, LoraConfig):
             raise RankedLoRAError(f"Adapter '{adapter_name}' is not a LoRA adapter.")
@@ -263,7 +264,8 @@ class RankedLoRA:
         """
         for name, rank in new_ranks.items():
             if name not in self._ranks:
-                raise RankedLoRAError(f"Unknown LoRA module '{name}'. Known modules are the keys of .ranks, e.g. {next(iter(self._ranks))!r}.")
+                raise RankedLoRAError(f"Unknown LoRA module '{name}'. Known modules are the keys of .ranks, "
+                                      f"e.g. {next(iter(self._ranks))!r}.")
             if isinstance(rank, bool) or not isinstance(rank, numbers.Integral):
                 raise RankedLoRAError(f"Rank of '{name}' must be an integer, got {rank!r}.")
             if int(rank) < 0:
@@ -436,7 +438,8 @@ class RankedLoRA:
         adapter = self.adapter_name
         layer.lora_A[adapter].requires_grad_(True)
         layer.lora_B[adapter].requires_grad_(True)
-        return [ParamChange(None, layer.lora_A[adapter].weight, "add"), ParamChange(None, layer.lora_B[adapter].weight, "add")]
+        return [ParamChange(None, layer.lora_A[adapter].weight, "add"),
+                ParamChange(None, layer.lora_B[adapter].weight, "add")]
 
     def _sync_config(self) -> None:
         """Make PEFT's config describe the live model: explicit targets, per-module ranks, detached modules."""
@@ -450,7 +453,8 @@ class RankedLoRA:
 
     def _check_group(self, group: int) -> None:
         if isinstance(group, bool) or not isinstance(group, int) or not 0 <= group < self.num_groups:
-            raise RankedLoRAError(f"Group index {group!r} is out of range: there are {self.num_groups} groups (0..{self.num_groups - 1}).")
+            raise RankedLoRAError(f"Group index {group!r} is out of range: there are {self.num_groups} groups "
+                                  f"(0..{self.num_groups - 1}).")
 
     # ------------------------------------------------------------------ memory
     @property
@@ -556,7 +560,8 @@ class RankedLoRA:
 
     def __repr__(self) -> str:
         frozen = f", frozen_groups={self.frozen_groups}" if self._frozen else ""
-        return f"RankedLoRA(modules={len(self._ranks)}, groups={self.num_groups}, group_ranks={self.group_ranks}{frozen})"
+        return (f"RankedLoRA(modules={len(self._ranks)}, groups={self.num_groups}, "
+                f"group_ranks={self.group_ranks}{frozen})")
 
 
 # ---------------------------------------------------------------------- helpers
@@ -570,7 +575,8 @@ def _resolve_targets(model, names, target_modules, default_finder) -> list[str]:
     if target_modules is None:
         targets = default_finder(model)
         if not targets:
-            raise RankedLoRAError("Found no linear layers inside numbered transformer blocks; pass target_modules explicitly.")
+            raise RankedLoRAError("Found no linear layers inside numbered transformer blocks; "
+                                  "pass target_modules explicitly.")
         return targets
     probe = LoraConfig(target_modules=target_modules)
     from peft.tuners.tuners_utils import check_target_module_exists

@@ -91,5 +91,6 @@ def test_check_accepts_its_own_layout_and_names_the_mismatch():
     with pytest.raises(ObservationMismatchError, match="same features in another order"):
         layout.check(reordered)
     renamed = {"num_groups": 2, "features": [*layout.names[:-1], "group1/novel"]}
-    with pytest.raises(ObservationMismatchError, match=r"missing \['group1/last_change'\], unexpected \['group1/novel'\]"):
+    message = r"missing \['group1/last_change'\], unexpected \['group1/novel'\]"
+    with pytest.raises(ObservationMismatchError, match=message):
         layout.check(renamed, source="policy.json")
