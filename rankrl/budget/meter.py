@@ -163,7 +163,7 @@ class MemoryBudget:
         self._crossings: dict[str, dict] = {"saved": {}, "delta": {}}
 
     # ------------------------------------------------------------------ reading
-    def read(self, optimizer=None, batch: dict | None = None) -> MemoryStatus:
+    def read(self, optimizer: torch.optim.Optimizer | None = None, batch: dict | None = None) -> MemoryStatus:
         """Measure memory now and return the status against the budget.
 
         Args:
@@ -201,7 +201,7 @@ class MemoryBudget:
         """Modules of the model that are frozen now (:meth:`RankedLoRA.freeze`)."""
         return frozenset(getattr(self.rl, "frozen", ()))
 
-    def _measure_with_tokens(self, optimizer, batch: dict) -> MemoryReport:
+    def _measure_with_tokens(self, optimizer: torch.optim.Optimizer, batch: dict) -> MemoryReport:
         tokens: dict[str, int] = {}
         handles = []
         for name, slot in self._slots.items():
@@ -221,7 +221,7 @@ class MemoryBudget:
         self.tokens = tokens
         return report
 
-    def state_figures(self, optimizer=None) -> tuple[float, float]:
+    def state_figures(self, optimizer: torch.optim.Optimizer | None = None) -> tuple[float, float]:
         """``(state bytes per parameter byte, scalar state bytes per parameter)`` measured from ``optimizer``.
 
         Falls back to ``(state_factor, state_scalar)`` without an optimizer or before its first step.
@@ -241,7 +241,8 @@ class MemoryBudget:
             return self.default_state_factor, self.default_state_scalar
         return state_bytes / param_bytes, scalar_bytes / count
 
-    def _missing_bytes(self, optimizer, factor: float, scalar: float, grads_measured: bool) -> int:
+    def _missing_bytes(self, optimizer: torch.optim.Optimizer, factor: float, scalar: float,
+                       grads_measured: bool) -> int:
         trainable = list(self.rl.trainable_parameters())
         missing = 0 if grads_measured else sum(p.nbytes for p in trainable if p.grad is None)
         state = unwrap_optimizer(optimizer).state if optimizer is not None else {}

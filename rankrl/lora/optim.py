@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 
-def unwrap_optimizer(optimizer) -> torch.optim.Optimizer:
+def unwrap_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     """The innermost ``torch.optim.Optimizer`` behind wrappers such as accelerate's ``AcceleratedOptimizer``."""
     seen = 0
     while hasattr(optimizer, "optimizer") and isinstance(optimizer.optimizer, torch.optim.Optimizer) and seen < 8:
@@ -75,7 +75,8 @@ def _carry_state(state: dict, change: ParamChange) -> dict:
     return new_state
 
 
-def apply_param_changes(optimizer, changes: list[ParamChange], fallback_group: int | None = None) -> None:
+def apply_param_changes(optimizer: torch.optim.Optimizer, changes: list[ParamChange],
+                        fallback_group: int | None = None) -> None:
     """Move ``changes`` into ``optimizer`` (or its wrapped optimizer) following the moment policy above.
 
     Args:
@@ -120,7 +121,7 @@ def _largest_group(optimizer: torch.optim.Optimizer) -> int:
     return max(range(len(sizes)), key=sizes.__getitem__) if sizes else 0
 
 
-def optimizer_state_bytes(optimizer) -> int:
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes held by the optimizer's state tensors (each storage counted once)."""
     if optimizer is None:
         return 0

@@ -232,18 +232,18 @@ class RankedLoRA:
         return lora_scaling(self._alphas[name], rank, self._config.use_rslora) if rank else None
 
     # ------------------------------------------------------------------ resizing
-    def set_group_ranks(self, ranks: list[int], optimizer=None) -> dict[str, int]:
+    def set_group_ranks(self, ranks: list[int], optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
         """Give every module of group ``g`` the rank ``ranks[g]``; see :meth:`resize`."""
         if len(ranks) != self.num_groups:
             raise RankedLoRAError(f"Expected {self.num_groups} group ranks, got {len(ranks)}.")
         return self.resize({name: ranks[g] for name, g in self._groups.items()}, optimizer=optimizer)
 
-    def set_group_rank(self, group: int, rank: int, optimizer=None) -> dict[str, int]:
+    def set_group_rank(self, group: int, rank: int, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
         """Give every module of one group the same rank."""
         self._check_group(group)
         return self.resize({name: rank for name in self.group_modules(group)}, optimizer=optimizer)
 
-    def resize(self, new_ranks: dict[str, int], optimizer=None) -> dict[str, int]:
+    def resize(self, new_ranks: dict[str, int], optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
         """Change module ranks in place, mid-training.
 
         Growing keeps the function exactly; shrinking keeps the best low-rank approximation; rank 0 removes
@@ -334,7 +334,8 @@ class RankedLoRA:
         return [ParamChange(p, None, "remove") for p in params]
 
     # ------------------------------------------------------------------ freezing
-    def freeze(self, targets: int | str | list[int] | list[str], optimizer=None) -> list[str]:
+    def freeze(self, targets: int | str | list[int] | list[str],
+               optimizer: torch.optim.Optimizer | None = None) -> list[str]:
         """Stop training modules while keeping what they learned.
 
         The factors keep their values exactly (the model's outputs do not change by a bit), stop requiring
@@ -370,7 +371,8 @@ class RankedLoRA:
             apply_param_changes(optimizer, changes)
         return changed
 
-    def thaw(self, targets: int | str | list[int] | list[str], optimizer=None) -> list[str]:
+    def thaw(self, targets: int | str | list[int] | list[str],
+             optimizer: torch.optim.Optimizer | None = None) -> list[str]:
         """Train frozen modules again: their factors require grad and enter ``optimizer`` with empty state.
 
         Takes the same ``targets`` as :meth:`freeze`; modules that are not frozen are left alone.
@@ -514,7 +516,7 @@ class RankedLoRA:
             self.model.train(was_training)
         return self._last_activations, grads
 
-    def memory(self, optimizer=None, batch: dict | None = None) -> MemoryReport:
+    def memory(self, optimizer: torch.optim.Optimizer | None = None, batch: dict | None = None) -> MemoryReport:
         """Measured training memory in bytes.
 
         Args:
