@@ -172,8 +172,8 @@ def with_policy_defaults(controller: RankController, config: FinetuneConfig) -> 
 
     The LoRA scaling is *not* taken from the policy: ``use_rslora`` stays as the flags set it (default off,
     PEFT's ``alpha/r``). The ``default`` preset trains under rsLoRA, but rsLoRA at the same ``alpha`` makes a
-    rank-8 update 2.8 times larger; deployed that way on MiniLM-L6 (lr 1e-3) fixed rank lost 6 points and a
-    learned policy fell to chance in the demo, while the same policy under ``alpha/r`` matched fixed rank.
+    rank-8 update 2.8 times larger: in effect a larger learning rate than the ``--lr`` the user chose, which
+    can ruin a run tuned for ``alpha/r``. The policy decides ranks, not the step size, so the flags decide it.
     """
     metadata = _policy_metadata(controller)
     scope = config.memory_scope if config.memory_scope is not None else metadata.get("memory_scope", "total")
