@@ -44,49 +44,45 @@ from rankrl.runs import (
     write_config,
 )
 from rankrl.session import FineTuneSession, SessionConfig
+from rankrl.settings import RunSettings, setting
 
 METRICS_FILE = "metrics.json"
 ADAPTER_DIR = "adapter"
 
 
 @dataclass
-class FinetuneConfig:
-    """The flags of ``rankrl finetune`` (saved as ``config.json``)."""
+class FinetuneConfig(RunSettings):
+    """The flags of ``rankrl finetune`` (saved as ``config.json``): the shared :class:`RunSettings` and these."""
 
-    model: str = "default"
-    data: str = "synthetic:keyword"
-    eval_data: str | None = None
-    text_column: str | None = None
-    data_format: str | None = None
-    label_column: str | None = None
-    controller: str = "fixed"
-    policy: str | None = None
-    budget_mb: float | None = None
-    budget_frac: float | None = None
-    budget_trace: str | None = None
-    budget: str | None = None
-    budget_margin_mb: float = 512.0
-    memory_scope: str | None = None
-    use_rslora: bool = False
-    steps: int = 300
-    every: int = 25
-    eval_every: int | None = None
-    eval_size: int = 256
-    lr: float = 1e-3
-    batch_size: int = 16
-    max_length: int = 64
-    rank: int = 8
-    r_max: int | None = None
-    rank_step: int | None = None
-    num_groups: int = 4
-    num_hidden_layers: int | None = None
-    seed: int = 0
-    out: str = "runs/finetune"
-    # Reliability options (docs/reliability.md).
-    checkpoint_every: int | None = None
-    encoding: str | None = None
-    drop_invalid: bool = False
-    trust_policy: bool = False
+    data: str = setting("synthetic:keyword", "Train data: a .tsv/.csv/.jsonl file, a hub id or synthetic:NAME "
+                        "(required unless --resume).", panel="Model and task", cli_default=None)
+    eval_data: str | None = setting(None, "Eval data (default: held out from --data).", panel="Model and task")
+    data_format: str | None = setting(None, "csv, tsv, json or trec for files whose extension does not say (TREC "
+                                      "files are recognised by their lines).", panel="Data files")
+    controller: str = setting("fixed", "learned:PATH | fixed[:R] | layerwise:R,R,.. | importance | complexity | "
+                              "variance | greedy-memory | static-fit | autofreeze (options as NAME:key=value).",
+                              panel="Controller")
+    policy: str | None = setting(None, "Policy for --controller learned (run dir or policy.json).",
+                                 panel="Controller")
+    budget_mb: float | None = setting(None, "Memory budget in MiB (the hard wall); none by default.",
+                                      panel="Memory budget")
+    budget_frac: float | None = setting(None, "A wall at this fraction of the reference memory: the run at --rank "
+                                        "with every group training (default: a learned policy's training wall, "
+                                        "else none).", panel="Memory budget")
+    budget_trace: str | None = setting(None, "A moving wall: a CSV file with a header step,budget_mb or "
+                                       "step,budget_frac and one row per change from step 0.", panel="Memory budget")
+    budget: str | None = setting(None, "'live': follow the GPU's free memory (NVML) minus --budget-margin-mb, "
+                                 "read at each decision (CUDA only).", panel="Memory budget")
+    budget_margin_mb: float = setting(512.0, "Memory kept free by --budget live.", panel="Memory budget")
+    memory_scope: str | None = setting(None, "'total' (with the frozen base) or 'adapter' (the rank-dependent "
+                                       "part): the scope of the wall and of the reported memory, the same for "
+                                       "every controller (default total; without it a learned policy keeps its "
+                                       "wall and observations in its own training scope).", panel="Memory budget")
+    seed: int = setting(0, "Seed of adapters, head and data order.", panel="Training")
+    out: str = setting("runs/finetune", "Run directory (must not exist or be empty; required unless --resume).",
+                       panel="Run", cli_default=None)
+    checkpoint_every: int | None = setting(None, "Steps between checkpoints that --resume continues from "
+                                           "(optimizer steps; default --every; 0: none).", panel="Run")
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the flag of the first bad setting."""
@@ -99,7 +95,8 @@ class FinetuneConfig:
         if self.budget_mb is not None and not self.budget_mb > 0:
             raise ValueError(f"--budget-mb must be positive, got {self.budget_mb}.")
         if self.budget_frac is not None and not (math.isfinite(self.budget_frac) and self.budget_frac > 0):
-            raise ValueError(f"--budget-frac must be a positive fraction of the reference memory, got {self.budget_frac}.")
+            raise ValueError(f"--budget-frac must be a positive fraction of the reference memory, got "
+                             f"{self.budget_frac}.")
         if self.budget not in (None, "live"):
             raise ValueError(f"--budget takes 'live' (follow the GPU's free memory), got {self.budget!r}.")
         given = [flag for flag, value in (("--budget-mb", self.budget_mb), ("--budget-frac", self.budget_frac),
@@ -190,8 +187,8 @@ def make_control(rl: RankedLoRA, controller: RankController, spec: str, config: 
     trace = BudgetTrace.from_csv(config.budget_trace) if config.budget_trace is not None else None
     live = LiveBudget(margin_mb=config.budget_margin_mb) if config.budget == "live" else None
     return RankControl(rl, controller, every=config.every, budget_mb=config.budget_mb, budget_frac=config.budget_frac,
-                       budget_trace=trace, live_budget=live, total_steps=config.steps, memory_scope=config.memory_scope or "total", r_max=r_max,
-                       rank_step=rank_step, spec=spec)
+                       budget_trace=trace, live_budget=live, total_steps=config.steps,
+                       memory_scope=config.memory_scope or "total", r_max=r_max, rank_step=rank_step, spec=spec)
 
 
 def check_out_free(out: str | Path) -> None:
