@@ -134,14 +134,57 @@ class RunSettings:
         return {item.name: getattr(self, item.name) for item in fields(RunSettings)}
 
 
-def flags_table(cls: type) -> str:
-    """A Markdown table of the options of ``cls`` (flag, default, help), in field order."""
+def _shown_default(item: dataclasses.Field) -> str:
+    """The default a user sees: ``required``, the field's default (lists comma-separated), or nothing."""
+    cli_default = item.metadata.get("cli_default", MISSING)
+    if cli_default is REQUIRED:
+        return "required"
+    default = cli_default if cli_default is not MISSING else (
+        item.default_factory() if item.default_factory is not MISSING else item.default)
+    if isinstance(default, list):
+        default = ",".join(str(value) for value in default) or None
+    return "" if default is None else f"`{default}`"
+
+
+def flags_table(cls: type, skip: type | None = None) -> str:
+    """A Markdown table of the options of ``cls`` (flag, default, meaning) by help panel, without the fields
+    of ``skip`` (a base class documented on its own)."""
+    skipped = {item.name for item in fields(skip)} if skip is not None else set()
+    items = [item for item in fields(cls) if item.name not in skipped]
+    items.sort(key=lambda item: PANELS.index(item.metadata["panel"]))
     lines = ["| flag | default | meaning |", "| --- | --- | --- |"]
-    for item in fields(cls):
-        default = item.default_factory() if item.default_factory is not MISSING else item.default
-        if isinstance(default, list):
-            default = ",".join(str(value) for value in default)
-        shown = "" if default is None else f"`{default}`"
+    for item in items:
         help_text = item.metadata["help"].replace("|", "\\|")
-        lines.append(f"| `{option_flags(item)}` | {shown} | {help_text} |")
+        lines.append(f"| `{option_flags(item)}` | {_shown_default(item)} | {help_text} |")
     return "\n".join(lines) + "\n"
+
+
+def flags_markdown() -> str:
+    """The text of ``docs/flags.md``: the shared flags, then each command's own (``python -m rankrl.settings``)."""
+    from rankrl.bench.config import BenchConfig
+    from rankrl.demo import DemoConfig
+    from rankrl.deploy.finetune import FinetuneConfig
+
+    return "\n".join([
+        "# Flags of `rankrl finetune`, `rankrl bench` and `rankrl demo`", "",
+        "Each flag is defined once, as a dataclass field with its help (`rankrl/settings.py`, "
+        "`rankrl/deploy/finetune.py`, `rankrl/bench/config.py`, `rankrl/demo.py`); the commands' options are "
+        "generated from these fields (`rankrl/cli_options.py`). This file is generated too: after changing a "
+        "field, run `python -m rankrl.settings > docs/flags.md` (a test checks it is in sync).", "",
+        "## Shared by `finetune` and `bench` (`RunSettings`)", "", flags_table(RunSettings),
+        "## `rankrl finetune` only (`FinetuneConfig`)", "",
+        "Also `--progress/--no-progress` and `--resume DIR` (continue an interrupted run).", "",
+        flags_table(FinetuneConfig, skip=RunSettings),
+        "## `rankrl bench` only (`BenchConfig`)", "",
+        "Also `--progress/--no-progress`, `--backend local|ray` and `--address` (a Ray cluster's head).", "",
+        flags_table(BenchConfig, skip=RunSettings),
+        "## `rankrl demo` (`DemoConfig`)", "",
+        "Its training flags take the shared help with the demo's shorter defaults; also `--progress/--no-progress`.",
+        "", flags_table(DemoConfig),
+    ])
+
+
+if __name__ == "__main__":  # through the imported module, whose sentinels the configs use
+    from rankrl.settings import flags_markdown as _flags_markdown
+
+    print(_flags_markdown(), end="")
