@@ -70,8 +70,8 @@ def make_option(item: Field, annotation: Any) -> inspect.Parameter:
                              annotation=option_type(annotation))
 
 
-def options_from(cls: type, exclude: tuple[str, ...] = ()) -> Callable[[Callable[..., T]], Callable[..., T]]:
-    """Decorate a Typer command so that every field of ``cls`` (but ``exclude``) is one of its options.
+def options_from(cls: type) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Decorate a Typer command so that every field of ``cls`` is one of its options.
 
     The command declares its own options (what is not a setting) and ``**options``; its own options come after
     the generated ones (one named like a field replaces it). The generated options are ordered by help panel
@@ -82,7 +82,7 @@ def options_from(cls: type, exclude: tuple[str, ...] = ()) -> Callable[[Callable
         own = {name: parameter for name, parameter in inspect.signature(command, eval_str=True).parameters.items()
                if parameter.kind is not inspect.Parameter.VAR_KEYWORD}
         hints = get_type_hints(cls)
-        items = [item for item in fields(cls) if item.name not in exclude and item.name not in own]
+        items = [item for item in fields(cls) if item.name not in own]
         items.sort(key=lambda item: PANELS.index(item.metadata.get("panel", PANELS[-1])))
         generated = [make_option(item, hints[item.name]) for item in items]
         parameters = generated + [parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY) for parameter in own.values()]
@@ -99,7 +99,7 @@ def options_from(cls: type, exclude: tuple[str, ...] = ()) -> Callable[[Callable
     return decorate
 
 
-def build_config(cls: type[T], kwargs: dict[str, Any], **overrides: Any) -> T:
+def build_config(cls: type[T], kwargs: dict[str, Any]) -> T:
     """The ``cls`` of a command's options: each field's option parsed (``parse`` metadata), the rest ignored.
 
     Raises:
@@ -107,9 +107,7 @@ def build_config(cls: type[T], kwargs: dict[str, Any], **overrides: Any) -> T:
     """
     values = {}
     for item in fields(cls):
-        if item.name in overrides:
-            values[item.name] = overrides[item.name]
-        elif item.name in kwargs:
+        if item.name in kwargs:
             value = kwargs[item.name]
             parse = item.metadata.get("parse")
             values[item.name] = parse(value) if parse is not None and isinstance(value, str | None) else value

@@ -263,7 +263,9 @@ def run_finetune(config: FinetuneConfig, console: Console | None = None, progres
                     f" (trace {config.budget_trace})" if config.budget_trace is not None else "")
         budget = _shifted(control.budget.budget if control.budget else None, shift)
         console.print(f"[bold]rankrl finetune[/] {config.model} on {task.summary()}\n  controller {spec}, "
-                      f"every {config.every} steps, budget ({scope} scope) {_mib(budget)}{relative} -> {run_dir}")
+                      f"every {config.every} steps, "
+                      + (f"budget ({scope} scope) {_mib(budget)}{relative}" if budget is not None else "no budget")
+                      + f" -> {run_dir}")
         metrics = _train(session, control, config, console, progress and main, run_dir if main else None,
                          scope=scope)
         metrics["processes"] = 1 if sync is None else sync.world_size
@@ -337,7 +339,8 @@ def _finish(session: FineTuneSession, control: RankControl, metrics: dict, run_d
     metrics["adapter"] = _save_adapter(session.rl, control, run_dir / ADAPTER_DIR, console)
     atomic_write_text(run_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
     console.print(f"  accuracy {metrics['accuracy']:.3f} (macro-F1 {metrics['macro_f1']:.3f}), peak memory "
-                  f"({metrics['memory_scope']} scope) {metrics['peak_memory_mib']:.2f} MiB, final ranks {metrics['group_ranks']}, "
+                  f"({metrics['memory_scope']} scope) {metrics['peak_memory_mib']:.2f} MiB, final ranks "
+                  f"{metrics['group_ranks']}, "
                   f"{metrics['decisions']} decisions ({metrics['wall_hits']} at the wall)")
     console.print(f"  adapter: {metrics['adapter']}; TensorBoard: tensorboard --logdir {run_dir / 'tb'}; "
                   f"explain: rankrl explain {run_dir}")
