@@ -50,9 +50,27 @@ def load_4bit(path: str | Path, num_labels: int = 2, device: str = "cpu", **conf
         raise ValueError("A 4-bit base needs bitsandbytes: pip install bitsandbytes") from err
     from transformers import AutoModelForSequenceClassification
 
-    return AutoModelForSequenceClassification.from_pretrained(
+    model = AutoModelForSequenceClassification.from_pretrained(
         str(path),
         num_labels=num_labels,
         quantization_config=bnb_4bit_config(**config_options),
         device_map=device,
     )
+    keep_trainable_layout(model)
+    return model
+
+
+def keep_trainable_layout(model) -> int:
+    """Keep every 4-bit layer in the layout that training can use; returns how many layers were set.
+
+    On CPUs with AVX512-BF16, bitsandbytes (0.48-0.50) repacks a ``Linear4bit``'s weight into an
+    inference-only layout at its first no-grad forward in eval mode, and never back: a run that evaluates
+    mid-training then fails at its next training step. rankrl evaluates mid-training, so the repacking is
+    switched off (the ordinary 4-bit kernels serve evaluation too).
+    """
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)

@@ -37,6 +37,8 @@ def test_4bit_base_resizes_exports_and_counts_its_memory(saved_tiny, tmp_path):
     query = model.bert.encoder.layer[0].attention.self.query
     assert isinstance(query, bnb.nn.Linear4bit) and query.weight.dtype == torch.uint8
     assert not isinstance(model.classifier, bnb.nn.Linear4bit)
+    # No one-way inference repacking (AVX512-BF16 CPUs): evaluating mid-training must leave training possible.
+    assert not any(getattr(m, "support_avx512bf16_for_cpu", False) for m in model.modules())
 
     # memory(): packed 4-bit weights (two per byte), a float32 scale per 64-value block and the code book.
     quantized = [m.weight for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
