@@ -51,7 +51,9 @@ class AutoFreezeController(RankController):
             return Decision(ranks, "autofreeze: watching gradient norms", frozen=frozen)
         changes = {g: abs(norms[g] - previous[g]) / previous[g] if previous[g] > 0 else float("inf")
                    for g in training}
-        threshold = float(np.percentile(list(changes.values()), self.percentile))
+        # method='lower': the threshold is one of the observed changes, never interpolated, so a group whose
+        # previous norm was 0 (change inf) cannot turn it into inf - inf.
+        threshold = float(np.percentile(list(changes.values()), self.percentile, method="lower"))
         bottom = training[0]
         if changes[bottom] <= threshold:
             frozen[bottom] = True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 from rankrl.controllers import make_controller
@@ -21,6 +23,16 @@ def test_the_bottom_group_freezes_once_its_gradient_norm_settles():
     # relative changes 0.02, 0.5, 0.5: the bottom one is at or below the median
     decision = decide(controller, [1.02, 1.5, 1.5])
     assert decision.frozen == [True, False, False] and "group 0 converged" in decision.reason
+
+
+def test_a_group_without_a_previous_gradient_is_still_moving_and_warns_nothing():
+    controller = make_controller("autofreeze")
+    decide(controller, [1.0, 0.0, 0.0, 1.0], ranks=(4, 4, 4, 4))  # groups 1 and 2 had no gradient yet
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        decision = decide(controller, [1.5, 1.0, 1.0, 1.01], ranks=(4, 4, 4, 4))
+    # changes 0.5, inf, inf, 0.01: the median (lower) is 0.5, which the bottom group's change meets
+    assert decision.frozen == [True, False, False, False]
 
 
 def test_a_moving_bottom_group_keeps_training():
