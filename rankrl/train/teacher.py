@@ -12,6 +12,8 @@ each one.
 
 from __future__ import annotations
 
+import difflib
+
 import numpy as np
 
 from rankrl.controllers import (
@@ -39,10 +41,14 @@ def check_teacher(spec: str) -> str:
     if name == "learned":
         raise TeacherError(f"Teacher {spec!r} is a learned policy; a teacher is a rule controller. {known} "
                            "To start from a trained policy, use --init-policy.")
+    if name not in TEACHERS:
+        close = difflib.get_close_matches(name, TEACHERS, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise TeacherError(f"Unknown teacher {spec!r}.{hint} {known}")
     try:
         make_controller(spec)
     except ValueError as err:
-        raise TeacherError(f"Teacher {spec!r} is not a rule controller: {err} {known}") from None
+        raise TeacherError(f"Teacher {spec!r}: {err} {known}") from None
     return spec.strip()
 
 
