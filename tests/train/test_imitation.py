@@ -252,3 +252,25 @@ def test_bad_cloning_input_creates_no_run_directory(tmp_path, agent_file):
     with pytest.raises(TeacherError):
         train_policy(env="tiny", agent=str(agent_file), timesteps=0, out=out, teacher="fixd")
     assert not out.exists()
+
+
+def test_ppo_continues_from_the_clone(tmp_path, agent_file):
+    run_dir = train_policy(env="tiny", agent=str(agent_file), timesteps=10, seed=1, out=tmp_path, progress=False,
+                           teacher="autofreeze", bc_episodes=1, bc_epochs=5)
+    metadata = json.loads((run_dir / "metadata.json").read_text())
+    assert metadata["timesteps"] == 10 and metadata["last_evaluation"] is not None
+    assert metadata["behaviour_cloning"]["decisions"] == 5
+    assert (run_dir / "teacher_episodes.npz").is_file() and (run_dir / "learning_curve.png").is_file()
+
+
+def test_a_stop_while_collecting_keeps_nothing(tmp_path, agent_file):
+    from rankrl import interrupt
+
+    interrupt.request()
+    try:
+        with pytest.raises(interrupt.Interrupted, match="collecting the teacher's episodes; nothing was kept"):
+            train_policy(env="tiny", agent=str(agent_file), timesteps=0, out=tmp_path, progress=False,
+                         teacher="autofreeze", bc_episodes=2)
+    finally:
+        interrupt.clear()
+    assert not any((tmp_path / "tiny").iterdir())
