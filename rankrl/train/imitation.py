@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from rankrl.env import (
     env_id,
     load_env_config,
 )
+from rankrl.env.registration import ENV_VERSION
 from rankrl.runs import atomic_write, atomic_write_text, check_writable
 from rankrl.train.callbacks import held_out_episodes, run_episode
 from rankrl.train.teacher import Teacher
@@ -42,8 +44,16 @@ DATASET_FORMAT = 1
 ARRAYS = ("observations", "actions", "episode_ids")
 
 
-def _env_config(env: str | Path | EnvConfig) -> EnvConfig:
-    return env if isinstance(env, EnvConfig) else load_env_config(env)
+def resolve_env_config(env: str | Path | EnvConfig) -> EnvConfig:
+    """An :class:`EnvConfig` from itself, a preset name or YAML path, or a Gymnasium id (``rankrl/tiny-v1``)."""
+    if isinstance(env, EnvConfig):
+        return env
+    match = re.fullmatch(r"rankrl/(.+)-v(\d+)", str(env))
+    if match:
+        if int(match.group(2)) != ENV_VERSION:
+            raise ValueError(f"{env}: this rankrl has environment v{ENV_VERSION}; use {env_id(match.group(1))}.")
+        return load_env_config(match.group(1))
+    return load_env_config(env)
 
 
 @dataclass
@@ -199,7 +209,7 @@ def collect_teacher_episodes(env: str | Path | EnvConfig, teacher: str | Teacher
     A stop request (Ctrl-C) is honoured between episodes.
 
     Args:
-        env: Environment preset name, YAML path or :class:`EnvConfig`.
+        env: Environment preset name, YAML path, Gymnasium id or :class:`EnvConfig`.
         teacher: A controller spec or a :class:`Teacher`.
         n_episodes: Episodes to run (>= 1).
         seed: Seed of the episode seeds.
@@ -207,7 +217,7 @@ def collect_teacher_episodes(env: str | Path | EnvConfig, teacher: str | Teacher
     """
     if n_episodes < 1:
         raise ValueError(f"The teacher needs at least one episode, got {n_episodes}.")
-    config = _env_config(env)
+    config = resolve_env_config(env)
     teacher = teacher if isinstance(teacher, Teacher) else Teacher(teacher)
     environment = LoRARankEnv(config=config)
     observations, actions, ids, returns = [], [], [], []
@@ -376,11 +386,11 @@ def compare_returns(model, teacher: str | Teacher, env: str | Path | EnvConfig, 
     Args:
         model: The cloned SB3 model.
         teacher: The teacher's spec or :class:`Teacher`.
-        env: Environment preset name, YAML path or :class:`EnvConfig`.
+        env: Environment preset name, YAML path, Gymnasium id or :class:`EnvConfig`.
         episodes: How many of the ``eval_seeds`` (default all); ignored when ``seeds`` is given.
         seeds: Explicit held-out seeds.
     """
-    config = _env_config(env)
+    config = resolve_env_config(env)
     teacher = teacher if isinstance(teacher, Teacher) else Teacher(teacher)
     chosen = list(seeds) if seeds is not None else list(config.eval_seeds[:episodes])
     pairs = held_out_episodes(config, chosen)

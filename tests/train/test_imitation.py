@@ -21,6 +21,7 @@ from rankrl.train.imitation import (
     compare_returns,
     episode_seeds,
     fit_behaviour_cloning,
+    resolve_env_config,
 )
 from rankrl.train.teacher import TEACHERS, Teacher, TeacherError, nearest_action
 
@@ -101,6 +102,12 @@ def test_a_teacher_must_be_a_rule_controller():
         assert "learned" not in str(err.value).split("Known teachers:")[1]
     assert "learned" not in TEACHERS and {"autofreeze", "greedy-memory", "static-fit", "importance"} <= set(TEACHERS)
     assert Teacher(" importance:target_rank=2 ").spec == "importance:target_rank=2"
+
+
+def test_environment_by_preset_id_or_config():
+    assert resolve_env_config("rankrl/tiny-v1") == resolve_env_config("tiny") == load_env_config("tiny")
+    with pytest.raises(ValueError, match="environment v1; use rankrl/tiny-v1"):
+        resolve_env_config("rankrl/tiny-v0")
 
 
 def test_collection_keeps_the_held_out_seeds_out():
