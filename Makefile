@@ -24,14 +24,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/rankrl demo
 
-test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider tests
+# Lint and type checks first, so that a check that fails fails the run; then the tests on two workers
+# (one test file per worker, so module-scoped fixtures are built once).
+test: lint
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check rankrl tests bench
+	$(VENV)/bin/ruff check rankrl tests benchmarks
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
-	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
+	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -5,10 +5,17 @@ allocation in it, and the trained policy then drives ordinary fine-tuning. Under
 changes LoRA ranks mid-training and physically frees the memory.
 """
 
-from rankrl.env import LoRARankEnv, register_presets
-from rankrl.lora import RankedLoRA, RankedLoRAError
-from rankrl.memory import MemoryReport
-from rankrl.models import load_model, load_tokenizer
+import logging
+
+# PEFT imports bitsandbytes whenever it is installed (the qlora extra), and on CPUs with AVX512-BF16
+# bitsandbytes then tries to fetch an optional 4-bit CPU kernel from the hub and logs a warning when it
+# cannot, on every command, for users who never load a 4-bit model. Its plain CPU path works without it.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+from rankrl.env import LoRARankEnv, register_presets  # noqa: E402
+from rankrl.lora import RankedLoRA, RankedLoRAError  # noqa: E402
+from rankrl.memory import MemoryReport  # noqa: E402
+from rankrl.models import load_model, load_tokenizer  # noqa: E402
 
 register_presets()
 

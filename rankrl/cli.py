@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import typer
 
 from rankrl import interrupt
+from rankrl.bench.config import BenchConfig
+from rankrl.cli_options import build_config, options_from
+from rankrl.demos.main import DemoConfig
+from rankrl.deploy.finetune import FinetuneConfig
+from rankrl.settings import help_of
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -23,12 +29,11 @@ def _fail(err: Exception) -> None:
 DIVERGED_EXIT = 3
 """Exit code of a run whose loss became non-finite (no adapter, not a result)."""
 
-# Reliability options shared by several commands (docs/reliability.md).
-TRUST_HELP = ("Allow a bare stable-baselines3 policy.zip, which can run code when loaded (it holds pickled "
-              "objects). Without it only policies saved as data (policy.json + policy.safetensors) load.")
-CHECKPOINT_HELP = "Steps between checkpoints that --resume continues from"
-ENCODING_HELP = "Text encoding of data files (default utf-8; e.g. latin-1, cp1252)."
-DROP_INVALID_HELP = "Leave out rows with an empty label (counted) instead of refusing them with their row numbers."
+RUN = "Run"
+"""Help panel of the options that say how a command runs (rankrl.settings.PANELS)."""
+TRUST_HELP = help_of(FinetuneConfig, "trust_policy")["help"]
+ADDRESS_HELP = ("With --backend ray: a cluster's head ('auto', HOST:PORT or ray://HOST:PORT); default a local "
+                "Ray.")
 
 
 def _continue_command(flag: str = "--resume") -> str:
@@ -40,33 +45,16 @@ def _continue_command(flag: str = "--resume") -> str:
 
 
 @app.command()
+@options_from(DemoConfig)
 def demo(
-    timesteps: int = typer.Option(1024, "--timesteps", help="Decisions the policy trains for on the env preset."),
-    n_envs: int = typer.Option(2, "--n-envs", help="Parallel training environments."),
-    env: str = typer.Option("default", "--env", help="Environment preset the policy trains on."),
-    model: str = typer.Option("default", "--model", help="Model of the deployment runs ('default' = MiniLM-L6)."),
-    task: str = typer.Option(None, "--task", help="Held-out task of the deployment runs (default: a synthetic task "
-                             "at a difficulty and data seed the policy never trained on)."),
-    steps: int = typer.Option(150, "--steps", help="Optimizer steps of each deployment run."),
-    every: int = typer.Option(15, "--every", help="Optimizer steps between rank decisions."),
-    controllers: str = typer.Option("learned,static-fit,autofreeze,fixed", "--controllers",
-                                    help="Comma-separated controllers to compare ('learned' = the policy just trained, "
-                                    "'learned:default' = the shipped one)."),
-    budget_frac: float = typer.Option(0.6, "--budget-frac", help="Budget after the step down, as a fraction of the "
-                                      "reference memory (the run at rank 8 with every group training)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of training and of the deployment runs."),
-    out: str = typer.Option("runs/demo", "--out", help="Parent of the demo's run directory (<out>/demo_<n>)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars.", rich_help_panel=RUN),
+    **options: Any,
 ) -> None:
     """The main job: learn a rank policy, fine-tune with it under a budget that drops, next to the baselines."""
-    from rankrl.demo import HELD_OUT_TASK, DemoConfig, run_demo
+    from rankrl.demos.main import run_demo
 
-    config = DemoConfig(env=env, timesteps=timesteps, n_envs=n_envs, model=model, task=task or HELD_OUT_TASK,
-                        steps=steps, every=every, controllers=[c.strip() for c in controllers.split(",") if c.strip()],
-                        budget_frac=budget_frac,
-                        seed=seed, out=out)
     try:
-        run_demo(config, progress=progress)
+        run_demo(build_config(DemoConfig, options), progress=progress)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
 
@@ -81,7 +69,7 @@ def resize_demo(
     num_groups: int = typer.Option(4, "--num-groups", help="Layer groups (at most the model's layers)."),
 ) -> None:
     """Live rank reallocation in one run (8 -> 0/16 -> 4): the memory it frees, and vanilla PEFT's reload."""
-    from rankrl.resize_demo import run_resize_demo
+    from rankrl.demos.resize import run_resize_demo
 
     try:
         run_resize_demo(model=model, task=task, steps_per_phase=steps_per_phase, out=out, seed=seed,
@@ -140,10 +128,9 @@ def train(
     init_policy: str = typer.Option(None, "--init-policy", help="Warm start from this policy (run directory or "
                                     "policy.json; same observation layout and actions, e.g. a cheaper preset's)."),
     backend: str = typer.Option("subprocess", "--backend", help="Environment workers: 'subprocess' (this "
-                                "machine) or 'ray' (Ray actors; needs the rankrl[ray] extra). Same seeds, "
+                                "machine) or 'ray' (Ray actors; needs the rankrl\\[ray] extra). Same seeds, "
                                 "same policy."),
-    address: str = typer.Option(None, "--address", help="With --backend ray: a cluster's head ('auto', "
-                                "HOST:PORT or ray://HOST:PORT); default a local Ray."),
+    address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
     # Behaviour cloning (docs/imitation.md).
     teacher: str = typer.Option(None, "--teacher", help="Clone this rule controller before PPO starts: "
                                 "autofreeze | greedy-memory | static-fit | importance | fixed[:R] | ... (options as "
@@ -153,7 +140,8 @@ def train(
     bc_data: str = typer.Option(None, "--bc-data", help="Imitation dataset FILE(.npz + .json): read when it exists "
                                 "(same observation layout required), else the teacher's episodes are written there."),
     # Reliability options.
-    checkpoint_every: int = typer.Option(None, "--checkpoint-every", help=f"{CHECKPOINT_HELP} (environment steps; "
+    checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints that --resume "
+                                         "continues from (environment steps; "
                                          "default: the agent preset's checkpoint_freq)."),
     trust_policy: bool = typer.Option(False, "--trust-policy", help=TRUST_HELP),
 ) -> None:
@@ -198,80 +186,28 @@ def presets() -> None:
 
 
 @app.command()
+@options_from(FinetuneConfig)
 def finetune(
-    model: str = typer.Option("default", "--model", help="'default' (MiniLM-L6), 'tiny', a model directory or hub name."),
-    data: str = typer.Option(None, "--data", help="Train data: a .tsv/.csv/.jsonl file, a hub id or synthetic:NAME "
-                             "(required unless --resume)."),
-    eval_data: str = typer.Option(None, "--eval-data", help="Eval data (default: held out from --data)."),
-    text_column: str = typer.Option(None, "--text-column", help="Text column (default: auto-detected)."),
-    data_format: str = typer.Option(None, "--data-format", help="csv, tsv, json or trec for files whose extension "
-                                    "does not say (TREC files are recognised by their lines)."),
-    label_column: str = typer.Option(None, "--label-column", help="Label column (default: auto-detected)."),
-    controller: str = typer.Option("fixed", "--controller", help="learned:PATH | fixed[:R] | layerwise:R,R,.. | "
-                                   "importance | complexity | variance | greedy-memory | static-fit | autofreeze "
-                                   "(options as NAME:key=value)."),
-    policy: str = typer.Option(None, "--policy", help="Policy for --controller learned (run dir or policy.json)."),
-    budget_mb: float = typer.Option(None, "--budget-mb", help="Memory budget in MiB (the hard wall); none by default."),
-    budget_frac: float = typer.Option(None, "--budget-frac", help="A wall at this fraction of the reference memory: "
-                                      "the run at --rank with every group training (default: a learned policy's "
-                                      "training wall, else none)."),
-    budget_trace: str = typer.Option(None, "--budget-trace", help="A moving wall: a CSV file with a header "
-                                     "step,budget_mb or step,budget_frac and one row per change from step 0."),
-    budget: str = typer.Option(None, "--budget", help="'live': follow the GPU's free memory (NVML) minus "
-                               "--budget-margin-mb, read at each decision (CUDA only)."),
-    budget_margin_mb: float = typer.Option(512.0, "--budget-margin-mb", help="Memory kept free by --budget live."),
-    memory_scope: str = typer.Option(None, "--memory-scope", help="'total' (with the frozen base) or 'adapter' "
-                                     "(default: a learned policy's own scope, else total)."),
-    rslora: bool = typer.Option(False, "--rslora/--no-rslora", help="rsLoRA scaling alpha/sqrt(r) instead of PEFT's "
-                                "default alpha/r."),
-    steps: int = typer.Option(300, "--steps", help="Optimizer steps."),
-    every: int = typer.Option(25, "--every", help="Optimizer steps between controller decisions."),
-    eval_every: int = typer.Option(None, "--eval-every", help="Evaluate every N steps (default: --every; 0: never)."),
-    eval_size: int = typer.Option(256, "--eval-size", help="Rows of the fixed evaluation subset."),
-    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Examples per optimizer step."),
-    max_length: int = typer.Option(64, "--max-length", help="Tokens per example."),
-    rank: int = typer.Option(8, "--rank", help="Initial LoRA rank of every module."),
-    r_max: int = typer.Option(None, "--r-max", help="Largest group rank (default: the policy's, else 2 x --rank)."),
-    rank_step: int = typer.Option(None, "--rank-step", help="Rank granularity (default: the policy's, else r_max/8)."),
-    num_groups: int = typer.Option(4, "--num-groups", help="Layer groups G (a learned policy fixes G)."),
-    num_hidden_layers: int = typer.Option(None, "--num-hidden-layers", help="Keep only the first N layers."),
-    seed: int = typer.Option(0, "--seed", help="Seed of adapters, head and data order."),
-    out: str = typer.Option(None, "--out", help="Run directory (must not exist or be empty; required unless --resume)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    # Reliability options.
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.", rich_help_panel=RUN),
     resume: str = typer.Option(None, "--resume", help="Continue this interrupted run directory from its newest good "
-                               "checkpoint (its own settings; other flags are not needed)."),
-    checkpoint_every: int = typer.Option(None, "--checkpoint-every", help=f"{CHECKPOINT_HELP} (optimizer steps; "
-                                         "default --every; 0: none)."),
-    encoding: str = typer.Option(None, "--encoding", help=ENCODING_HELP),
-    drop_invalid: bool = typer.Option(False, "--drop-invalid", help=DROP_INVALID_HELP),
-    trust_policy: bool = typer.Option(False, "--trust-policy", help=TRUST_HELP),
+                               "checkpoint (its own settings; other flags are not needed).", rich_help_panel=RUN),
+    **options: Any,
 ) -> None:
     """Fine-tune with LoRA while a controller spends the rank; writes metrics, decisions, TensorBoard, adapter."""
-    from rankrl.deploy.finetune import DivergedRunError, FinetuneConfig, resume_finetune, run_finetune
+    from rankrl.deploy.finetune import DivergedRunError, resume_finetune, run_finetune
 
     if resume is not None:
         try:
-            resume_finetune(resume, progress=progress, trust_policy=trust_policy)
+            resume_finetune(resume, progress=progress, trust_policy=options["trust_policy"])
         except DivergedRunError as err:
             _diverged(err)
         except (ValueError, OSError) as err:
             _fail(err)
         return
-    missing = [flag for flag, value in (("--data", data), ("--out", out)) if value is None]
+    missing = [flag for flag, value in (("--data", options["data"]), ("--out", options["out"])) if value is None]
     if missing:
         _fail(ValueError(f"{' and '.join(missing)} required (or --resume DIR to continue a run)."))
-    config = FinetuneConfig(
-        model=model, data=data, eval_data=eval_data, data_format=data_format, text_column=text_column,
-        label_column=label_column,
-        controller=controller, policy=policy, budget_mb=budget_mb, budget_frac=budget_frac, budget_trace=budget_trace,
-        budget=budget, budget_margin_mb=budget_margin_mb,
-        memory_scope=memory_scope, use_rslora=rslora, steps=steps,
-        every=every, eval_every=eval_every, eval_size=eval_size, lr=lr, batch_size=batch_size,
-        max_length=max_length, rank=rank, r_max=r_max, rank_step=rank_step, num_groups=num_groups,
-        num_hidden_layers=num_hidden_layers, seed=seed, out=out, checkpoint_every=checkpoint_every,
-        encoding=encoding, drop_invalid=drop_invalid, trust_policy=trust_policy)
+    config = build_config(FinetuneConfig, options)
     try:
         run_finetune(config, progress=progress)
     except DivergedRunError as err:
@@ -286,70 +222,21 @@ def _diverged(err: Exception) -> None:
 
 
 @app.command()
+@options_from(BenchConfig)
 def bench(
-    model: str = typer.Option("default", "--model", help="'default' (MiniLM-L6), 'tiny', a model directory or hub name."),
-    tasks: str = typer.Option(..., "--tasks", help="Comma-separated tasks, each [NAME=]TRAIN[:EVAL]: synthetic:NAME[?..], "
-                              "a .tsv/.csv/.jsonl file (TRAIN:EVAL adds an eval file) or a hub dataset id."),
-    controllers: str = typer.Option("fixed,layerwise,importance,complexity,variance,adalora", "--controllers",
-                                    help="Comma-separated: fixed[:R] | layerwise[:R,R,..] | importance | complexity | "
-                                    "variance | greedy-memory | static-fit | autofreeze | learned:PATH | "
-                                    "adalora[:key=value,..] (PEFT AdaLoRA) | oracle-static (a grid of static "
-                                    "allocations that fit each budget)."),
-    seeds: int = typer.Option(3, "--seeds", help="Seeds per arm (0..N-1)."),
-    budget_mb: str = typer.Option(None, "--budget-mb", help="Memory budget(s) in MiB for the adaptive controllers, "
-                                  "comma-separated (one arm per budget); none by default."),
-    budget_frac: str = typer.Option(None, "--budget-frac", help="Budget(s) as fractions of the reference memory "
-                                    "(the run at --rank with every group training), e.g. 0.4,0.6,0.8,1.0."),
-    budget_trace: str = typer.Option(None, "--budget-trace", help="A moving budget for one more arm per controller: "
-                                     "a CSV file step,budget_mb or step,budget_frac."),
-    fixed_ranks: str = typer.Option("2,4,8,16", "--fixed-ranks", help="Ranks of a bare 'fixed' (the fixed-rank front)."),
-    fixed_lrs: str = typer.Option(None, "--fixed-lrs", help="Learning rates of the fixed-rank runs, e.g. 5e-4,1e-3,2e-3 "
-                                  "(default: --lr only)."),
-    text_column: str = typer.Option(None, "--text-column", help="Text column of file / hub tasks (default: auto)."),
-    label_column: str = typer.Option(None, "--label-column", help="Label column of file / hub tasks (default: auto)."),
-    memory_scope: str = typer.Option("total", "--memory-scope", help="'total' or 'adapter': scope of budgets and comparisons."),
-    rslora: bool = typer.Option(False, "--rslora/--no-rslora", help="rsLoRA scaling alpha/sqrt(r) for every LoRA run "
-                                "(learned policies included; AdaLoRA keeps its own)."),
-    steps: int = typer.Option(300, "--steps", help="Optimizer steps per run."),
-    every: int = typer.Option(25, "--every", help="Steps between controller decisions (and AdaLoRA's deltaT)."),
-    eval_every: int = typer.Option(None, "--eval-every", help="Evaluate every N steps (default: --every; 0: never)."),
-    eval_size: int = typer.Option(256, "--eval-size", help="Rows of the fixed evaluation subset."),
-    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate of every run (fixed runs: see --fixed-lrs)."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Examples per optimizer step."),
-    max_length: int = typer.Option(64, "--max-length", help="Tokens per example."),
-    rank: int = typer.Option(8, "--rank", help="Starting rank of the adaptive controllers; AdaLoRA's target_r."),
-    r_max: int = typer.Option(None, "--r-max", help="Largest group rank of the adaptive controllers (default 2 x --rank)."),
-    rank_step: int = typer.Option(None, "--rank-step", help="Rank granularity (default r_max/8)."),
-    num_groups: int = typer.Option(4, "--num-groups", help="Layer groups G (a learned policy fixes G)."),
-    num_hidden_layers: int = typer.Option(None, "--num-hidden-layers", help="Keep only the first N layers."),
-    out: str = typer.Option(..., "--out", help="Benchmark directory (must not exist or be empty, unless --resume)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue --out: skip finished runs (same settings required)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    backend: str = typer.Option("local", "--backend", help="'local' (one run after another) or 'ray' (every "
-                                "run a Ray task; needs the rankrl[ray] extra and, on a cluster, --out on a "
-                                "shared filesystem)."),
-    address: str = typer.Option(None, "--address", help="With --backend ray: a cluster's head ('auto', "
-                                "HOST:PORT or ray://HOST:PORT); default a local Ray."),
-    # Reliability options.
-    encoding: str = typer.Option(None, "--encoding", help=ENCODING_HELP),
-    drop_invalid: bool = typer.Option(False, "--drop-invalid", help=DROP_INVALID_HELP),
-    trust_policy: bool = typer.Option(False, "--trust-policy", help=TRUST_HELP),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.", rich_help_panel=RUN),
+    backend: str = typer.Option("local", "--backend", help="'local' (one run after another) or 'ray' (every run a "
+                                "Ray task; needs the rankrl\\[ray] extra and, on a cluster, --out on a shared "
+                                "filesystem).", rich_help_panel=RUN),
+    address: str = typer.Option(None, "--address", help=ADDRESS_HELP, rich_help_panel=RUN),
+    **options: Any,
 ) -> None:
-    """Benchmark rank controllers (and PEFT AdaLoRA) against the fixed-rank front: results.csv, report.md, pareto.png."""
-    from rankrl.bench import BenchConfig, run_bench
-    from rankrl.bench.config import parse_numbers, split_list
+    """Benchmark rank controllers (and PEFT AdaLoRA) against the fixed-rank front: results.csv, report.md,
+    pareto.png."""
+    from rankrl.bench import run_bench
 
     try:
-        config = BenchConfig(
-            model=model, tasks=split_list(tasks), controllers=[controllers], seeds=seeds,
-            budget_mb=parse_numbers(budget_mb, "--budget-mb"), budget_frac=parse_numbers(budget_frac, "--budget-frac"),
-            budget_trace=budget_trace, fixed_ranks=parse_numbers(fixed_ranks, "--fixed-ranks", integer=True),
-            fixed_lrs=parse_numbers(fixed_lrs, "--fixed-lrs"), text_column=text_column, label_column=label_column,
-            memory_scope=memory_scope, use_rslora=rslora, steps=steps, every=every, eval_every=eval_every, eval_size=eval_size, lr=lr,
-            batch_size=batch_size, max_length=max_length, rank=rank, r_max=r_max, rank_step=rank_step,
-            num_groups=num_groups, num_hidden_layers=num_hidden_layers, out=out, resume=resume,
-            encoding=encoding, drop_invalid=drop_invalid, trust_policy=trust_policy)
-        run_bench(config, progress=progress, backend=backend, address=address)
+        run_bench(build_config(BenchConfig, options), progress=progress, backend=backend, address=address)
     except (ValueError, OSError) as err:
         _fail(err)
     except interrupt.Interrupted as err:
@@ -358,7 +245,8 @@ def bench(
 
 @app.command()
 def explain(
-    run_dir: str = typer.Argument(..., help="A run directory with decisions.jsonl (finetune, or a Trainer output_dir)."),
+    run_dir: str = typer.Argument(..., help="A run directory with decisions.jsonl (finetune, or a Trainer "
+                                  "output_dir)."),
     out: str = typer.Option(None, "--out", help="PNG path (default: RUN_DIR/explain.png)."),
     policy: str = typer.Option(None, "--policy", help="Policy for the saliency panel (default: the run's own)."),
     top_k: int = typer.Option(8, "--top-k", help="Features shown in the saliency panel."),

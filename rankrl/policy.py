@@ -20,7 +20,6 @@ the data format once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import zipfile
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from rankrl.env.observation import ObservationLayout
-from rankrl.runs import atomic_write
+from rankrl.runs import atomic_write, file_sha256
 
 POLICY_FILE = "policy.zip"
 SPEC_FILE = "policy.json"
@@ -83,7 +82,10 @@ class LoadedPolicy:
 
 # ---------------------------------------------------------------------------------------------- shipped policies
 def shipped_policy_dirs() -> list[Path]:
-    """Folders of the policies shipped with rankrl: ``policies/`` in a checkout, ``rankrl/shipped/policies`` in a wheel."""
+    """Folders of the policies shipped with rankrl.
+
+    ``policies/`` in a checkout, ``rankrl/shipped/policies`` in a wheel.
+    """
     package = Path(__file__).resolve().parent
     return [d for d in (package.parent / "policies", package / "shipped" / "policies") if d.is_dir()]
 
@@ -209,7 +211,7 @@ def save_policy_data(policy, directory: str | Path, metadata: dict | None = None
         "observation_space": _space_to_dict(policy.observation_space),
         "action_space": _space_to_dict(policy.action_space),
         "observation_layout": _plain(layout) if layout is not None else None,
-        "weights": weights.name, "weights_sha256": _sha256(weights),
+        "weights": weights.name, "weights_sha256": file_sha256(weights),
         "metadata": _plain(metadata or {}),
     }
     path = directory / f"{stem}.json"
@@ -239,7 +241,7 @@ def load_policy_data(path: str | Path, device: str = "cpu", layout: ObservationL
     weights = path.parent / spec["weights"]
     if not weights.is_file():
         raise PolicyFileError(f"{path} names the weights {weights.name}, which are not beside it.")
-    if _sha256(weights) != spec["weights_sha256"]:
+    if file_sha256(weights) != spec["weights_sha256"]:
         raise PolicyFileError(f"{weights} does not match the checksum in {path} (altered or half-written); "
                               "re-export the policy.")
     kwargs = dict(spec["policy_kwargs"])
@@ -303,7 +305,8 @@ def _load_trusted_zip(path: Path, device: str, layout: ObservationLayout | None)
     try:
         model = getattr(stable_baselines3, algo).load(path, device=device)
     except Exception as err:  # SB3 raises many kinds for a damaged zip
-        raise PolicyFileError(f"{path} could not be loaded by stable-baselines3 ({type(err).__name__}: {err}).") from err
+        raise PolicyFileError(f"{path} could not be loaded by stable-baselines3 "
+                              f"({type(err).__name__}: {err}).") from err
     model.policy.set_training_mode(False)
     return LoadedPolicy(policy=model.policy, path=path, features=features, metadata=metadata, spec={"algo": algo})
 
@@ -424,11 +427,3 @@ def _bound(value) -> float:
 def _plain(value):
     """``value`` as plain JSON types (tuples become lists, numpy scalars numbers)."""
     return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -24,7 +25,8 @@ def new_run_dir(root: str | Path, name: str) -> Path:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     stem = _slug(name)
-    taken = [int(m.group(1)) for p in root.glob(f"{stem}_*") if (m := re.fullmatch(rf"{re.escape(stem)}_(\d+)", p.name))]
+    pattern = re.compile(rf"{re.escape(stem)}_(\d+)")
+    taken = [int(m.group(1)) for p in root.glob(f"{stem}_*") if (m := pattern.fullmatch(p.name))]
     n = max(taken, default=0) + 1
     while True:
         path = root / f"{stem}_{n}"
@@ -72,7 +74,8 @@ def check_writable(path: str | Path, flag: str = "--out") -> None:
 
 def write_config(run_dir: Path, config: dict) -> Path:
     """Write the resolved configuration of a run as JSON."""
-    return atomic_write_text(Path(run_dir) / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+    text = json.dumps(config, indent=2, sort_keys=True, default=str) + "\n"
+    return atomic_write_text(Path(run_dir) / CONFIG_FILE, text)
 
 
 def read_config(run_dir: str | Path) -> dict:
@@ -114,3 +117,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (checkpoint and policy weights are checked against it)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

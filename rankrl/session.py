@@ -30,7 +30,8 @@ from rankrl.models import LoadedModel, load_model
 class SessionConfig:
     """Everything that defines a fine-tuning run (saved with every run directory)."""
 
-    model: str = field(default="default", metadata={"help": "'default' (MiniLM-L6), 'tiny', a directory or a hub name."})
+    model: str = field(default="default",
+                       metadata={"help": "'default' (MiniLM-L6), 'tiny', a directory or a hub name."})
     num_hidden_layers: int | None = field(default=None, metadata={"help": "Keep only the first N layers."})
     task: str = field(default="synthetic:keyword", metadata={"help": "Train data source (see rankrl.data)."})
     eval_task: str | None = field(default=None, metadata={"help": "Eval data source; None uses the task's own."})
@@ -40,7 +41,8 @@ class SessionConfig:
     train_size: int | None = field(default=None, metadata={"help": "Cap on training examples (None: all)."})
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    scheduler: str = field(default="constant", metadata={"help": "transformers scheduler name (constant, linear, cosine)."})
+    scheduler: str = field(default="constant",
+                           metadata={"help": "transformers scheduler name (constant, linear, cosine)."})
     warmup_steps: int = field(default=0, metadata={"help": "Scheduler warm-up steps."})
     total_steps: int = field(default=1000, metadata={"help": "Scheduler horizon."})
     rank: int = field(default=8, metadata={"help": "Initial LoRA rank of every module."})
@@ -158,7 +160,8 @@ class FineTuneSession:
             model, rank=config.rank, num_groups=config.num_groups, split_by_kind=config.split_by_kind,
             lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, use_rslora=config.use_rslora,
         )
-        self.optimizer = torch.optim.AdamW(self.rl.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.rl.trainable_parameters(), lr=config.lr,
+                                           weight_decay=config.weight_decay)
         self.scheduler = get_scheduler(config.scheduler, self.optimizer, num_warmup_steps=config.warmup_steps,
                                        num_training_steps=config.total_steps)
         self.step = 0

@@ -43,3 +43,12 @@ def tiny_bert():
 @pytest.fixture
 def batch():
     return make_batch()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the requesting module (2 CPUs, no dashboard); skipped without the ray extra."""
+    ray = pytest.importorskip("ray", reason="the ray extra is part of the test set-up (make setup installs it)")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()

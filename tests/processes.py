@@ -9,17 +9,15 @@ import sys
 import time
 from pathlib import Path
 
-TINY_AGENT = """\
-algo: PPO
-net_arch: [16]
-hyperparams:
-  n_steps: 10
-  batch_size: 10
-  n_epochs: 2
-eval_freq: 1000
-eval_episodes: 1
-checkpoint_freq: 10
-"""
+
+def tiny_agent(eval_freq: int = 1000, checkpoint_freq: int = 10, n_epochs: int = 2) -> str:
+    """An agent preset (YAML) small enough for a test: PPO, one 16-unit layer, 10-step rollouts."""
+    return (f"algo: PPO\nnet_arch: [16]\nhyperparams:\n  n_steps: 10\n  batch_size: 10\n  n_epochs: {n_epochs}\n"
+            f"eval_freq: {eval_freq}\neval_episodes: 1\ncheckpoint_freq: {checkpoint_freq}\n")
+
+
+TINY_AGENT = tiny_agent()
+
 TINY_FINETUNE = ["--model", "tiny", "--data", "synthetic:keyword?n_train=256&n_eval=64", "--rank", "4",
                  "--num-groups", "2", "--batch-size", "8", "--max-length", "32", "--eval-size", "48", "--lr", "3e-3",
                  "--no-progress"]

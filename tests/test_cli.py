@@ -32,15 +32,6 @@ def test_train_bad_input_exits_cleanly(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_resize_demo_runs_end_to_end_on_the_tiny_model(tmp_path):
-    result = runner.invoke(app, ["resize-demo", "--model", "tiny", "--num-groups", "2", "--steps-per-phase", "3",
-                                 "--out", str(tmp_path)])
-    assert result.exit_code == 0, result.output
-    assert "max |diff| = 0.00e+00" in result.output
-    run_dir = next(tmp_path.iterdir())
-    assert (run_dir / "config.json").exists() and (run_dir / "adapter" / "adapter_config.json").exists()
-
-
 def test_demo_and_resize_demo_refuse_an_unknown_model_before_writing(tmp_path):
     for command in ("demo", "resize-demo"):
         result = runner.invoke(app, [command, "--model", "./no/such/model", "--out", str(tmp_path)])

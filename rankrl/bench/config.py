@@ -19,11 +19,13 @@ part); two tasks with one name are refused. Paths holding ``,`` or ``:`` cannot 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from rankrl.controllers import CONTROLLERS
 from rankrl.data import is_synthetic_source, parse_synthetic_source
 from rankrl.deploy.finetune import FinetuneConfig
+from rankrl.settings import REQUIRED, RunSettings, number_list, setting, split_list
+from rankrl.settings import parse_numbers as parse_numbers  # the parser of the number options, re-exported
 
 ADALORA = "adalora"
 KNOWN = [*CONTROLLERS, ADALORA, "oracle-static"]
@@ -38,26 +40,6 @@ _ARGUMENT = re.compile(r"^(\d+|[A-Za-z_][\w-]*=.*)$")
 def slug(text: str) -> str:
     """A directory-safe form of ``text`` (letters, digits, ``_.-``)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "x"
-
-
-def split_list(text: str | list | None) -> list[str]:
-    """``"a, b,,c"`` -> ``["a", "b", "c"]``; a list is stripped of blanks; ``None`` -> ``[]``."""
-    if text is None:
-        return []
-    items = text.split(",") if isinstance(text, str) else [str(item) for item in text]
-    return [item.strip() for item in items if item.strip()]
-
-
-def parse_numbers(text: str | list | None, flag: str, integer: bool = False) -> list:
-    """Comma-separated numbers of a flag (``"5e-4,1e-3"``); a bad item names the flag."""
-    out = []
-    for item in split_list(text):
-        try:
-            out.append(int(item) if integer else float(item))
-        except ValueError:
-            kind = "an integer" if integer else "a number"
-            raise ValueError(f"{flag}: {item!r} is not {kind} (give a comma-separated list).") from None
-    return out
 
 
 def split_controllers(text: str | list[str]) -> list[str]:
@@ -135,77 +117,40 @@ def parse_tasks(items: list[str]) -> list[TaskSpec]:
 
 
 @dataclass
-class BenchConfig:
-    """The flags of ``rankrl bench`` (saved as ``DIR/config.json``; a resume must match it).
+class BenchConfig(RunSettings):
+    """The flags of ``rankrl bench`` (saved as ``DIR/config.json``; a resume must match it): the shared
+    :class:`RunSettings`, handed to every run, and these."""
 
-    Attributes:
-        model: Base model (``default``, ``tiny``, a directory or a hub name).
-        tasks: Task specs ``[NAME=]TRAIN[:EVAL]`` (see the module docstring).
-        controllers: Controller specs: ``fixed[:R]``, ``layerwise[:R,R,..]``, ``importance``, ``complexity``,
-            ``variance``, ``greedy-memory``, ``learned:PATH`` (options as ``NAME:key=value``) and
-            ``adalora[:key=value,..]`` (PEFT's AdaLoRA).
-        seeds: Seeds per arm (0..seeds-1).
-        budget_mb: Memory budgets in MiB for the adaptive controllers (one arm per budget); empty: none.
-        budget_frac: Memory budgets as fractions of the reference memory (the run at ``rank`` with every group
-            training, measured on the same reference batch for every arm and seed); one arm per budget.
-        budget_trace: A CSV trace of a moving budget (``step,budget_mb`` or ``step,budget_frac``): one more
-            arm per controller.
-        fixed_ranks: Ranks of a bare ``fixed`` (the fixed-rank front).
-        fixed_lrs: Learning rates of the fixed-rank runs (a small sweep); empty: ``lr`` only.
-        text_column: Text column of file / hub tasks (default: auto-detected).
-        label_column: Label column of file / hub tasks (default: auto-detected).
-        memory_scope: ``total`` or ``adapter``: the scope of the budget and of the comparisons.
-        use_rslora: rsLoRA scaling for every LoRA run, learned policies included (AdaLoRA keeps its own).
-        steps: Optimizer steps per run.
-        every: Optimizer steps between controller decisions (and AdaLoRA's ``deltaT``).
-        eval_every: Evaluate every N steps (default: ``every``; 0: only at the start and the end).
-        eval_size: Rows of the fixed evaluation subset.
-        lr: AdamW learning rate of every run (fixed runs: see ``fixed_lrs``).
-        batch_size: Examples per optimizer step.
-        max_length: Tokens per example.
-        rank: Starting rank of the adaptive controllers and AdaLoRA's ``target_r``.
-        r_max: Largest group rank of the adaptive controllers (default ``2 * rank``, or a policy's own).
-        rank_step: Rank granularity (default ``r_max // 8``, or a policy's own).
-        num_groups: Layer groups G.
-        num_hidden_layers: Keep only the first N layers of the model.
-        out: The benchmark directory.
-        resume: Continue ``out``: skip finished runs (the settings must be those it was started with).
-        encoding: Text encoding of data files.
-        drop_invalid: Leave out rows with an empty label instead of refusing them.
-        trust_policy: Allow bare SB3 zips as ``learned:`` policies (they are unpickled).
-    """
-
-    model: str = "default"
-    tasks: list[str] = field(default_factory=lambda: ["synthetic:keyword"])
-    controllers: list[str] = field(default_factory=lambda: list(DEFAULT_CONTROLLERS))
-    seeds: int = 3
-    budget_mb: list[float] = field(default_factory=list)
-    budget_frac: list[float] = field(default_factory=list)
-    budget_trace: str | None = None
-    fixed_ranks: list[int] = field(default_factory=lambda: list(DEFAULT_FIXED_RANKS))
-    fixed_lrs: list[float] = field(default_factory=list)
-    text_column: str | None = None
-    label_column: str | None = None
-    memory_scope: str = "total"
-    use_rslora: bool = False
-    steps: int = 300
-    every: int = 25
-    eval_every: int | None = None
-    eval_size: int = 256
-    lr: float = 1e-3
-    batch_size: int = 16
-    max_length: int = 64
-    rank: int = 8
-    r_max: int | None = None
-    rank_step: int | None = None
-    num_groups: int = 4
-    num_hidden_layers: int | None = None
-    out: str = "runs/bench"
-    resume: bool = False
-    # Reliability options (docs/reliability.md).
-    encoding: str | None = None
-    drop_invalid: bool = False
-    trust_policy: bool = False
+    tasks: list[str] = setting(
+        help="Comma-separated tasks, each [NAME=]TRAIN[:EVAL]: synthetic:NAME[?..], a .tsv/.csv/.jsonl file "
+        "(TRAIN:EVAL adds an eval file) or a hub dataset id.", panel="Model and task", parse=split_list,
+        cli_default=REQUIRED, default_factory=lambda: ["synthetic:keyword"])
+    controllers: list[str] = setting(
+        help="Comma-separated: fixed[:R] | layerwise[:R,R,..] | importance | complexity | variance | "
+        "greedy-memory | static-fit | autofreeze | learned:PATH | adalora[:key=value,..] (PEFT AdaLoRA) | "
+        "oracle-static (a grid of static allocations that fit each budget).", panel="Controller",
+        parse=split_controllers, default_factory=lambda: list(DEFAULT_CONTROLLERS))
+    fixed_ranks: list[int] = setting(help="Ranks of a bare 'fixed' (the fixed-rank front).", panel="Controller",
+                                     parse=number_list("--fixed-ranks", integer=True),
+                                     default_factory=lambda: list(DEFAULT_FIXED_RANKS))
+    fixed_lrs: list[float] = setting(help="Learning rates of the fixed-rank runs, e.g. 5e-4,1e-3,2e-3 (default: "
+                                     "--lr only).", panel="Controller", parse=number_list("--fixed-lrs"),
+                                     default_factory=list)
+    budget_mb: list[float] = setting(help="Memory budget(s) in MiB for the adaptive controllers, comma-separated "
+                                     "(one arm per budget); none by default.", panel="Memory budget",
+                                     parse=number_list("--budget-mb"), default_factory=list)
+    budget_frac: list[float] = setting(help="Budget(s) as fractions of the reference memory (the run at --rank "
+                                       "with every group training, measured on the same batch for every arm and "
+                                       "seed), e.g. 0.4,0.6,0.8,1.0.", panel="Memory budget",
+                                       parse=number_list("--budget-frac"), default_factory=list)
+    budget_trace: str | None = setting(None, "A moving budget for one more arm per controller: a CSV file "
+                                       "step,budget_mb or step,budget_frac.", panel="Memory budget")
+    memory_scope: str = setting("total", "'total' or 'adapter': the scope of budgets and comparisons, the same "
+                                "for every arm (learned policies included).", panel="Memory budget")
+    seeds: int = setting(3, "Seeds per arm (0..N-1).", panel="Training")
+    out: str = setting("runs/bench", "Benchmark directory (must not exist or be empty, unless --resume).",
+                       panel="Run", cli_default=REQUIRED)
+    resume: bool = setting(False, "Continue --out: skip finished runs (same settings required).", panel="Run")
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the flag of the first bad setting (nothing is read or written)."""
@@ -243,15 +188,11 @@ class BenchConfig:
                         rank_step: int | None = None, budget_frac: float | None = None,
                         budget_trace: str | None = None) -> FinetuneConfig:
         """The :class:`FinetuneConfig` of one run: every shared setting from here, the rest as given."""
-        return FinetuneConfig(
-            model=self.model, data=data, eval_data=eval_data, text_column=self.text_column,
-            label_column=self.label_column, controller=controller, budget_mb=budget_mb, budget_frac=budget_frac,
-            budget_trace=budget_trace,
-            memory_scope=self.memory_scope, use_rslora=self.use_rslora, steps=self.steps, every=self.every, eval_every=self.eval_every,
-            eval_size=self.eval_size, lr=self.lr if lr is None else lr, batch_size=self.batch_size,
-            max_length=self.max_length, rank=self.rank if rank is None else rank, r_max=r_max,
-            rank_step=rank_step, num_groups=self.num_groups, num_hidden_layers=self.num_hidden_layers, seed=seed,
-            out=out, encoding=self.encoding, drop_invalid=self.drop_invalid, trust_policy=self.trust_policy)
+        shared = {**self.shared_settings(), "lr": self.lr if lr is None else lr,
+                  "rank": self.rank if rank is None else rank, "r_max": r_max, "rank_step": rank_step}
+        return FinetuneConfig(**shared, data=data, eval_data=eval_data, controller=controller, budget_mb=budget_mb,
+                              budget_frac=budget_frac, budget_trace=budget_trace, memory_scope=self.memory_scope,
+                              seed=seed, out=out)
 
     def settings(self) -> dict:
         """Everything that defines the results (all flags but ``out`` and ``resume``), JSON-ready."""

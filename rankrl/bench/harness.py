@@ -225,7 +225,8 @@ def _metrics(run_dir: Path) -> dict | None:
     return metrics if isinstance(metrics, dict) and all(k in metrics for k in needed) else None
 
 
-def _write_outputs(out: Path, config: BenchConfig, tasks: list[TaskSpec], rows: list[dict], planned: int) -> dict[str, Path]:
+def _write_outputs(out: Path, config: BenchConfig, tasks: list[TaskSpec], rows: list[dict],
+                   planned: int) -> dict[str, Path]:
     files = {"results": out / "results.csv", "report": out / REPORT_FILE, "pareto": out / PARETO_FILE}
     write_report(files["report"], config.settings(), tasks, rows, planned)
     if any(row["status"] != ERROR for row in rows):

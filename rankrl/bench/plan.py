@@ -10,9 +10,9 @@ An *arm* is one way of spending rank, run on every task and seed with everything
   budget: each ``--budget-mb``, each ``--budget-frac`` (of the reference memory) and the ``--budget-trace``.
   A bare ``layerwise`` is a linear ramp from ``rank/2`` (bottom group) to ``3*rank/2`` (top), mean ``rank``.
 * ``oracle-static`` - a small grid of static allocations (the top ``k`` groups at rank ``rank/2``, ``rank``
-  or ``2*rank``, or only at ``R`` with ``oracle-static:rank=R``, the rest at 0), each run on every seed under every budget it fits (the pre-flight drops
-  the others). The report takes the best of them per task and budget: an upper bound for any static rule,
-  chosen on the evaluation data, so it is marked as an oracle.
+  or ``2*rank``, or only at ``R`` with ``oracle-static:rank=R``, the rest at 0), each run on every seed under
+  every budget it fits (the pre-flight drops the others). The report takes the best of them per task and
+  budget: an upper bound for any static rule, chosen on the evaluation data, so it is marked as an oracle.
 * ``adalora`` - PEFT's own AdaLoRA (``init_r = 1.5 * rank``, ``target_r = rank``), see :mod:`.adalora`.
 """
 
@@ -118,7 +118,8 @@ def expand_arms(config: BenchConfig) -> list[Arm]:
         if name not in KNOWN:
             close = difflib.get_close_matches(name, KNOWN, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"Unknown controller '{name}' in --controllers. Known controllers: {', '.join(KNOWN)}.{hint}")
+            raise ValueError(f"Unknown controller '{name}' in --controllers. "
+                             f"Known controllers: {', '.join(KNOWN)}.{hint}")
         if name == FIXED:
             arms += _fixed_arms(config, args)
         elif name == ORACLE_STATIC:

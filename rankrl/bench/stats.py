@@ -69,8 +69,8 @@ class ArmSummary:
 
 
 SUMMARY_METRICS = ("accuracy", "macro_f1", "peak_memory_mib", "mean_memory_mib", "peak_memory_total_mib",
-                   "peak_memory_adapter_mib", "cuda_peak_mib", "controller_state_mib", "trainable_params", "peak_trainable_params",
-                   "effective_params", "wall_seconds", "controller_overhead")
+                   "peak_memory_adapter_mib", "cuda_peak_mib", "controller_state_mib", "trainable_params",
+                   "peak_trainable_params", "effective_params", "wall_seconds", "controller_overhead")
 
 
 @dataclass

@@ -44,7 +44,7 @@ import torch
 
 from rankrl.lora import RankedLoRA
 from rankrl.lora.optim import unwrap_optimizer
-from rankrl.lora.slots import base_layer, factor_dtype, in_out_features, lora_factors, module_slots
+from rankrl.lora.slots import base_layer, base_weight, factor_dtype, in_out_features, lora_factors, module_slots
 from rankrl.memory import MemoryReport, SavedActivationMeter
 
 
@@ -156,14 +156,20 @@ class MemoryBudget:
         self.floor: int | None = None
         self.last: MemoryStatus | None = None
         self._batch: dict | None = None
-        self._optimizer = None
+        self._optimizer: torch.optim.Optimizer | None = None
         # Forward passes measured on the kept batch: "saved" maps a live set to (the ranks it was measured
         # at, saved-activation bytes), "delta" maps a crossing (live set, modules leaving 0, modules going to
         # 0 with their ranks) to the bytes it adds. Shareable between budgets reading the same batch.
         self._crossings: dict[str, dict] = {"saved": {}, "delta": {}}
 
     # ------------------------------------------------------------------ reading
-    def read(self, optimizer=None, batch: dict | None = None) -> MemoryStatus:
+    def _reading(self) -> MemoryStatus:
+        """The last reading, for the what-if figures that are relative to it (their callers read first)."""
+        if self.last is None:
+            raise RuntimeError("MemoryBudget.read() has not run yet.")
+        return self.last
+
+    def read(self, optimizer: torch.optim.Optimizer | None = None, batch: dict | None = None) -> MemoryStatus:
         """Measure memory now and return the status against the budget.
 
         Args:
@@ -201,7 +207,7 @@ class MemoryBudget:
         """Modules of the model that are frozen now (:meth:`RankedLoRA.freeze`)."""
         return frozenset(getattr(self.rl, "frozen", ()))
 
-    def _measure_with_tokens(self, optimizer, batch: dict) -> MemoryReport:
+    def _measure_with_tokens(self, optimizer: torch.optim.Optimizer | None, batch: dict) -> MemoryReport:
         tokens: dict[str, int] = {}
         handles = []
         for name, slot in self._slots.items():
@@ -221,7 +227,7 @@ class MemoryBudget:
         self.tokens = tokens
         return report
 
-    def state_figures(self, optimizer=None) -> tuple[float, float]:
+    def state_figures(self, optimizer: torch.optim.Optimizer | None = None) -> tuple[float, float]:
         """``(state bytes per parameter byte, scalar state bytes per parameter)`` measured from ``optimizer``.
 
         Falls back to ``(state_factor, state_scalar)`` without an optimizer or before its first step.
@@ -241,7 +247,8 @@ class MemoryBudget:
             return self.default_state_factor, self.default_state_scalar
         return state_bytes / param_bytes, scalar_bytes / count
 
-    def _missing_bytes(self, optimizer, factor: float, scalar: float, grads_measured: bool) -> int:
+    def _missing_bytes(self, optimizer: torch.optim.Optimizer | None, factor: float, scalar: float,
+                       grads_measured: bool) -> int:
         trainable = list(self.rl.trainable_parameters())
         missing = 0 if grads_measured else sum(p.nbytes for p in trainable if p.grad is None)
         state = unwrap_optimizer(optimizer).state if optimizer is not None else {}
@@ -262,7 +269,7 @@ class MemoryBudget:
         """
         status = self.last if self.last is not None else self.read()
         factor, scalar = status.state_factor, status.state_scalar
-        dropout = float(self.rl.model.peft_config[self.rl.adapter_name].lora_dropout or 0.0)
+        dropout = float(self.rl.lora_config.lora_dropout or 0.0)
         ranks = {**status.ranks, **new_ranks}
         new_frozen = {n for n in (status.frozen if frozen is None else frozen) if ranks.get(n, 0) > 0}
         total = 0
@@ -305,8 +312,9 @@ class MemoryBudget:
         difference is cached by the crossing until another batch is read, so a crossing seen before costs
         nothing (the environment revisits them constantly).
         """
-        ranks = self.last.ranks
-        if self._batch is None or not self.last.activations_measured:
+        status = self._reading()
+        ranks = status.ranks
+        if self._batch is None or not status.activations_measured:
             delta = 0
             for name in stop | start | thaw:
                 module = self._slots[name].current()
@@ -337,10 +345,10 @@ class MemoryBudget:
     def _saved_now(self) -> int:
         """Saved-activation bytes of a training forward at the current ranks on the kept batch.
 
-        Measured once per training set (and frozen set). Within a training set, ranks change only the ``r``-wide output of ``A``
-        that each ``B`` saves (``tokens * e`` bytes per rank unit, the figure :meth:`delta_bytes` uses and
-        the tests check against measured passes), so another rank configuration of the same live set is
-        the measured figure plus that exact difference.
+        Measured once per training set (and frozen set). Within a training set, ranks change only the
+        ``r``-wide output of ``A`` that each ``B`` saves (``tokens * e`` bytes per rank unit, the figure
+        :meth:`delta_bytes` uses and the tests check against measured passes), so another rank configuration
+        of the same live set is the measured figure plus that exact difference.
         """
         ranks = self.rl.ranks
         key = self._training_sets()
@@ -399,12 +407,15 @@ class MemoryBudget:
         Stopping flips a module's factors off, thawing flips them on, and a module growing from rank 0 is
         stood in for by its base weight made trainable, which records what its ``A`` would save.
         """
+        batch = self._batch
+        if batch is None:
+            raise RuntimeError("What-if passes run on the kept batch: read(batch=...) first.")
         adapter = self.rl.adapter_name
         flags: list[torch.Tensor] = []
         for name in stop | thaw:
             flags += list(lora_factors(self._slots[name].current(), adapter) or ())
         for name in start:
-            flags.append(base_layer(self._slots[name].current()).weight)
+            flags.append(base_weight(self._slots[name].current()))
         saved = [(p, p.requires_grad) for p in flags]
         model = self.rl.model
         was_training = model.training
@@ -417,7 +428,7 @@ class MemoryBudget:
             meter = SavedActivationMeter(exclude=[*model.parameters(), *model.buffers()])
             devices = [device] if device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices), torch.enable_grad(), meter:
-                model(**self._batch)
+                model(**batch)
         finally:
             self.rl.measuring = False
             for p, flag in saved:
@@ -435,10 +446,11 @@ class MemoryBudget:
             group_ranks: Target ranks.
             frozen_groups: Per group, whether its live modules are frozen (``None``: the frozen modules now).
         """
-        if self.last is None or self.last.ranks != self.rl.ranks or self.last.frozen != self.frozen_now():
-            self.read(self._optimizer, self._batch)
+        status = self.last
+        if status is None or status.ranks != self.rl.ranks or status.frozen != self.frozen_now():
+            status = self.read(self._optimizer, self._batch)
         if isinstance(group_ranks, dict):
-            unknown = set(group_ranks) - set(self.last.ranks)
+            unknown = set(group_ranks) - set(status.ranks)
             if unknown:
                 raise ValueError(f"Unknown LoRA modules {sorted(unknown)[:3]}; use the keys of rl.ranks.")
             new_ranks = group_ranks
@@ -451,7 +463,7 @@ class MemoryBudget:
             if len(frozen_groups) != self.rl.num_groups:
                 raise ValueError(f"Expected {self.rl.num_groups} frozen flags, got {len(frozen_groups)}.")
             frozen = {name for name, g in self.rl.groups.items() if frozen_groups[g]}
-        return self.last.used + self.delta_bytes(new_ranks, frozen)
+        return status.used + self.delta_bytes(new_ranks, frozen)
 
     def would_fit(self, group_ranks: list[int] | dict[str, int], frozen_groups: list[bool] | None = None) -> bool:
         """Whether those ranks (and frozen groups) keep ``used`` within the budget: the hard wall."""

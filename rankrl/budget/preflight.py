@@ -11,7 +11,8 @@ class BudgetTooSmallError(ValueError):
     """The memory budget is below the smallest configuration the controller can train in."""
 
 
-def check_budget_trainable(budget: MemoryBudget, candidates: list[list[int]], controller: str = "the controller") -> int:
+def check_budget_trainable(budget: MemoryBudget, candidates: list[list[int]],
+                           controller: str = "the controller") -> int:
     """Raise :class:`BudgetTooSmallError` unless the cheapest candidate configuration fits the budget.
 
     Call it after ``budget.read(optimizer, batch)`` with a training batch, so that activations (and the

@@ -150,7 +150,7 @@ class BudgetTrace:
         if len(header) != 2 or header[0] != "step" or header[1] not in UNITS:
             raise BudgetTraceError(f"{path}: the header must be step,budget_mb or step,budget_frac, got "
                                    f"{','.join(rows[0])}.")
-        points = []
+        points: list[tuple[int, float]] = []
         for number, row in enumerate(rows[1:], start=2):
             if len(row) != 2:
                 raise BudgetTraceError(f"{path}, line {number}: expected 2 cells (step,budget), got {len(row)}.")
@@ -212,4 +212,5 @@ class LiveBudget:
 
     def bytes_now(self) -> int:
         """The budget now (at least 1 byte)."""
+        assert self.free is not None and self.held is not None  # both set by __post_init__
         return max(1, int(self.held() + self.free() - self.margin_mb * MIB))

@@ -58,10 +58,10 @@ def clip_to_budget(budget: MemoryBudget, current: list[int], requested: list[int
     clipped = []
     for g in sorted(range(size), key=lambda g: (-priority[g], g)):
         if state[g] and not wanted[g]:  # a thaw (at the rank already granted)
-            trial = state.copy()
-            trial[g] = False
-            if budget.would_fit(ranks, trial):
-                state = trial
+            thawed = state.copy()
+            thawed[g] = False
+            if budget.would_fit(ranks, thawed):
+                state = thawed
             else:
                 clipped.append(g)
                 continue

@@ -4,21 +4,22 @@
   :class:`Decision`, :class:`RankController` (``decide`` the rule, ``apply`` the wall), :class:`Applied`;
 * :mod:`.preflight`: :func:`prepare_controller`, every check before training (incl. the budget);
 * :mod:`.static`: ``fixed`` and ``layerwise``; :mod:`.importance`: ``importance`` (AdaLoRA);
-  :mod:`.seeds`: ``complexity`` and ``variance``; :mod:`.greedy`: ``greedy-memory``;
+  :mod:`.complexity`: ``complexity``; :mod:`.variance`: ``variance``; :mod:`.greedy`: ``greedy-memory``;
   :mod:`.learned`: ``learned`` (an SB3 policy);
 * :mod:`.registry`: :func:`make_controller` from a spec string; :mod:`.log`: ``decisions.jsonl``.
 """
 
 from rankrl.budget import BudgetTooSmallError, WallError, check_budget_trainable
 from rankrl.controllers.base import Applied, ControllerContext, Decision, RankController
+from rankrl.controllers.complexity import ComplexityController
 from rankrl.controllers.greedy import GreedyMemoryController
 from rankrl.controllers.importance import ImportanceController
 from rankrl.controllers.learned import LearnedController
 from rankrl.controllers.log import DECISIONS_FILE, DecisionLog, decision_record
 from rankrl.controllers.preflight import prepare_controller
 from rankrl.controllers.registry import CONTROLLERS, make_controller
-from rankrl.controllers.seeds import ComplexityController, VarianceController
 from rankrl.controllers.static import FixedController, LayerwiseController
+from rankrl.controllers.variance import VarianceController
 
 __all__ = [
     "CONTROLLERS",

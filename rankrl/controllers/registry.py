@@ -14,12 +14,13 @@ from pathlib import Path
 
 from rankrl.controllers.autofreeze import AutoFreezeController
 from rankrl.controllers.base import RankController
+from rankrl.controllers.complexity import ComplexityController
 from rankrl.controllers.greedy import GreedyMemoryController
 from rankrl.controllers.importance import ImportanceController
 from rankrl.controllers.learned import LearnedController
-from rankrl.controllers.seeds import ComplexityController, VarianceController
 from rankrl.controllers.static import FixedController, LayerwiseController
 from rankrl.controllers.static_fit import StaticFitController
+from rankrl.controllers.variance import VarianceController
 from rankrl.policy import list_shipped_policies, shipped_policy
 
 _CLASSES: dict[str, type[RankController]] = {

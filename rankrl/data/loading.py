@@ -249,7 +249,8 @@ def _resolve(
     eval_ = sources.pick_eval_split(splits, opts.eval_split, exclude=None, source=label)
     if eval_ is None:
         raise DataError(
-            f"{label} given as eval data has no eval split (splits: {', '.join(splits)}); name one with {FLAG_EVAL_SPLIT}"
+            f"{label} given as eval data has no eval split (splits: {', '.join(splits)}); "
+            f"name one with {FLAG_EVAL_SPLIT}"
         )
     return eval_, None
 

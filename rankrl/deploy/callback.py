@@ -67,7 +67,8 @@ class RankRLCallback(TrainerCallback):
         self._signals: dict | None = None  # tracker state of a resumed checkpoint, loaded after setup
 
     # ------------------------------------------------------------------ start
-    def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, optimizer: torch.optim.Optimizer | None = None,
+                       train_dataloader=None, **kwargs):
         rc = self.control
         if rc.log_dir is None and state.is_world_process_zero:  # data parallel: one process writes the logs
             rc.log_dir = Path(args.output_dir) / LOG_SUBDIR
@@ -80,7 +81,7 @@ class RankRLCallback(TrainerCallback):
             rc.reader.load_state_dict(self._signals)
             self._signals = None
 
-    def _resume(self, args, state, model, optimizer) -> None:
+    def _resume(self, args, state, model, optimizer: torch.optim.Optimizer) -> None:
         directory = self.checkpoint_dir or Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         saved = read_control_state(directory)
         if saved is None:
@@ -106,13 +107,14 @@ class RankRLCallback(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.control.after_backward()
 
-    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+    def on_step_end(self, args, state, control, optimizer: torch.optim.Optimizer | None = None, **kwargs):
         applied = self.control.step(state.global_step, optimizer=optimizer)
         if applied is None:
             return
         entry = {f"rankrl/group{g}_rank": rank for g, rank in enumerate(applied.ranks)}
-        entry.update({"rankrl/memory_mib": (self.control.last_used or 0) / 2**20, "rankrl/wall_hit": bool(applied.clipped),
-                      "rankrl/reason": applied.decision.reason, "step": state.global_step})
+        entry.update({"rankrl/memory_mib": (self.control.last_used or 0) / 2**20,
+                      "rankrl/wall_hit": bool(applied.clipped), "rankrl/reason": applied.decision.reason,
+                      "step": state.global_step})
         state.log_history.append(entry)
         logger.info(f"rankrl step {state.global_step}: ranks {applied.before} -> {applied.ranks} "
                     f"({applied.decision.reason})")
@@ -126,7 +128,7 @@ class RankRLCallback(TrainerCallback):
             self.control.record_eval(metrics[self.accuracy_key], state.global_step)
 
     # ------------------------------------------------------------------ checkpoints and end
-    def on_save(self, args, state, control, model=None, optimizer=None, **kwargs):
+    def on_save(self, args, state, control, model=None, optimizer: torch.optim.Optimizer | None = None, **kwargs):
         directory = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if directory.is_dir() and state.is_world_process_zero:
             save_control_state(directory, self.control.state_dict(), optimizer=optimizer, model=model,

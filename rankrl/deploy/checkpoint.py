@@ -20,6 +20,8 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+import torch
+
 from rankrl.lora import RankedLoRA
 from rankrl.lora.optim import unwrap_optimizer
 from rankrl.runs import atomic_write, atomic_write_text
@@ -33,8 +35,8 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot restore this run (missing files, another model)."""
 
 
-def save_control_state(directory: str | Path, state: dict, optimizer=None, model=None,
-                       signals: dict | None = None) -> Path:
+def save_control_state(directory: str | Path, state: dict, optimizer: torch.optim.Optimizer | None = None,
+                       model: torch.nn.Module | None = None, signals: dict | None = None) -> Path:
     """Write ``state`` (:meth:`RankControl.state_dict`), the optimizer's parameter order and the signal trackers'
     state (:meth:`SignalReader.state_dict`: values in the JSON, EMAs in ``rankrl_signals.safetensors``)."""
     from safetensors.torch import save_file
@@ -76,7 +78,10 @@ def read_control_state(directory: str | Path) -> dict | None:
 
 
 def ranks_from_adapter_config(rl: RankedLoRA, directory: str | Path) -> dict[str, int]:
-    """Module ranks that a saved PEFT ``adapter_config.json`` describes (``r``, ``rank_pattern``, ``exclude_modules``)."""
+    """Module ranks that a saved PEFT ``adapter_config.json`` describes.
+
+    Read from ``r``, ``rank_pattern`` and ``exclude_modules``.
+    """
     from peft.utils.other import get_pattern_key
 
     path = Path(directory) / ADAPTER_CONFIG
@@ -102,7 +107,8 @@ def ranks_from_adapter_config(rl: RankedLoRA, directory: str | Path) -> dict[str
     return ranks
 
 
-def restore_ranks_from_checkpoint(rl: RankedLoRA, checkpoint_dir: str | Path, optimizer=None) -> dict[str, int]:
+def restore_ranks_from_checkpoint(rl: RankedLoRA, checkpoint_dir: str | Path,
+                                  optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
     """Resize ``rl`` to the module ranks of a checkpoint; call it before ``trainer.train(resume_from_checkpoint=)``.
 
     Reads ``rankrl_control.json`` (written by :class:`~rankrl.deploy.RankRLCallback`) or, without it, the
@@ -139,14 +145,14 @@ def restore_ranks_from_checkpoint(rl: RankedLoRA, checkpoint_dir: str | Path, op
     return rl.ranks
 
 
-def optimizer_param_names(optimizer, model) -> list[list[str]]:
+def optimizer_param_names(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> list[list[str]]:
     """Per optimizer parameter group, the model's names of its parameters, in the optimizer's order."""
     names = {id(p): n for n, p in model.named_parameters()}
     inner = unwrap_optimizer(optimizer)
     return [[names.get(id(p), f"<unnamed {i}>") for i, p in enumerate(group["params"])] for group in inner.param_groups]
 
 
-def align_optimizer(optimizer, model, saved: list[list[str]]) -> bool:
+def align_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, saved: list[list[str]]) -> bool:
     """Re-key optimizer state loaded by position from a checkpoint whose parameter order was ``saved``.
 
     ``torch.optim.Optimizer.load_state_dict`` pairs saved and live parameters by position; after live

@@ -100,7 +100,8 @@ class RankControl:
                  budget_frac: float | None = None, budget_trace: BudgetTrace | None = None,
                  live_budget: LiveBudget | None = None, total_steps: int | None = None,
                  log_dir: str | Path | None = None,
-                 memory_scope: str = "total", r_max: int | None = None, rank_step: int | None = None, spec: str | None = None,
+                 memory_scope: str = "total", r_max: int | None = None, rank_step: int | None = None,
+                 spec: str | None = None,
                  **reader_options) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive number of optimizer steps, got {every!r}.")
@@ -159,7 +160,7 @@ class RankControl:
         """The memory meter (the budget, or an unbounded one that only measures)."""
         return self.reader.budget
 
-    def setup(self, optimizer, batch: dict, *, start: bool = True) -> int | None:
+    def setup(self, optimizer: torch.optim.Optimizer, batch: dict, *, start: bool = True) -> int | None:
         """Measure the reference memory, run every check, and make the first decision before the first step.
 
         The reference is the memory of the run at its starting ranks with every group training, measured on
@@ -242,7 +243,7 @@ class RankControl:
         self.reader.update_eval(float(accuracy))
         self._scalar("eval/accuracy", float(accuracy), self.step_count if step is None else step)
 
-    def step(self, step: int, loss: float | torch.Tensor | None = None, optimizer=None,
+    def step(self, step: int, loss: float | torch.Tensor | None = None, optimizer: torch.optim.Optimizer | None = None,
              eval_accuracy: float | None = None) -> Applied | None:
         """Note optimizer step ``step`` (1-based, counted after the update); decide when it is a multiple of ``every``.
 
@@ -299,7 +300,7 @@ class RankControl:
             return max(self.budget_trace.minimum_bytes(self.reference), 1)
         return self.budget_at(self.step_count)
 
-    def decide(self, step: int, optimizer=None) -> Applied:
+    def decide(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> Applied:
         """Read the signals, decide through the wall, resize, re-measure and log (normally via :meth:`step`)."""
         optimizer = optimizer if optimizer is not None else self.optimizer
         self.reader.optimizer = optimizer
@@ -435,7 +436,8 @@ class RankControl:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        """JSON-serialisable state: controller state, ranks, frozen modules, step counters, last change, initial loss."""
+        """JSON-serialisable state: controller state, ranks, frozen modules, step counters, last change and
+        initial loss."""
         return {
             "format": STATE_FORMAT,
             "controller": self.controller.name,
@@ -464,7 +466,7 @@ class RankControl:
             "budget_bytes": self.budget.budget if self.budget is not None else None,
         }
 
-    def load_state_dict(self, state: dict, optimizer=None) -> None:
+    def load_state_dict(self, state: dict, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Restore :meth:`state_dict`: resize to the saved module ranks, freeze the saved frozen modules (repairing
         ``optimizer``) and continue.
 

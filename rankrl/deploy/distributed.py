@@ -172,7 +172,7 @@ class DataParallelSync:
         """Run ``compute`` (the controller) on rank 0 only and return its result on every process."""
         return self.from_main(compute() if self.is_main else None)
 
-    def after_change(self, rl, optimizer=None) -> None:
+    def after_change(self, rl, optimizer: torch.optim.Optimizer | None = None) -> None:
         """After an identical resize on every process: parameters from rank 0, DDP rebuilt in place."""
         with torch.no_grad():
             for parameter in rl.trainable_parameters():

@@ -247,9 +247,13 @@ def _summary(records: list[dict], metrics: dict, saliency: list, top_k: int, spe
              f"the ranks, {hits} hit the memory wall",
              f"ranks per group: start {records[0]['ranks_before']} -> end {records[-1]['ranks_after']}"]
     peak = metrics.get("peak_memory_bytes") or (max(used) if used else None)
+    scope = records[-1].get("memory_scope", "total")
+    if metrics.get("peak_memory_bytes"):  # a finetune run states its figures in one scope, its wall included
+        scope = metrics.get("memory_scope") or scope
+        budget = metrics["budget_mib"] * MIB if metrics.get("budget_mib") is not None else None
     if peak is not None:
-        lines.append(f"memory: peak {peak / MIB:.2f} MiB" + (f" of a {budget / MIB:.2f} MiB budget" if budget else
-                                                              " (no budget)"))
+        lines.append(f"memory ({scope} scope): peak {peak / MIB:.2f} MiB"
+                     + (f" of a {budget / MIB:.2f} MiB budget" if budget else " (no budget)"))
     if metrics.get("accuracy") is not None:
         lines.append(f"accuracy: {metrics.get('initial_accuracy', float('nan')):.3f} at the start -> "
                      f"{metrics['accuracy']:.3f} at the end (macro-F1 {metrics.get('macro_f1', float('nan')):.3f})")

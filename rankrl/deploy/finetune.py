@@ -44,49 +44,45 @@ from rankrl.runs import (
     write_config,
 )
 from rankrl.session import FineTuneSession, SessionConfig
+from rankrl.settings import RunSettings, setting
 
 METRICS_FILE = "metrics.json"
 ADAPTER_DIR = "adapter"
 
 
 @dataclass
-class FinetuneConfig:
-    """The flags of ``rankrl finetune`` (saved as ``config.json``)."""
+class FinetuneConfig(RunSettings):
+    """The flags of ``rankrl finetune`` (saved as ``config.json``): the shared :class:`RunSettings` and these."""
 
-    model: str = "default"
-    data: str = "synthetic:keyword"
-    eval_data: str | None = None
-    text_column: str | None = None
-    data_format: str | None = None
-    label_column: str | None = None
-    controller: str = "fixed"
-    policy: str | None = None
-    budget_mb: float | None = None
-    budget_frac: float | None = None
-    budget_trace: str | None = None
-    budget: str | None = None
-    budget_margin_mb: float = 512.0
-    memory_scope: str | None = None
-    use_rslora: bool = False
-    steps: int = 300
-    every: int = 25
-    eval_every: int | None = None
-    eval_size: int = 256
-    lr: float = 1e-3
-    batch_size: int = 16
-    max_length: int = 64
-    rank: int = 8
-    r_max: int | None = None
-    rank_step: int | None = None
-    num_groups: int = 4
-    num_hidden_layers: int | None = None
-    seed: int = 0
-    out: str = "runs/finetune"
-    # Reliability options (docs/reliability.md).
-    checkpoint_every: int | None = None
-    encoding: str | None = None
-    drop_invalid: bool = False
-    trust_policy: bool = False
+    data: str = setting("synthetic:keyword", "Train data: a .tsv/.csv/.jsonl file, a hub id or synthetic:NAME "
+                        "(required unless --resume).", panel="Model and task", cli_default=None)
+    eval_data: str | None = setting(None, "Eval data (default: held out from --data).", panel="Model and task")
+    data_format: str | None = setting(None, "csv, tsv, json or trec for files whose extension does not say (TREC "
+                                      "files are recognised by their lines).", panel="Data files")
+    controller: str = setting("fixed", "learned:PATH | fixed[:R] | layerwise:R,R,.. | importance | complexity | "
+                              "variance | greedy-memory | static-fit | autofreeze (options as NAME:key=value).",
+                              panel="Controller")
+    policy: str | None = setting(None, "Policy for --controller learned (run dir or policy.json).",
+                                 panel="Controller")
+    budget_mb: float | None = setting(None, "Memory budget in MiB (the hard wall); none by default.",
+                                      panel="Memory budget")
+    budget_frac: float | None = setting(None, "A wall at this fraction of the reference memory: the run at --rank "
+                                        "with every group training (default: a learned policy's training wall, "
+                                        "else none).", panel="Memory budget")
+    budget_trace: str | None = setting(None, "A moving wall: a CSV file with a header step,budget_mb or "
+                                       "step,budget_frac and one row per change from step 0.", panel="Memory budget")
+    budget: str | None = setting(None, "'live': follow the GPU's free memory (NVML) minus --budget-margin-mb, "
+                                 "read at each decision (CUDA only).", panel="Memory budget")
+    budget_margin_mb: float = setting(512.0, "Memory kept free by --budget live.", panel="Memory budget")
+    memory_scope: str | None = setting(None, "'total' (with the frozen base) or 'adapter' (the rank-dependent "
+                                       "part): the scope of the wall and of the reported memory, the same for "
+                                       "every controller (default total; without it a learned policy keeps its "
+                                       "wall and observations in its own training scope).", panel="Memory budget")
+    seed: int = setting(0, "Seed of adapters, head and data order.", panel="Training")
+    out: str = setting("runs/finetune", "Run directory (must not exist or be empty; required unless --resume).",
+                       panel="Run", cli_default=None)
+    checkpoint_every: int | None = setting(None, "Steps between checkpoints that --resume continues from "
+                                           "(optimizer steps; default --every; 0: none).", panel="Run")
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the flag of the first bad setting."""
@@ -99,7 +95,8 @@ class FinetuneConfig:
         if self.budget_mb is not None and not self.budget_mb > 0:
             raise ValueError(f"--budget-mb must be positive, got {self.budget_mb}.")
         if self.budget_frac is not None and not (math.isfinite(self.budget_frac) and self.budget_frac > 0):
-            raise ValueError(f"--budget-frac must be a positive fraction of the reference memory, got {self.budget_frac}.")
+            raise ValueError(f"--budget-frac must be a positive fraction of the reference memory, got "
+                             f"{self.budget_frac}.")
         if self.budget not in (None, "live"):
             raise ValueError(f"--budget takes 'live' (follow the GPU's free memory), got {self.budget!r}.")
         given = [flag for flag, value in (("--budget-mb", self.budget_mb), ("--budget-frac", self.budget_frac),
@@ -172,8 +169,8 @@ def with_policy_defaults(controller: RankController, config: FinetuneConfig) -> 
 
     The LoRA scaling is *not* taken from the policy: ``use_rslora`` stays as the flags set it (default off,
     PEFT's ``alpha/r``). The ``default`` preset trains under rsLoRA, but rsLoRA at the same ``alpha`` makes a
-    rank-8 update 2.8 times larger; deployed that way on MiniLM-L6 (lr 1e-3) fixed rank lost 6 points and a
-    learned policy fell to chance in the demo, while the same policy under ``alpha/r`` matched fixed rank.
+    rank-8 update 2.8 times larger: in effect a larger learning rate than the ``--lr`` the user chose, which
+    can ruin a run tuned for ``alpha/r``. The policy decides ranks, not the step size, so the flags decide it.
     """
     metadata = _policy_metadata(controller)
     scope = config.memory_scope if config.memory_scope is not None else metadata.get("memory_scope", "total")
@@ -190,8 +187,8 @@ def make_control(rl: RankedLoRA, controller: RankController, spec: str, config: 
     trace = BudgetTrace.from_csv(config.budget_trace) if config.budget_trace is not None else None
     live = LiveBudget(margin_mb=config.budget_margin_mb) if config.budget == "live" else None
     return RankControl(rl, controller, every=config.every, budget_mb=config.budget_mb, budget_frac=config.budget_frac,
-                       budget_trace=trace, live_budget=live, total_steps=config.steps, memory_scope=config.memory_scope or "total", r_max=r_max,
-                       rank_step=rank_step, spec=spec)
+                       budget_trace=trace, live_budget=live, total_steps=config.steps,
+                       memory_scope=config.memory_scope or "total", r_max=r_max, rank_step=rank_step, spec=spec)
 
 
 def check_out_free(out: str | Path) -> None:
@@ -236,6 +233,7 @@ def run_finetune(config: FinetuneConfig, console: Console | None = None, progres
     check_out_free(config.out)
     check_writable(config.out, "--out")
     controller, spec = build_controller(config.controller, config.policy, config.trust_policy)
+    scope = reported_scope(config)
     config = with_policy_defaults(controller, config)
     task = _load_task(config)
     session_config = session_config_for(config)
@@ -257,14 +255,19 @@ def run_finetune(config: FinetuneConfig, console: Console | None = None, progres
                                    "num_groups_effective": session.rl.num_groups, "task": task.summary(),
                                    "session": session_config.to_dict(), "start_ranks": start_ranks,
                                    "start_fit": control.start_fit, "reference_bytes": control.reference,
+                                   "reported_memory_scope": scope,
                                    "processes": 1 if sync is None else sync.world_size})
-        relative = (f" ({control.budget_frac:g} x the reference {_mib(control.reference)})"
+        shift = _scope_shift(session, config.memory_scope, scope)
+        relative = (f" ({control.budget_frac:g} x the reference {_mib(_shifted(control.reference, shift))})"
                     if control.budget_frac is not None else
                     f" (trace {config.budget_trace})" if config.budget_trace is not None else "")
+        budget = _shifted(control.budget.budget if control.budget else None, shift)
         console.print(f"[bold]rankrl finetune[/] {config.model} on {task.summary()}\n  controller {spec}, "
-                      f"every {config.every} steps, budget {_mib(control.budget.budget if control.budget else None)}"
-                      f"{relative} -> {run_dir}")
-        metrics = _train(session, control, config, console, progress and main, run_dir if main else None)
+                      f"every {config.every} steps, "
+                      + (f"budget ({scope} scope) {_mib(budget)}{relative}" if budget is not None else "no budget")
+                      + f" -> {run_dir}")
+        metrics = _train(session, control, config, console, progress and main, run_dir if main else None,
+                         scope=scope)
         metrics["processes"] = 1 if sync is None else sync.world_size
         if not main:  # rank 0 writes the run directory
             return run_dir
@@ -311,7 +314,9 @@ def resume_finetune(run_dir: str | Path, console: Console | None = None, progres
         restore_checkpoint(checkpoint, session, control, session.reference_batch())
         console.print(f"[bold]rankrl finetune[/] resuming {run_dir} at step {checkpoint.step} of {config.steps} "
                       f"(from {checkpoint.path.name}), ranks {session.rl.group_ranks}")
-        metrics = _train(session, control, config, console, progress, run_dir, loop=checkpoint.state["loop"])
+        scope = saved.get("reported_memory_scope") or reported_scope(config)
+        metrics = _train(session, control, config, console, progress, run_dir, loop=checkpoint.state["loop"],
+                         scope=scope)
         return _finish(session, control, metrics, run_dir, console)
     finally:
         control.close()
@@ -334,16 +339,43 @@ def _finish(session: FineTuneSession, control: RankControl, metrics: dict, run_d
     metrics["adapter"] = _save_adapter(session.rl, control, run_dir / ADAPTER_DIR, console)
     atomic_write_text(run_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
     console.print(f"  accuracy {metrics['accuracy']:.3f} (macro-F1 {metrics['macro_f1']:.3f}), peak memory "
-                  f"{metrics['peak_memory_mib']:.2f} MiB, final ranks {metrics['group_ranks']}, "
+                  f"({metrics['memory_scope']} scope) {metrics['peak_memory_mib']:.2f} MiB, final ranks "
+                  f"{metrics['group_ranks']}, "
                   f"{metrics['decisions']} decisions ({metrics['wall_hits']} at the wall)")
     console.print(f"  adapter: {metrics['adapter']}; TensorBoard: tensorboard --logdir {run_dir / 'tb'}; "
                   f"explain: rankrl explain {run_dir}")
     return run_dir
 
 
+def reported_scope(config: FinetuneConfig) -> str:
+    """The memory scope every printed and saved figure of a run is in: ``--memory-scope``, else ``total``, for
+    every controller (a learned policy's wall may work in its own training scope; its figures are converted)."""
+    return config.memory_scope or "total"
+
+
+def _frozen_base_bytes(session: FineTuneSession) -> int:
+    """The frozen base (+ buffers): what ``total`` counts and ``adapter`` does not (frozen LoRA factors belong
+    to the adapter scope, like trainable ones)."""
+    return parameter_bytes(session.rl.model)[1] - sum(p.nbytes for p in session.rl.frozen_factors())
+
+
+def _scope_shift(session: FineTuneSession, wall_scope: str | None, scope: str) -> int:
+    """Bytes to add to a figure measured in ``wall_scope`` (the controller's) to state it in ``scope``."""
+    frozen = _frozen_base_bytes(session)
+    return (frozen if (wall_scope or "total") == "adapter" else 0) - (frozen if scope == "adapter" else 0)
+
+
+def _shifted(value: int | None, shift: int) -> int | None:
+    return None if value is None else value + shift
+
+
 def _train(session: FineTuneSession, control: RankControl, config: FinetuneConfig, console: Console,
-           progress: bool, run_dir: Path | None, loop: dict | None = None) -> dict:
-    """Train to ``config.steps``; checkpoints go to ``run_dir`` (``None``: a process that writes nothing)."""
+           progress: bool, run_dir: Path | None, loop: dict | None = None, scope: str = "total") -> dict:
+    """Train to ``config.steps``; checkpoints go to ``run_dir`` (``None``: a process that writes nothing).
+
+    Memory figures are stated in ``scope`` (:func:`reported_scope`); ``wall_memory_scope`` names the one the
+    controller, its wall and ``decisions.jsonl`` work in.
+    """
     from rankrl import interrupt
     from rankrl.deploy.resume import save_checkpoint
 
@@ -405,8 +437,8 @@ def _train(session: FineTuneSession, control: RankControl, config: FinetuneConfi
     train_seconds = time.perf_counter() - started
     final = session.evaluate()
     control.record_eval(final.accuracy, session.step)
-    # The frozen base (+ buffers): frozen LoRA factors belong to the adapter scope, like trainable ones.
-    frozen = parameter_bytes(session.rl.model)[1] - sum(p.nbytes for p in session.rl.frozen_factors())
+    frozen = _frozen_base_bytes(session)
+    shift = _scope_shift(session, config.memory_scope, scope)
     peak_total = control.peak_used + (frozen if config.memory_scope == "adapter" else 0)
     mean_used = control.mean_used if control.mean_used is not None else control.last_used
     mean_total = mean_used + (frozen if config.memory_scope == "adapter" else 0)
@@ -420,14 +452,15 @@ def _train(session: FineTuneSession, control: RankControl, config: FinetuneConfi
         "diverged_at_step": diverged_at, "lr": config.lr,
         "decisions": control.decisions, "wall_hits": sum(bool(r["clipped_groups"]) for r in records),
         "rank_changes": sum(r["ranks_after"] != r["ranks_before"] for r in records),
-        "group_ranks": session.rl.group_ranks, "peak_memory_bytes": control.peak_used,
-        "peak_memory_mib": control.peak_used / MIB, "memory_scope": config.memory_scope,
+        "group_ranks": session.rl.group_ranks, "peak_memory_bytes": control.peak_used + shift,
+        "peak_memory_mib": (control.peak_used + shift) / MIB, "memory_scope": scope,
+        "wall_memory_scope": config.memory_scope or "total",
         # The memory in force at each optimizer step, averaged over the run (what the environment's penalty
         # integrates); the peak above is its maximum.
-        "mean_memory_mib": mean_used / MIB,
+        "mean_memory_mib": (mean_used + shift) / MIB,
         "mean_memory_total_mib": mean_total / MIB, "mean_memory_adapter_mib": (mean_total - frozen) / MIB,
-        "budget_mib": control.budget.budget / MIB if control.budget is not None else None,
-        "reference_mib": control.reference / MIB if control.reference else None,
+        "budget_mib": (control.budget.budget + shift) / MIB if control.budget is not None else None,
+        "reference_mib": (control.reference + shift) / MIB if control.reference else None,
         # Optimizer steps taken with more memory in force than the wall allowed (a failed run when > 0).
         "wall_violations": control.violations, "max_over_wall_mib": control.max_over_wall / MIB,
         "frozen_groups": list(getattr(session.rl, "frozen_groups", [])),

@@ -1,9 +1,10 @@
 """Periodic checkpoints of a ``rankrl finetune`` run, and resuming from the newest good one.
 
 A checkpoint is a directory ``checkpoints/step_<n>/`` holding ``tensors.safetensors`` (the trainable and
-frozen adapter weights at their current ranks, the optimizer's moments, the importance EMAs, the torch RNG) and ``state.json``
-(module ranks, frozen modules, optimizer parameter order and hyperparameters, schedule, :class:`RankControl` state with the
-controller's, the loss and input-variance trackers, the loop's counters, and a SHA-256 of the tensors).
+frozen adapter weights at their current ranks, the optimizer's moments, the importance EMAs, the torch RNG)
+and ``state.json`` (module ranks, frozen modules, optimizer parameter order and hyperparameters, schedule,
+:class:`RankControl` state with the controller's, the loss and input-variance trackers, the loop's counters,
+and a SHA-256 of the tensors).
 Data order is a pure function of ``(seed, step)`` (:meth:`FineTuneSession.batch_indices`), so no iterator
 state is needed: a resumed run takes the very batches the interrupted one would have taken.
 
@@ -14,7 +15,6 @@ message. Only files are read: ``torch.load`` and unpickling are never used.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from rankrl.runs import file_sha256
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.json"
@@ -85,7 +87,7 @@ def save_checkpoint(run_dir: Path, session, control, loop: dict, keep: int = KEE
         "optimizer_state": state_keys, "scheduler": snapshot["scheduler"],
         "control": control.state_dict(), "signals": signals["values"], "loop": loop,
         "memory_crossings": control.memory.crossings_state(),
-        "tensors_sha256": _sha256(tmp / TENSORS_FILE),
+        "tensors_sha256": file_sha256(tmp / TENSORS_FILE),
     }
     (tmp / STATE_FILE).write_text(json.dumps(state, default=_json_default) + "\n")
     for path in tmp.iterdir():
@@ -127,7 +129,7 @@ def load_latest_checkpoint(run_dir: Path, say=print) -> Checkpoint:
             state = json.loads((path / STATE_FILE).read_text())
             if state.get("format") != FORMAT:
                 raise ValueError(f"format {state.get('format')!r}")
-            if _sha256(path / TENSORS_FILE) != state["tensors_sha256"]:
+            if file_sha256(path / TENSORS_FILE) != state["tensors_sha256"]:
                 raise ValueError("tensors do not match their checksum")
             return Checkpoint(path, state, load_file(str(path / TENSORS_FILE)))
         except Exception as err:  # any damage: fall back to the previous checkpoint
@@ -164,20 +166,12 @@ def restore_checkpoint(checkpoint: Checkpoint, session, control, batch: dict) ->
     control.setup(session.optimizer, batch)
     # After setup, whose measuring pass would otherwise count as an input-variance sample.
     prefix = "signals/"
-    control.reader.load_state_dict({"values": state["signals"],
-                                    "tensors": {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}})
+    signal_tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    control.reader.load_state_dict({"values": state["signals"], "tensors": signal_tensors})
     if state.get("memory_crossings") is not None:  # measuring passes the interrupted run had cached
         control.memory.load_crossings_state(state["memory_crossings"])
     torch.set_rng_state(tensors["rng/torch"])
     control.truncate_log(checkpoint.step)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _json_default(value):

@@ -52,7 +52,8 @@ class EnvConfig:
     batch_size: int = field(default=16, metadata={"help": "Training batch size."})
     max_length: int = field(default=48, metadata={"help": "Tokens per example."})
     train_size: int | None = field(default=None, metadata={"help": "Cap on training examples per task."})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate (3e-3 collapses tiny-model runs to chance)."})
+    lr: float = field(default=1e-3,
+                      metadata={"help": "AdamW learning rate (3e-3 collapses tiny-model runs to chance)."})
     lora_alpha: float = field(default=16, metadata={"help": "LoRA alpha."})
     use_rslora: bool = field(default=False, metadata={"help": "rsLoRA scaling alpha/sqrt(r) instead of alpha/r."})
     eval_seeds: list[int] = field(default_factory=lambda: list(range(10_001, 10_011)),

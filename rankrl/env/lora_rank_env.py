@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -20,8 +20,9 @@ from rankrl.budget import (
 from rankrl.data import TaskData, load_task_data
 from rankrl.env.config import EnvConfig, load_env_config
 from rankrl.env.observation import ObservationLayout
+from rankrl.lora import RankedLoRA
 from rankrl.lora.allocation import apply_allocation, backward_depth
-from rankrl.session import FineTuneSession
+from rankrl.session import FineTuneSession, TrainResult
 from rankrl.signals import SignalReader, Signals
 
 MB = 1024 * 1024
@@ -32,6 +33,16 @@ def action_names(levels: int, rank_step: int) -> list[str]:
     """What each action index of one group does: the rank deltas, then ``freeze`` and ``thaw``."""
     half = levels // 2
     return [f"{d * rank_step:+d}" for d in range(-half, half + 1)] + [FREEZE, THAW]
+
+
+class _Episode(NamedTuple):
+    """What :meth:`LoRARankEnv.reset` builds and every step works on."""
+
+    session: FineTuneSession
+    rl: RankedLoRA
+    reader: SignalReader
+    meter: MemoryBudget
+    trace: BudgetTrace
 
 
 class LoRARankEnv(gym.Env):
@@ -184,32 +195,36 @@ class LoRARankEnv(gym.Env):
         if "budget_frac" in options:
             fraction = float(options["budget_frac"])
         elif config.budget_range is not None:
-            fraction = float(self.np_random.uniform(*config.budget_range))
+            low, high = config.budget_range
+            fraction = float(self.np_random.uniform(low, high))
         else:
             fraction = config.budget_frac
         kind = options.get("trace") or config.traces[int(self.np_random.integers(len(config.traces)))]
-        self.trace = BudgetTrace.shape(kind, fraction, self.total_steps, self.np_random)
+        trace = self.trace = BudgetTrace.shape(kind, fraction, self.total_steps, self.np_random)
         data = self._task(task)
         if self.session is None:
             self.session = FineTuneSession(config.session_config(task, run_seed), task=data)
-        self.session.reset(seed=run_seed, task=data)
+        session = self.session
+        session.reset(seed=run_seed, task=data)
         if self.reader is not None:
             self.reader.close()
-        session = self.session
-        self.reader = SignalReader(session.rl, optimizer=session.optimizer, budget_bytes=2**62,
-                                   memory_scope=config.memory_scope, rank_step=config.rank_step)
-        session.after_backward = [lambda _s: self.reader.after_backward()]
+        if session.rl is None:
+            raise RuntimeError("FineTuneSession.reset() attached no adapter.")
+        reader = self.reader = SignalReader(session.rl, optimizer=session.optimizer, budget_bytes=2**62,
+                                            memory_scope=config.memory_scope, rank_step=config.rank_step)
+        session.after_backward = [lambda _s: reader.after_backward()]
+        episode = self._live()
+        rl, meter = episode.rl, episode.meter
         # Memory is always measured on one fixed batch of the task: training batches vary in padded length,
         # and a reading on them would move with the data, not with the ranks.
         if task not in self._references:
             self._references[task] = (session.reference_batch(), {})
         self._reference, crossings = self._references[task]
-        meter = self.reader.budget
         status = meter.read(session.optimizer, self._reference)
         meter.share_crossings(crossings)
         self.reference = max(int(status.used), 1)
         meter.reference = self.reference
-        meter.floor = self.trace.minimum_bytes(self.reference)
+        meter.floor = trace.minimum_bytes(self.reference)
         meter.budget = meter.floor
         size = self.layout.num_groups
         try:
@@ -221,15 +236,15 @@ class LoRARankEnv(gym.Env):
         meter.read(session.optimizer)
         self._last_budget = meter.budget
         first = session.evaluate()
-        self.reader.update_eval(first.accuracy)
+        reader.update_eval(first.accuracy)
         self._accuracy = first.accuracy
         self._t = 0
         self._last_change = [0.0] * self.layout.num_groups
         self._trend = 0.0
-        self._signals = self.reader.read()
+        self._signals = reader.read()
         info = {"task": task, "run_seed": run_seed, "accuracy": first.accuracy, "budget_bytes": meter.budget,
-                "reference_bytes": self.reference, "budget_frac": fraction, "trace": self.trace.to_dict(),
-                "ranks": session.rl.group_ranks}
+                "reference_bytes": self.reference, "budget_frac": fraction, "trace": trace.to_dict(),
+                "ranks": rl.group_ranks}
         return self._observation(), info
 
     def _task(self, source: str) -> TaskData:
@@ -237,30 +252,42 @@ class LoRARankEnv(gym.Env):
             self._tasks[source] = load_task_data(source, seed=0, max_train=self.config.train_size)
         return self._tasks[source]
 
+    def _live(self) -> _Episode:
+        """The episode's session, model, signal reader, memory budget and trace, which :meth:`reset` creates."""
+        session, reader, trace = self.session, self.reader, self.trace
+        if session is None or session.rl is None or reader is None or reader.budget is None or trace is None:
+            raise RuntimeError("Call reset() before step().")
+        return _Episode(session, session.rl, reader, reader.budget, trace)
+
+    def _read_signals(self) -> Signals:
+        """The last signal reading, which :meth:`reset` and :meth:`step` take."""
+        if self._signals is None:
+            raise RuntimeError("Call reset() before step().")
+        return self._signals
+
     def _budget_at(self, step: int) -> int:
-        return max(self.trace.bytes_at(step, self.reference), 1)
+        return max(self._live().trace.bytes_at(step, self.reference), 1)
 
     # ------------------------------------------------------------------ decisions
     def step(self, action):
-        if self.session is None:
-            raise RuntimeError("Call reset() before step().")
+        session, rl, reader, meter, _ = self._live()
         started = time.perf_counter()
-        config, session, meter = self.config, self.session, self.reader.budget
+        config = self.config
         action = np.asarray(action, dtype=np.int64).reshape(-1)
         if action.shape != (self.layout.num_groups,) or not self.action_space.contains(action):
             raise ValueError(f"Action {action.tolist()} is not in {self.action_space}.")
-        before = session.rl.group_ranks
-        frozen_before = list(session.rl.frozen_groups)
+        before = rl.group_ranks
+        frozen_before = list(rl.frozen_groups)
         requested, wanted = [], []
-        for rank, frozen, a in zip(before, frozen_before, action, strict=True):
+        for rank, was_frozen, a in zip(before, frozen_before, action, strict=True):
             name = self.actions[a]
             if name in (FREEZE, THAW):
                 requested.append(rank)
                 wanted.append(name == FREEZE and rank > 0)
             else:
                 requested.append(int(np.clip(rank + self.deltas[a], 0, config.r_max)))
-                wanted.append(frozen)
-        shares = [group.get("importance_share", 0.0) for group in self._signals.groups]
+                wanted.append(was_frozen)
+        shares = [group.get("importance_share", 0.0) for group in self._read_signals().groups]
         ranks, frozen, clipped = clip_to_budget(meter, before, requested, config.rank_step, shares,
                                                 frozen_before, wanted)
         ranks, frozen, forced = fit_to_wall(meter, ranks, frozen, fresh=session.step == 0, priority=shares)
@@ -269,10 +296,10 @@ class LoRARankEnv(gym.Env):
         train_started = time.perf_counter()
         result, memory_mean, depth_mean, forced_later = self._train_within_budget(config.steps_per_action)
         for loss in result.losses:
-            self.reader.update_loss(loss)
+            reader.update_loss(loss)
         self._t += 1
         weights = config.reward
-        base_info = {"ranks": session.rl.group_ranks, "frozen": list(session.rl.frozen_groups),
+        base_info = {"ranks": rl.group_ranks, "frozen": list(rl.frozen_groups),
                      "requested_ranks": requested, "requested_frozen": wanted, "clipped_groups": clipped,
                      "forced_groups": sorted(set(forced) | set(forced_later))}
         if result.diverged:
@@ -280,12 +307,15 @@ class LoRARankEnv(gym.Env):
             return self._observation(), -weights.divergence, True, False, info
         metrics = session.evaluate()
         train_eval_time = time.perf_counter() - train_started
-        self.reader.update_eval(metrics.accuracy)
+        reader.update_eval(metrics.accuracy)
         budget_now = self._budget_at(session.step)
         self._trend = (budget_now - self._last_budget) / self.reference
         self._last_budget = budget_now
         meter.budget = budget_now
-        self._signals = self.reader.read()
+        self._signals = reader.read()
+        memory = self._signals.memory
+        if memory is None:  # the reader has a budget, so every reading carries its memory status
+            raise RuntimeError("The signal reading has no memory status.")
         T = config.episode_length
         parts = {
             "reward/accuracy": weights.accuracy * (metrics.accuracy - self._accuracy),
@@ -297,8 +327,8 @@ class LoRARankEnv(gym.Env):
         info = {
             **parts, **base_info, "wall_hit": bool(clipped or forced or forced_later),
             "accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1, "eval_loss": metrics.loss,
-            "train_loss": result.mean_loss, "memory_used_frac": self._signals.memory.used_frac,
-            "memory_used_bytes": self._signals.memory.used, "budget_bytes": budget_now,
+            "train_loss": result.mean_loss, "memory_used_frac": memory.used_frac,
+            "memory_used_bytes": memory.used, "budget_bytes": budget_now,
             "memory_mean_ref_frac": memory_mean, "backward_depth": depth_mean,
         }
         # Wall times stay out of ``info`` (which must be deterministic for a seed); benchmarks read them here.
@@ -307,43 +337,46 @@ class LoRARankEnv(gym.Env):
 
     def _allocate(self, ranks: list[int], frozen: list[bool]) -> None:
         """Apply an allocation and measure it on the reference batch (cached per training set)."""
-        session = self.session
-        apply_allocation(session.rl, ranks, frozen, session.optimizer)
-        if not session.rl.activations_measured:
-            self.reader.budget.measure_kept_batch()
+        session, rl, _, meter, _ = self._live()
+        apply_allocation(rl, ranks, frozen, session.optimizer)
+        if not rl.activations_measured:
+            meter.measure_kept_batch()
 
-    def _train_within_budget(self, steps: int):
+    def _train_within_budget(self, steps: int) -> tuple[TrainResult, float, float, list[int]]:
         """Train ``steps`` optimizer steps; wherever the trace drops below the memory in use, fit first.
 
         Returns the training result, the mean of used / reference and of the backward depth over the steps,
         and the groups the wall forced on the way.
         """
-        session, meter = self.session, self.reader.budget
+        session, rl, _, meter, trace = self._live()
         start, end = session.step, session.step + steps
-        changes = [s for s, _ in self.trace.points if start < s < end]
+        changes = [s for s, _ in trace.points if start < s < end]
         bounds = [start, *changes, end]
-        losses, memory, depth, forced = [], 0.0, 0.0, []
-        result = None
+        losses: list[float] = []
+        memory, depth, forced = 0.0, 0.0, []
+        result: TrainResult | None = None
         for lo, hi in zip(bounds, bounds[1:], strict=False):
             meter.budget = self._budget_at(lo)
             used = meter.read(session.optimizer).used
             if used > meter.budget:
-                ranks, frozen, moved = fit_to_wall(meter, session.rl.group_ranks, list(session.rl.frozen_groups),
+                ranks, frozen, moved = fit_to_wall(meter, rl.group_ranks, list(rl.frozen_groups),
                                                    fresh=lo == 0)
                 self._allocate(ranks, frozen)
                 forced += moved
                 used = meter.read(session.optimizer).used
             memory += used / self.reference * (hi - lo)
-            depth += backward_depth(session.rl) * (hi - lo)
+            depth += backward_depth(rl) * (hi - lo)
             result = session.train(hi - lo)
             losses += result.losses
             if result.diverged:
                 break
+        if result is None:
+            raise ValueError(f"steps_per_action must be positive, got {steps}.")
         result.losses = losses
         return result, memory / steps, depth / steps, sorted(set(forced))
 
     def _observation(self) -> np.ndarray:
-        values = self.layout.build(self._signals, r_max=self.config.r_max, last_change=self._last_change,
+        values = self.layout.build(self._read_signals(), r_max=self.config.r_max, last_change=self._last_change,
                                    progress=min(1.0, self._t / self.config.episode_length), budget_trend=self._trend)
         self.last_features = values
         return self.layout.vector(values)

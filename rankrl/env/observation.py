@@ -57,8 +57,9 @@ class ObservationLayout:
 
     @property
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        lows = [lo for _, lo, _ in GLOBAL_FEATURES] + [lo for _ in range(self.num_groups) for _, lo, _ in GROUP_FEATURES]
-        highs = [hi for _, _, hi in GLOBAL_FEATURES] + [hi for _ in range(self.num_groups) for _, _, hi in GROUP_FEATURES]
+        features = list(GLOBAL_FEATURES) + list(GROUP_FEATURES) * self.num_groups
+        lows = [lo for _, lo, _ in features]
+        highs = [hi for _, _, hi in features]
         return np.asarray(lows, dtype=np.float32), np.asarray(highs, dtype=np.float32)
 
     def build(self, signals: Signals, *, r_max: int, last_change: list[float], progress: float,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import torch
+
 from rankrl.lora.ranked import RankedLoRA
 
 
-def apply_allocation(rl: RankedLoRA, ranks: list[int], frozen: list[bool], optimizer=None) -> None:
+def apply_allocation(rl: RankedLoRA, ranks: list[int], frozen: list[bool],
+                     optimizer: torch.optim.Optimizer | None = None) -> None:
     """Give ``rl`` these group ranks and frozen flags, repairing ``optimizer``: the one way a decision lands.
 
     Freezes go first (they only free memory), then the resize, then thaws.

@@ -56,7 +56,8 @@ def grow_factors(
     if new_rank < rank:
         raise ValueError(f"grow_factors needs new_rank >= current rank ({rank}), got {new_rank}.")
     if new_rows_A.shape != (new_rank - rank, lora_A.shape[1]):
-        raise ValueError(f"new_rows_A has shape {tuple(new_rows_A.shape)}, expected {(new_rank - rank, lora_A.shape[1])}.")
+        raise ValueError(f"new_rows_A has shape {tuple(new_rows_A.shape)}, "
+                         f"expected {(new_rank - rank, lora_A.shape[1])}.")
     zeros_B = lora_B.new_zeros(lora_B.shape[0], new_rank - rank)
     new_A = torch.cat([lora_A, new_rows_A.to(lora_A)], dim=0)
     new_B = torch.cat([lora_B * (old_scaling / new_scaling), zeros_B], dim=1)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 
-def unwrap_optimizer(optimizer) -> torch.optim.Optimizer:
+def unwrap_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     """The innermost ``torch.optim.Optimizer`` behind wrappers such as accelerate's ``AcceleratedOptimizer``."""
     seen = 0
     while hasattr(optimizer, "optimizer") and isinstance(optimizer.optimizer, torch.optim.Optimizer) and seen < 8:
@@ -52,20 +52,20 @@ class ParamChange:
         moment_scale: Gradient scale ``1/c`` of the kept part of a grown parameter (see module docstring).
     """
 
-    old: torch.nn.Parameter | None
-    new: torch.nn.Parameter | None
+    old: torch.Tensor | None
+    new: torch.Tensor | None
     mode: str
     dim: int = 0
     moment_scale: float = 1.0
 
 
-def _carry_state(state: dict, change: ParamChange) -> dict:
+def _carry_state(state: dict, old: torch.Tensor, new: torch.Tensor, change: ParamChange) -> dict:
     new_state = {}
-    old_shape = change.old.shape
+    old_shape = old.shape
     for key, value in state.items():
         if torch.is_tensor(value) and value.shape == old_shape:
             factor = change.moment_scale ** (2 if "sq" in key else 1)
-            grown = value.new_zeros(change.new.shape)
+            grown = value.new_zeros(new.shape)
             index = [slice(None)] * value.dim()
             index[change.dim] = slice(0, old_shape[change.dim])
             grown[tuple(index)] = value * factor
@@ -75,7 +75,8 @@ def _carry_state(state: dict, change: ParamChange) -> dict:
     return new_state
 
 
-def apply_param_changes(optimizer, changes: list[ParamChange], fallback_group: int | None = None) -> None:
+def apply_param_changes(optimizer: torch.optim.Optimizer, changes: list[ParamChange],
+                        fallback_group: int | None = None) -> None:
     """Move ``changes`` into ``optimizer`` (or its wrapped optimizer) following the moment policy above.
 
     Args:
@@ -91,7 +92,7 @@ def apply_param_changes(optimizer, changes: list[ParamChange], fallback_group: i
             location[id(param)] = (group_index, position)
 
     removed: list[tuple[int, int]] = []
-    additions: list[torch.nn.Parameter] = []
+    additions: list[torch.Tensor] = []
     home_group = None
     for change in changes:
         if change.old is not None and id(change.old) in location:
@@ -102,8 +103,8 @@ def apply_param_changes(optimizer, changes: list[ParamChange], fallback_group: i
                 removed.append((group_index, position))
                 continue
             inner.param_groups[group_index]["params"][position] = change.new
-            if change.mode == "grow" and old_state:
-                inner.state[change.new] = _carry_state(old_state, change)
+            if change.mode == "grow" and old_state and change.new is not None:
+                inner.state[change.new] = _carry_state(old_state, change.old, change.new, change)
         elif change.new is not None and id(change.new) not in location:
             additions.append(change.new)
 
@@ -120,7 +121,7 @@ def _largest_group(optimizer: torch.optim.Optimizer) -> int:
     return max(range(len(sizes)), key=sizes.__getitem__) if sizes else 0
 
 
-def optimizer_state_bytes(optimizer) -> int:
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer | None) -> int:
     """Bytes held by the optimizer's state tensors (each storage counted once)."""
     if optimizer is None:
         return 0

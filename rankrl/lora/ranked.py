@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-from peft.tuners.lora import LoraLayer
+from peft.tuners.lora import LoraLayer, LoraModel
 from torch import nn
 
 from rankrl.lora.factors import grow_factors, lora_scaling, shrink_factors
@@ -65,7 +65,8 @@ class RankedLoRA:
     def __init__(self, peft_model: PeftModel, num_groups: int = 4, split_by_kind: bool = False,
                  adapter_name: str = "default") -> None:
         if not isinstance(peft_model, PeftModel):
-            raise RankedLoRAError(f"RankedLoRA wraps a peft.PeftModel, got {type(peft_model).__name__}; use RankedLoRA.attach(model).")
+            raise RankedLoRAError(f"RankedLoRA wraps a peft.PeftModel, got {type(peft_model).__name__}; "
+                                  "use RankedLoRA.attach(model).")
         config = peft_model.peft_config.get(adapter_name)
         if not isinstance(config, LoraConfig):
             raise RankedLoRAError(f"Adapter '{adapter_name}' is not a LoRA adapter.")
@@ -73,7 +74,10 @@ class RankedLoRA:
         self.model = peft_model
         self.adapter_name = adapter_name
         self._config = config
-        self._root: nn.Module = peft_model.base_model.model
+        root = peft_model.base_model.model
+        if not isinstance(root, nn.Module):
+            raise RankedLoRAError(f"The PEFT model wraps a {type(root).__name__}, not a torch module.")
+        self._root: nn.Module = root
         ranks: dict[str, int] = {}
         self._alphas: dict[str, float] = {}
         for name, module in self._root.named_modules():
@@ -83,7 +87,7 @@ class RankedLoRA:
         for name in config.exclude_modules or []:
             if name not in ranks and _has_module(self._root, name):
                 ranks[name] = 0
-                self._alphas[name] = _pattern_value(config.alpha_pattern, name, config.lora_alpha)
+                self._alphas[name] = _pattern_value(config.alpha_pattern or {}, name, config.lora_alpha)
         if not ranks:
             raise RankedLoRAError("The PEFT model has no LoRA modules to resize.")
         order = {n: i for i, (n, _) in enumerate(self._root.named_modules())}
@@ -190,6 +194,31 @@ class RankedLoRA:
         module = self._root.get_submodule(name)
         return module if isinstance(module, LoraLayer) else None
 
+    @property
+    def lora_config(self) -> LoraConfig:
+        """The PEFT ``LoraConfig`` of the adapter being resized (kept in sync with the live ranks)."""
+        return self._config
+
+    @property
+    def root(self) -> nn.Module:
+        """The transformers model inside the PEFT wrappers (where the module names are looked up)."""
+        return self._root
+
+    def _live_layer(self, name: str) -> LoraLayer:
+        """The ``LoraLayer`` of a module that has rank > 0 (the callers' precondition)."""
+        layer = self.lora_layer(name)
+        if layer is None:
+            raise RankedLoRAError(f"'{name}' is at rank 0: it has no LoRA layer.")
+        return layer
+
+    def _factor_linears(self, layer: LoraLayer) -> tuple[nn.Linear, nn.Linear]:
+        """``(lora_A, lora_B)`` of this adapter: the linears whose weights are the factors ``A`` and ``B``."""
+        A, B = layer.lora_A[self.adapter_name], layer.lora_B[self.adapter_name]
+        if not isinstance(A, nn.Linear) or not isinstance(B, nn.Linear):
+            raise RankedLoRAError(f"LoRA factors of type {type(A).__name__}/{type(B).__name__}: only linear factors "
+                                  "can be resized.")
+        return A, B
+
     def parameters(self) -> tuple[nn.Parameter, ...]:
         """Every parameter of the model, frozen ones included, cached until the next :meth:`resize`.
 
@@ -231,18 +260,18 @@ class RankedLoRA:
         return lora_scaling(self._alphas[name], rank, self._config.use_rslora) if rank else None
 
     # ------------------------------------------------------------------ resizing
-    def set_group_ranks(self, ranks: list[int], optimizer=None) -> dict[str, int]:
+    def set_group_ranks(self, ranks: list[int], optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
         """Give every module of group ``g`` the rank ``ranks[g]``; see :meth:`resize`."""
         if len(ranks) != self.num_groups:
             raise RankedLoRAError(f"Expected {self.num_groups} group ranks, got {len(ranks)}.")
         return self.resize({name: ranks[g] for name, g in self._groups.items()}, optimizer=optimizer)
 
-    def set_group_rank(self, group: int, rank: int, optimizer=None) -> dict[str, int]:
+    def set_group_rank(self, group: int, rank: int, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
         """Give every module of one group the same rank."""
         self._check_group(group)
         return self.resize({name: rank for name in self.group_modules(group)}, optimizer=optimizer)
 
-    def resize(self, new_ranks: dict[str, int], optimizer=None) -> dict[str, int]:
+    def resize(self, new_ranks: dict[str, int], optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
         """Change module ranks in place, mid-training.
 
         Growing keeps the function exactly; shrinking keeps the best low-rank approximation; rank 0 removes
@@ -263,7 +292,8 @@ class RankedLoRA:
         """
         for name, rank in new_ranks.items():
             if name not in self._ranks:
-                raise RankedLoRAError(f"Unknown LoRA module '{name}'. Known modules are the keys of .ranks, e.g. {next(iter(self._ranks))!r}.")
+                raise RankedLoRAError(f"Unknown LoRA module '{name}'. Known modules are the keys of .ranks, "
+                                      f"e.g. {next(iter(self._ranks))!r}.")
             if isinstance(rank, bool) or not isinstance(rank, numbers.Integral):
                 raise RankedLoRAError(f"Rank of '{name}' must be an integer, got {rank!r}.")
             if int(rank) < 0:
@@ -293,9 +323,10 @@ class RankedLoRA:
         return changed
 
     def _resize_live(self, name: str, old: int, rank: int, frozen: bool = False) -> list[ParamChange]:
-        layer = self.lora_layer(name)
+        layer = self._live_layer(name)
         adapter = self.adapter_name
-        old_A, old_B = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+        lin_A, lin_B = self._factor_linears(layer)
+        old_A, old_B = lin_A.weight, lin_B.weight
         old_scaling = layer.scaling[adapter]
         new_scaling = lora_scaling(self._alphas[name], rank, self._config.use_rslora)
         with torch.no_grad():
@@ -324,15 +355,15 @@ class RankedLoRA:
         return [ParamChange(old_A, new_A.weight, "shrink"), ParamChange(old_B, new_B.weight, "shrink")]
 
     def _detach(self, name: str) -> list[ParamChange]:
-        layer = self.lora_layer(name)
-        adapter = self.adapter_name
-        params = [layer.lora_A[adapter].weight, layer.lora_B[adapter].weight]
+        layer = self._live_layer(name)
+        params = [linear.weight for linear in self._factor_linears(layer)]
         parent, child = _parent_of(self._root, name)
         setattr(parent, child, layer.get_base_layer())
         return [ParamChange(p, None, "remove") for p in params]
 
     # ------------------------------------------------------------------ freezing
-    def freeze(self, targets: int | str | list[int] | list[str], optimizer=None) -> list[str]:
+    def freeze(self, targets: int | str | list[int] | list[str],
+               optimizer: torch.optim.Optimizer | None = None) -> list[str]:
         """Stop training modules while keeping what they learned.
 
         The factors keep their values exactly (the model's outputs do not change by a bit), stop requiring
@@ -368,7 +399,8 @@ class RankedLoRA:
             apply_param_changes(optimizer, changes)
         return changed
 
-    def thaw(self, targets: int | str | list[int] | list[str], optimizer=None) -> list[str]:
+    def thaw(self, targets: int | str | list[int] | list[str],
+             optimizer: torch.optim.Optimizer | None = None) -> list[str]:
         """Train frozen modules again: their factors require grad and enter ``optimizer`` with empty state.
 
         Takes the same ``targets`` as :meth:`freeze`; modules that are not frozen are left alone.
@@ -395,13 +427,12 @@ class RankedLoRA:
                 apply_param_changes(optimizer, changes)
         return changed
 
-    def frozen_factors(self) -> list[nn.Parameter]:
+    def frozen_factors(self) -> list[torch.Tensor]:
         """The LoRA factors of the frozen modules: state to save beside the trainable parameters."""
         return [param for name in self._ranks if name in self._frozen for param in self._factors(name)]
 
-    def _factors(self, name: str) -> list[nn.Parameter]:
-        layer = self.lora_layer(name)
-        return [layer.lora_A[self.adapter_name].weight, layer.lora_B[self.adapter_name].weight]
+    def _factors(self, name: str) -> list[torch.Tensor]:
+        return [linear.weight for linear in self._factor_linears(self._live_layer(name))]
 
     def _freeze_targets(self, targets, action: str) -> list[str]:
         """Module names of ``targets`` (see :meth:`freeze`) in model order; raises before any change."""
@@ -429,14 +460,18 @@ class RankedLoRA:
         parent, child = _parent_of(self._root, name)
         target = getattr(parent, child)
         config = copy.deepcopy(self._config)
-        config.r, config.lora_alpha = rank, self._alphas[name]
+        config.r = rank
+        # peft annotates lora_alpha as int, but its layers take any float (the module's own alpha is kept exactly).
+        config.lora_alpha = self._alphas[name]  # type: ignore[assignment]
         config.rank_pattern, config.alpha_pattern, config.exclude_modules = {}, {}, None
-        self.model.base_model._create_and_replace(config, self.adapter_name, target, child, parent, current_key=name)
-        layer = self.lora_layer(name)
-        adapter = self.adapter_name
-        layer.lora_A[adapter].requires_grad_(True)
-        layer.lora_B[adapter].requires_grad_(True)
-        return [ParamChange(None, layer.lora_A[adapter].weight, "add"), ParamChange(None, layer.lora_B[adapter].weight, "add")]
+        tuner = self.model.base_model
+        if not isinstance(tuner, LoraModel):
+            raise RankedLoRAError(f"Adapter '{self.adapter_name}' is not served by peft's LoraModel.")
+        tuner._create_and_replace(config, self.adapter_name, target, child, parent, current_key=name)
+        lin_A, lin_B = self._factor_linears(self._live_layer(name))
+        lin_A.requires_grad_(True)
+        lin_B.requires_grad_(True)
+        return [ParamChange(None, lin_A.weight, "add"), ParamChange(None, lin_B.weight, "add")]
 
     def _sync_config(self) -> None:
         """Make PEFT's config describe the live model: explicit targets, per-module ranks, detached modules."""
@@ -450,7 +485,8 @@ class RankedLoRA:
 
     def _check_group(self, group: int) -> None:
         if isinstance(group, bool) or not isinstance(group, int) or not 0 <= group < self.num_groups:
-            raise RankedLoRAError(f"Group index {group!r} is out of range: there are {self.num_groups} groups (0..{self.num_groups - 1}).")
+            raise RankedLoRAError(f"Group index {group!r} is out of range: there are {self.num_groups} groups "
+                                  f"(0..{self.num_groups - 1}).")
 
     # ------------------------------------------------------------------ memory
     @property
@@ -498,7 +534,8 @@ class RankedLoRA:
         self.model.train()
         device = params[0].device if params else torch.device("cpu")
         try:
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), self.measure_activations():
+            rng_devices = [device] if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=rng_devices), self.measure_activations() as meter:
                 outputs = self.model(**batch)
             if outputs.loss is None:
                 raise RankedLoRAError("measure_step needs a batch with labels so that the model returns a loss.")
@@ -508,9 +545,9 @@ class RankedLoRA:
             for p, g in zip(params, held, strict=True):
                 p.grad = g
             self.model.train(was_training)
-        return self._last_activations, grads
+        return meter.bytes, grads
 
-    def memory(self, optimizer=None, batch: dict | None = None) -> MemoryReport:
+    def memory(self, optimizer: torch.optim.Optimizer | None = None, batch: dict | None = None) -> MemoryReport:
         """Measured training memory in bytes.
 
         Args:
@@ -556,7 +593,8 @@ class RankedLoRA:
 
     def __repr__(self) -> str:
         frozen = f", frozen_groups={self.frozen_groups}" if self._frozen else ""
-        return f"RankedLoRA(modules={len(self._ranks)}, groups={self.num_groups}, group_ranks={self.group_ranks}{frozen})"
+        return (f"RankedLoRA(modules={len(self._ranks)}, groups={self.num_groups}, "
+                f"group_ranks={self.group_ranks}{frozen})")
 
 
 # ---------------------------------------------------------------------- helpers
@@ -570,7 +608,8 @@ def _resolve_targets(model, names, target_modules, default_finder) -> list[str]:
     if target_modules is None:
         targets = default_finder(model)
         if not targets:
-            raise RankedLoRAError("Found no linear layers inside numbered transformer blocks; pass target_modules explicitly.")
+            raise RankedLoRAError("Found no linear layers inside numbered transformer blocks; "
+                                  "pass target_modules explicitly.")
         return targets
     probe = LoraConfig(target_modules=target_modules)
     from peft.tuners.tuners_utils import check_target_module_exists
@@ -605,7 +644,7 @@ def _has_module(root: nn.Module, name: str) -> bool:
 def _pattern_value(pattern: dict, name: str, default):
     from peft.utils.other import get_pattern_key
 
-    return pattern.get(get_pattern_key(pattern.keys(), name), default)
+    return pattern.get(get_pattern_key(list(pattern), name), default)
 
 
 def _parent_of(root: nn.Module, name: str) -> tuple[nn.Module, str]:

@@ -27,12 +27,15 @@ class ModuleSlot:
 
     def current(self) -> nn.Module:
         """The module now installed under this name (a ``LoraLayer`` or, at rank 0, the base layer)."""
-        return self.parent._modules[self.child]
+        module = self.parent._modules[self.child]
+        if module is None:
+            raise LookupError(f"{self.name}: no module is installed under {self.child!r}.")
+        return module
 
 
 def module_slots(rl: RankedLoRA) -> list[ModuleSlot]:
     """One slot per module of ``rl`` in model order."""
-    root = rl.model.base_model.model
+    root = rl.root
     slots = []
     for name in rl.ranks:
         parent_name, _, child = name.rpartition(".")
@@ -41,10 +44,12 @@ def module_slots(rl: RankedLoRA) -> list[ModuleSlot]:
     return slots
 
 
-def lora_factors(module: nn.Module, adapter: str) -> tuple[nn.Parameter, nn.Parameter] | None:
+def lora_factors(module: nn.Module, adapter: str) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(A, B)`` weights of a live LoRA module, ``None`` for a base layer (rank 0)."""
     if isinstance(module, LoraLayer) and adapter in module.lora_A:
-        return module.lora_A[adapter].weight, module.lora_B[adapter].weight
+        A, B = module.lora_A[adapter], module.lora_B[adapter]
+        if isinstance(A, nn.Linear) and isinstance(B, nn.Linear):
+            return A.weight, B.weight
     return None
 
 
@@ -56,7 +61,7 @@ def base_layer(module: nn.Module) -> nn.Module:
 def in_out_features(module: nn.Module) -> tuple[int, int]:
     """``(in_features, out_features)`` of a LoRA wrapper, an ``nn.Linear`` or a GPT-2 ``Conv1D``."""
     if isinstance(module, LoraLayer):
-        return module.in_features, module.out_features
+        return in_out_features(module.get_base_layer())
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
     weight = getattr(module, "weight", None)
@@ -65,9 +70,17 @@ def in_out_features(module: nn.Module) -> tuple[int, int]:
     raise TypeError(f"Cannot tell the in/out features of a {type(module).__name__}.")
 
 
+def base_weight(module: nn.Module) -> torch.Tensor:
+    """The weight of the base layer under a LoRA wrapper (or of the module itself at rank 0)."""
+    weight = base_layer(module).weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(module).__name__} has no weight tensor.")
+    return weight
+
+
 def factor_dtype(module: nn.Module, adapter: str) -> torch.dtype:
     """dtype the LoRA factors have (or would have at rank 0: that of the base weight)."""
     factors = lora_factors(module, adapter)
     if factors is not None:
         return factors[0].dtype
-    return base_layer(module).weight.dtype
+    return base_weight(module).dtype

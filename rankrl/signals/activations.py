@@ -170,10 +170,8 @@ class InputVarianceTracker:
         if not self._pending:
             return
         tensors = [value for _, value in self._pending]
-        if len({t.device for t in tensors}) == 1:
-            values = torch.stack(tensors).tolist()
-        else:
-            values = [float(t) for t in tensors]
+        one_device = len({t.device for t in tensors}) == 1
+        values = torch.stack(tensors).tolist() if one_device else [float(t) for t in tensors]
         beta = self.beta
         for (name, _), value in zip(self._pending, values, strict=True):
             ema = self._ema.get(name)

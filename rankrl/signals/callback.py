@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import torch
 from transformers import TrainerCallback
 
 from rankrl.signals.reader import SignalReader
@@ -27,7 +28,7 @@ class SignalsCallback(TrainerCallback):
         self.reader = reader
         self.accuracy_key = accuracy_key
 
-    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+    def on_train_begin(self, args, state, control, optimizer: torch.optim.Optimizer | None = None, **kwargs):
         if self.reader.optimizer is None and optimizer is not None:
             self.reader.optimizer = optimizer
 

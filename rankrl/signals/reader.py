@@ -92,7 +92,8 @@ class SignalReader:
         top_k: The ``k`` of the ``top{k}_energy`` features.
     """
 
-    def __init__(self, rl: RankedLoRA, *, optimizer=None, budget_bytes: int | None = None,
+    def __init__(self, rl: RankedLoRA, *, optimizer: torch.optim.Optimizer | None = None,
+                 budget_bytes: int | None = None,
                  memory_scope: str = "total", rank_step: int = 1, importance_every: int = 1,
                  beta1: float = 0.85, beta2: float = 0.85, input_variance: bool = True,
                  variance_every: int = 10, loss_beta: float = 0.9, loss_window: int = 20,

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
 from rankrl.env import EnvConfig, LoRARankEnv
+from rankrl.train.episodes import (
+    EpisodeSummary,
+    check_eval_episodes,
+    held_out_episodes,
+    hold_action,
+    run_episode,
+)
 
 
 class RankLoggingCallback(BaseCallback):
@@ -33,60 +40,6 @@ class RankLoggingCallback(BaseCallback):
             for key in ("reward/accuracy", "reward/memory", "reward/time", "reward/wall"):
                 self.logger.record_mean(key, info[key])
         return True
-
-
-@dataclass
-class EpisodeSummary:
-    """One evaluation episode."""
-
-    seed: int
-    task: str
-    episode_return: float
-    final_accuracy: float
-    mean_used_frac: float
-    final_ranks: list[int]
-    wall_hits: int
-
-
-def run_episode(env: LoRARankEnv, act: Callable[[np.ndarray], np.ndarray], seed: int,
-                task: str | None = None) -> EpisodeSummary:
-    """Run one full episode of ``env`` (episode_length decisions) with the action function ``act``."""
-    options = {"task": task} if task else None
-    obs, info = env.reset(seed=seed, options=options)
-    task_name, total, used, walls, ranks, accuracy = info["task"], 0.0, [], 0, info["ranks"], info["accuracy"]
-    for _ in range(env.config.episode_length):
-        obs, reward, terminated, truncated, info = env.step(act(obs))
-        total += reward
-        if info.get("diverged"):
-            break
-        used.append(info["memory_used_frac"])
-        walls += int(info["wall_hit"])
-        ranks, accuracy = info["ranks"], info["accuracy"]
-        if terminated or truncated:
-            break
-    return EpisodeSummary(seed, task_name, total, accuracy, float(np.mean(used)) if used else float("nan"),
-                          list(ranks), walls)
-
-
-def hold_action(env: LoRARankEnv) -> Callable[[np.ndarray], np.ndarray]:
-    """The fixed-rank baseline: the zero delta for every group (plain LoRA at ``rank_init``)."""
-    middle = np.full(env.layout.num_groups, env.config.action_levels // 2, dtype=np.int64)
-    return lambda _obs: middle
-
-
-def held_out_episodes(env_config: EnvConfig, seeds: list[int]) -> list[tuple[int, str]]:
-    """``(seed, task)`` per episode, stratified: episode ``i`` runs task ``i mod len(tasks)``, so every task of
-    the family is evaluated once there are as many episodes as tasks (a random draw left tasks out and made
-    the figure bimodal)."""
-    tasks = env_config.tasks
-    return [(seed, tasks[i % len(tasks)]) for i, seed in enumerate(seeds)]
-
-
-def check_eval_episodes(env_config: EnvConfig, episodes: int) -> None:
-    """Raise ``ValueError`` when the agent preset asks for more evaluation episodes than the env has seeds."""
-    if episodes > len(env_config.eval_seeds):
-        raise ValueError(f"eval_episodes={episodes} (agent preset) but environment {env_config.name!r} has "
-                         f"{len(env_config.eval_seeds)} eval_seeds; lower eval_episodes or add eval_seeds.")
 
 
 def read_evaluations(run_dir: Path) -> list[dict]:

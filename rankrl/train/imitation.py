@@ -37,7 +37,7 @@ from rankrl.env import (
 )
 from rankrl.env.registration import ENV_VERSION
 from rankrl.runs import atomic_write, atomic_write_text, check_writable
-from rankrl.train.callbacks import held_out_episodes, run_episode
+from rankrl.train.episodes import held_out_episodes, run_episode
 from rankrl.train.teacher import Teacher
 
 DATASET_FORMAT = 1
@@ -91,8 +91,8 @@ class ImitationDataset:
         rows = len(self.observations)
         if (self.observations.ndim != 2 or self.actions.ndim != 2 or len(self.actions) != rows
                 or self.episode_ids.shape != (rows,)):
-            raise ValueError(f"An imitation dataset needs observations (N, D), actions (N, G) and episode ids (N,); got "
-                             f"{self.observations.shape}, {self.actions.shape}, {self.episode_ids.shape}.")
+            raise ValueError(f"An imitation dataset needs observations (N, D), actions (N, G) and episode ids (N,); "
+                             f"got {self.observations.shape}, {self.actions.shape}, {self.episode_ids.shape}.")
         if self.observations.shape[1] != len(self.feature_names):
             raise ValueError(f"Observations have {self.observations.shape[1]} features but the dataset names "
                              f"{len(self.feature_names)}.")
@@ -380,7 +380,7 @@ def compare_returns(model, teacher: str | Teacher, env: str | Path | EnvConfig, 
                     seeds: list[int] | None = None) -> ReturnComparison:
     """Run the teacher and the clone (deterministic) on the same held-out episodes.
 
-    The episodes are those the training evaluation uses (:func:`rankrl.train.callbacks.held_out_episodes`):
+    The episodes are those the training evaluation uses (:func:`rankrl.train.episodes.held_out_episodes`):
     the preset's ``eval_seeds``, task ``i mod len(tasks)``; the seed also fixes the budget and the trace.
 
     Args:

@@ -23,7 +23,8 @@ from rankrl.policy import FEATURES_FILE, METADATA_FILE, POLICY_FILE, save_policy
 from rankrl.presets import to_mapping
 from rankrl.runs import atomic_write_text, check_writable, new_run_dir, read_config, write_config
 from rankrl.train.agent_config import load_agent_config
-from rankrl.train.callbacks import BaselineEvalCallback, RankLoggingCallback, check_eval_episodes
+from rankrl.train.callbacks import BaselineEvalCallback, RankLoggingCallback
+from rankrl.train.episodes import check_eval_episodes
 from rankrl.train.imitation import CloningPlan
 
 DEFAULT_TIMESTEPS = 20_000
@@ -47,11 +48,12 @@ def _vec_env(config, n_envs: int, seed: int, monitor_dir: Path | None, backend: 
 
     if backend == "ray":
         return _ray_vec_env(config, n_envs, seed, monitor_dir, connection)
+    monitor = None if monitor_dir is None else str(monitor_dir)
     if n_envs > 1:
-        return make_vec_env(make_limited_env, n_envs=n_envs, seed=seed, monitor_dir=None if monitor_dir is None else str(monitor_dir),
+        return make_vec_env(make_limited_env, n_envs=n_envs, seed=seed, monitor_dir=monitor,
                             env_kwargs={"config": config, "torch_threads": 1}, vec_env_cls=SubprocVecEnv,
                             vec_env_kwargs={"start_method": "forkserver"})
-    return make_vec_env(make_limited_env, n_envs=1, seed=seed, monitor_dir=None if monitor_dir is None else str(monitor_dir),
+    return make_vec_env(make_limited_env, n_envs=1, seed=seed, monitor_dir=monitor,
                         env_kwargs={"config": config}, vec_env_cls=DummyVecEnv)
 
 

@@ -39,7 +39,8 @@ def test_bench_command_writes_the_outputs_and_resumes(tmp_path):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--controllers", "fixed,ada-lora"], "Known controllers: fixed, layerwise, importance, complexity, variance, "
-                                          "greedy-memory, static-fit, autofreeze, learned, adalora, oracle-static. Did you mean 'adalora'?"),
+                                          "greedy-memory, static-fit, autofreeze, learned, adalora, oracle-static. "
+                                          "Did you mean 'adalora'?"),
     (["--tasks", "synthetic:nosuch"], "unknown synthetic task 'nosuch'"),
     (["--tasks", "zebra=/nowhere/train.tsv:/nowhere/dev.tsv"], "task 'zebra'"),
     (["--seeds", "0"], "--seeds must be a positive integer"),

@@ -12,7 +12,8 @@ from tests.bench.conftest import tiny_config
 
 def test_task_syntax_names_train_and_eval():
     synthetic = parse_task("synthetic:keyword?n_train=64&n_eval=32")
-    assert (synthetic.name, synthetic.train, synthetic.eval) == ("keyword", "synthetic:keyword?n_train=64&n_eval=32", None)
+    assert (synthetic.name, synthetic.train, synthetic.eval) == (
+        "keyword", "synthetic:keyword?n_train=64&n_eval=32", None)
     named = parse_task("sst2=/data/train.tsv:/data/dev.tsv")
     assert (named.name, named.train, named.eval) == ("sst2", "/data/train.tsv", "/data/dev.tsv")
     assert parse_task("/data/train.tsv").name == "train" and parse_task("/data/train.tsv").eval is None

@@ -16,12 +16,7 @@ from tests.bench.conftest import tiny_config  # noqa: E402
 TIMING = {"wall_seconds", "train_seconds", "controller_seconds", "controller_overhead", "run_dir"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    """One local Ray for the module (2 CPUs, no dashboard)."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def _rows(out) -> dict[str, dict]:
@@ -32,30 +27,30 @@ def _rows(out) -> dict[str, dict]:
 
 
 def test_ray_bench_gives_the_local_rows_and_survives_ctrl_c(tmp_path, monkeypatch):
-    settings = {"controllers": ["fixed:2,importance,adalora"], "seeds": 2}
+    settings = {"controllers": ["fixed:2,importance,adalora"], "seeds": 1}
     local = run_bench(tiny_config(tmp_path / "local", **settings), progress=False)
-    assert local.ran == 6 and not local.failed
+    assert local.ran == 3 and not local.failed
 
     real_wait, finished = ray.wait, []
 
     def interrupted_wait(refs, **kwargs):
-        if len(finished) == 2:
-            raise KeyboardInterrupt  # Ctrl-C while runs are queued and running, after two have finished
+        if len(finished) == 1:
+            raise KeyboardInterrupt  # Ctrl-C while runs are queued and running, after one has finished
         done, rest = real_wait(refs, **kwargs)
         finished.extend(done)
         return done, rest
 
     monkeypatch.setattr(ray, "wait", interrupted_wait)
     config = tiny_config(tmp_path / "ray", **settings)
-    with pytest.raises(Interrupted, match="2 of 6 runs are finished.*--resume"):
+    with pytest.raises(Interrupted, match="1 of 3 runs are finished.*--resume"):
         run_bench(config, progress=False, backend="ray")
-    assert len(_rows(tmp_path / "ray")) == 2
-    assert "2 of 6 runs finished" in (tmp_path / "ray" / "report.md").read_text()
+    assert len(_rows(tmp_path / "ray")) == 1
+    assert "1 of 3 runs finished" in (tmp_path / "ray" / "report.md").read_text()
     monkeypatch.setattr(ray, "wait", real_wait)
 
     config.resume = True
     resumed = run_bench(config, progress=False, backend="ray")
-    assert resumed.skipped == 2 and resumed.ran == 4 and not resumed.failed
+    assert resumed.skipped == 1 and resumed.ran == 2 and not resumed.failed
     assert _rows(tmp_path / "ray") == _rows(tmp_path / "local")
     assert (tmp_path / "ray" / "report.md").exists() and (tmp_path / "ray" / "pareto.png").exists()
 

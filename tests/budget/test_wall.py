@@ -14,7 +14,6 @@ from rankrl.controllers import (
     WallError,
     check_budget_trainable,
 )
-from rankrl.controllers.allocation import allocate
 from tests.controllers.helpers import fake_context
 
 
@@ -95,15 +94,3 @@ def test_context_observation_is_the_environments():
     assert ctx.features["progress"] == 0.25 and ctx.features["group0/rank_frac"] == 0.5
     assert ctx.observation.shape == (len(layout.names),)
     assert ctx.observation[layout.names.index("group0/importance_share")] == pytest.approx(0.7)
-
-
-@pytest.mark.parametrize(("total", "weights", "cap", "expected"), [
-    (4, [1.0, 1.0], 4, [2, 2]),
-    (5, [1.0, 1.0, 2.0], 4, [1, 1, 3]),
-    (6, [10.0, 1.0], 4, [4, 2]),  # capped group's surplus goes to the others
-    (3, [0.0, 0.0], 4, [2, 1]),  # all zero: even split, ties to the lower index
-    (3, [1.0, 0.0], 2, [2, 1]),  # a zero weight gets only what the others cannot take
-    (20, [1.0, 1.0], 4, [4, 4]),
-])
-def test_allocate(total, weights, cap, expected):
-    assert allocate(total, weights, cap) == expected

@@ -22,7 +22,8 @@ from rankrl.env import ObservationLayout
 
 
 def test_known_names():
-    assert CONTROLLERS == ["fixed", "layerwise", "importance", "complexity", "variance", "greedy-memory", "static-fit", "autofreeze", "learned"]
+    assert CONTROLLERS == ["fixed", "layerwise", "importance", "complexity", "variance", "greedy-memory", "static-fit",
+                           "autofreeze", "learned"]
     assert isinstance(make_controller("fixed"), FixedController)
     assert isinstance(make_controller("layerwise:4,4"), LayerwiseController)
     assert isinstance(make_controller("importance"), ImportanceController)
@@ -42,7 +43,8 @@ def test_arguments_are_parsed():
 
 def test_unknown_name_lists_the_known_ones():
     with pytest.raises(ValueError, match="Unknown controller 'adalora'. Known controllers: fixed, layerwise, "
-                                         "importance, complexity, variance, greedy-memory, static-fit, autofreeze, learned"):
+                                         "importance, complexity, variance, greedy-memory, static-fit, "
+                                         "autofreeze, learned"):
         make_controller("adalora")
     with pytest.raises(ValueError, match="Did you mean 'greedy-memory'"):
         make_controller("greedy_memory")

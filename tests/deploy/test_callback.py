@@ -128,7 +128,8 @@ def test_resume_from_a_checkpoint_restores_ranks_and_controller_state(data, tmp_
     trainer2.train(resume_from_checkpoint=str(checkpoint))
     assert callback2.resumed_from == checkpoint
     begin, at_save = spy2.begin, spy1.saved[SAVE]
-    assert begin["ranks"] == at_save["ranks"] and begin["controller"] == at_save["controller"] == saved["controller_state"]
+    assert begin["ranks"] == at_save["ranks"]
+    assert begin["controller"] == at_save["controller"] == saved["controller_state"]
     assert begin["decisions"] == at_save["decisions"] == 3  # with the one before step 1
     assert all(torch.equal(begin["weights"][n], w) for n, w in at_save["weights"].items())
     assert begin["exp_avg"].keys() == at_save["exp_avg"].keys()  # Adam moments follow their parameters by name

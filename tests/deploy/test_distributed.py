@@ -20,6 +20,10 @@ TOLERANCE = 1e-4
 whole batch: the same mean gradient, summed in another order (float32 rounding, amplified by Adam)."""
 
 
+FINETUNE = ["-m", "rankrl.cli", "finetune", "--model", "tiny", "--data", "synthetic:keyword?n_train=128&n_eval=48"]
+"""``rankrl finetune`` on the tiny model and a small synthetic task, as ``torchrun`` arguments."""
+
+
 def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
@@ -90,13 +94,7 @@ def test_processes_that_disagree_on_the_settings_fail_at_once(tmp_path):
 def test_rankrl_finetune_under_torchrun(tmp_path):
     out = tmp_path / "run"
     result = torchrun(
-        "-m",
-        "rankrl.cli",
-        "finetune",
-        "--model",
-        "tiny",
-        "--data",
-        "synthetic:keyword?n_train=128&n_eval=48",
+        *FINETUNE,
         "--eval-size",
         "48",
         "--steps",
@@ -127,13 +125,7 @@ def test_rankrl_finetune_under_torchrun(tmp_path):
     assert result.stdout.count("rankrl finetune tiny") == 1
 
     odd = torchrun(
-        "-m",
-        "rankrl.cli",
-        "finetune",
-        "--model",
-        "tiny",
-        "--data",
-        "synthetic:keyword?n_train=128&n_eval=48",
+        *FINETUNE,
         "--batch-size",
         "7",
         "--steps",

@@ -211,3 +211,26 @@ def test_budget_fractions_must_be_positive_and_unique_in_kind(tmp_path):
     assert result.exit_code == 2 and "--budget-frac must be a positive fraction" in result.output
     result = finetune(*SYNTHETIC, "--budget", "live", "--out", str(tmp_path / "run"))
     assert result.exit_code == 2 and "needs CUDA" in result.output
+
+
+def test_every_controller_reports_memory_in_the_one_scope_of_memory_scope(tmp_path):
+    """A learned policy trained in the adapter scope keeps its wall there, fixed rank's wall is in total; both
+    print and save their memory in --memory-scope (default total), named, so the figures compare."""
+    policy = save_policy(tmp_path / "policy")
+    spec = json.loads((policy / "policy.json").read_text())
+    spec["metadata"]["memory_scope"] = "adapter"
+    (policy / "policy.json").write_text(json.dumps(spec))
+    for scope_args, scope in (([], "total"), (["--memory-scope", "adapter"], "adapter")):
+        for name, controller, wall_scope in (("fixed", "fixed:4", scope), ("learned", f"learned:{policy}", "adapter")):
+            out = tmp_path / f"{name}-{scope}"
+            result = finetune(*SYNTHETIC, "--controller", controller, "--budget-frac", "1.0", "--steps", "4",
+                              "--every", "2", "--out", str(out), *scope_args)
+            assert result.exit_code == 0, result.output
+            output = " ".join(result.output.split())
+            assert f"peak memory ({scope} scope)" in output and f"budget ({scope} scope)" in output
+            metrics = json.loads((out / "metrics.json").read_text())
+            assert (metrics["memory_scope"], metrics["wall_memory_scope"]) == (scope, wall_scope)
+            assert metrics["peak_memory_mib"] == pytest.approx(metrics[f"peak_memory_{scope}_mib"])
+            assert metrics["budget_mib"] == pytest.approx(metrics["reference_mib"])  # 1.0 x, in one scope
+            assert metrics["peak_memory_total_mib"] > metrics["peak_memory_adapter_mib"]  # by the frozen base
+            assert f"{metrics['peak_memory_mib']:.2f} MiB" in output

@@ -45,7 +45,8 @@ def _assert_consistent(rl: RankedLoRA) -> None:
         assert module.r[rl.adapter_name] == rank
         assert module.lora_A[rl.adapter_name].weight.shape[0] == rank
         assert module.lora_B[rl.adapter_name].weight.shape[1] == rank
-        assert module.scaling[rl.adapter_name] == pytest.approx(lora_scaling(config.lora_alpha, rank, config.use_rslora))
+        expected = lora_scaling(config.lora_alpha, rank, config.use_rslora)
+        assert module.scaling[rl.adapter_name] == pytest.approx(expected)
         assert config.rank_pattern.get(name, config.r) == rank
         assert not config.exclude_modules or name not in config.exclude_modules
 
@@ -158,8 +159,10 @@ def test_bottom_groups_at_zero_record_no_autograd_below(batch):
     rl = RankedLoRA.attach(make_tiny_bert(layers=4), rank=8, num_groups=4)
     seen = {}
     layers = rl.model.base_model.model.bert.encoder.layer
-    hooks = [layer.register_forward_hook(lambda m, i, o, k=k: seen.__setitem__(k, o[0].requires_grad if isinstance(o, tuple) else o.requires_grad))
-             for k, layer in enumerate(layers)]
+    def record(k: int):
+        return lambda m, i, o: seen.__setitem__(k, o[0].requires_grad if isinstance(o, tuple) else o.requires_grad)
+
+    hooks = [layer.register_forward_hook(record(k)) for k, layer in enumerate(layers)]
     rl.model.train()
     full = rl.memory(batch=batch).activations
     assert all(seen.values())

@@ -69,7 +69,8 @@ def test_features_from_singular_values():
 
 def test_zero_update_and_rank_zero_score_zero(rl, optimizer):
     features = module_spectral_features(rl)  # fresh LoRA: B = 0
-    assert all(f["numerical_rank"] == 0 and f["effective_rank"] == 0 and f["complexity"] == 0 for f in features.values())
+    assert all(f["numerical_rank"] == 0 and f["effective_rank"] == 0 and f["complexity"] == 0
+               for f in features.values())
     rl.set_group_ranks([0, 4], optimizer)
     train_steps(rl, optimizer, 2)
     features = module_spectral_features(rl)

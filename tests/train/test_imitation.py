@@ -137,8 +137,8 @@ def test_dataset_round_trip_without_pickle(dataset, tmp_path):
     loaded = ImitationDataset.load(tmp_path / "teacher.json")
     for name in ("observations", "actions", "episode_ids"):
         assert np.array_equal(getattr(loaded, name), getattr(dataset, name))
-    assert (loaded.feature_names, loaded.action_names, loaded.teacher, loaded.episode_seeds, loaded.episode_returns) == (
-        dataset.feature_names, dataset.action_names, dataset.teacher, dataset.episode_seeds, dataset.episode_returns)
+    for name in ("env_id", "feature_names", "action_names", "teacher", "seed", "episode_seeds", "episode_returns"):
+        assert getattr(loaded, name) == getattr(dataset, name), name
     (tmp_path / "teacher.json").write_text(json.dumps({"format": 99}))
     with pytest.raises(ValueError, match="not a rankrl imitation dataset"):
         ImitationDataset.load(tmp_path / "teacher")

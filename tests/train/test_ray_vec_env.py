@@ -17,13 +17,7 @@ ray = pytest.importorskip("ray", reason="the ray extra is part of the test set-u
 
 from rankrl.train.ray_vec_env import RayVecEnv  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    """One local Ray for the module (2 CPUs, no dashboard)."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 class DictEnv(gym.Env):

@@ -10,24 +10,13 @@ from stable_baselines3 import PPO
 from rankrl.env import LoRARankEnv
 from rankrl.presets import PresetError
 from rankrl.train import load_agent_config, train_policy
-
-AGENT = """\
-algo: PPO
-net_arch: [16]
-hyperparams:
-  n_steps: 10
-  batch_size: 10
-  n_epochs: 2
-eval_freq: 20
-eval_episodes: 1
-checkpoint_freq: 10
-"""
+from tests.processes import tiny_agent
 
 
 @pytest.fixture(scope="module")
 def agent_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("agents") / "quick.yaml"
-    path.write_text(AGENT)
+    path.write_text(tiny_agent(eval_freq=20))
     return path
 
 
@@ -45,7 +34,8 @@ def test_run_directory_layout_and_contents(run):
                  "best_policy.json", "best_policy.safetensors"):
         assert (run_dir / name).stat().st_size > 0, name
     assert list((run_dir / "tb").rglob("events.out.tfevents.*"))
-    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.zip")) == ["policy_10_steps.zip", "policy_20_steps.zip"]
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("*.zip"))
+    assert checkpoints == ["policy_10_steps.zip", "policy_20_steps.zip"]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["env"]["rank_init"] == 4 and config["agent"]["hyperparams"]["n_steps"] == 10
     features = json.loads((run_dir / "features.json").read_text())
@@ -99,7 +89,8 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, agent_file):
     with pytest.raises(PresetError, match="Known presets: .*tiny"):
         train_policy(env="nope", timesteps=10, out=tmp_path)
     (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "config.json").write_text(json.dumps({"env_preset": "tiny", "agent_preset": "ppo", "seed": 0}))
+    config = {"env_preset": "tiny", "agent_preset": "ppo", "seed": 0}
+    (tmp_path / "empty" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="no checkpoints"):
         train_policy(timesteps=10, resume=tmp_path / "empty")
     greedy = tmp_path / "greedy.yaml"

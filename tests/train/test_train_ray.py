@@ -14,26 +14,7 @@ ray = pytest.importorskip("ray", reason="the ray extra is part of the test set-u
 
 from rankrl.train import train_policy  # noqa: E402
 from rankrl.train.ray_vec_env import RayVecEnv  # noqa: E402
-
-AGENT = """\
-algo: PPO
-net_arch: [16]
-hyperparams:
-  n_steps: 10
-  batch_size: 10
-  n_epochs: 2
-eval_freq: 1000
-eval_episodes: 1
-checkpoint_freq: 1000
-"""
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray for the module (2 CPUs, no dashboard)."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
+from tests.processes import tiny_agent  # noqa: E402
 
 
 def _episodes(run_dir) -> list[tuple[float, int]]:
@@ -59,7 +40,7 @@ def _kill_a_worker_mid_run(out, actors, killed):
 
 def test_ray_backend_trains_the_same_policy_even_when_a_worker_dies(tmp_path, local_ray, monkeypatch):
     agent = tmp_path / "agent.yaml"
-    agent.write_text(AGENT)
+    agent.write_text(tiny_agent(checkpoint_freq=1000))
     common = {"env": "tiny", "agent": str(agent), "timesteps": 20, "n_envs": 2, "seed": 3, "progress": False}
     local = train_policy(out=tmp_path / "subprocess", backend="subprocess", **common)
 

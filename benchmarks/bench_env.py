@@ -7,7 +7,7 @@
 2. Throughput of 2 subprocess environments (one torch thread each) against 1 environment (two threads),
    in environment steps per second, on the `default` preset.
 
-Run: ``.venv/bin/python bench/bench_env.py``
+Run: ``.venv/bin/python benchmarks/bench_env.py``
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ def main() -> None:
     datasets.disable_progress_bars()
     torch.set_num_threads(2)
     quick = "--quick" in sys.argv
-    for preset, steps, cold in (("default", 64 if quick else 256, 16 if quick else 64), ("minilm", 8 if quick else 200, 4 if quick else 60)):
+    runs = (("default", 64 if quick else 256, 16 if quick else 64), ("minilm", 8 if quick else 200, 4 if quick else 60))
+    for preset, steps, cold in runs:
         first, rest, seconds = efficiency(preset, steps, cold)
         later = f"; steps {cold + 1}-{steps}: {rest:.3f}" if steps > cold else ""
         print(f"{preset:8s} env step / (K train steps + eval), random actions: first {cold} steps {first:.3f}{later}  "

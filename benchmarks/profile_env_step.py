@@ -6,7 +6,7 @@ so the parts add up to the step without double counting: the importance accumula
 is charged to signals, not to the train steps, and a memory reading inside a signal read to memory. Resets
 (a new episode: the session and the task's reference measurements) are reported apart.
 
-Usage: ``OMP_NUM_THREADS=1 python bench/profile_env_step.py [--preset default] [--steps 30] [--seed 0]``
+Usage: ``OMP_NUM_THREADS=1 python benchmarks/profile_env_step.py [--preset default] [--steps 30] [--seed 0]``
 """
 
 from __future__ import annotations

@@ -24,39 +24,47 @@ import csv
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from rankrl.runs import new_run_dir, write_config
+from rankrl.settings import setting, shared, split_list
 
 HELD_OUT_TASK = "synthetic:negation?difficulty=0.5&n_train=2000&n_eval=256&seed=7"
 
 
 @dataclass
 class DemoConfig:
-    """Settings of :func:`run_demo` (saved as the demo's ``config.json``)."""
+    """Settings of :func:`run_demo` and the flags of ``rankrl demo`` (saved as the demo's ``config.json``)."""
 
-    env: str = "default"
-    agent: str = "ppo"
-    timesteps: int = 1024
-    n_envs: int = 2
-    model: str = "default"
-    task: str = HELD_OUT_TASK
-    steps: int = 150
-    every: int = 15
-    eval_size: int = 256
-    max_length: int = 48
-    lr: float = 1e-3
-    rank: int = 8
-    use_rslora: bool = False  # the LoRA scaling of every deployed run (PEFT's alpha/r by default)
-    budget_frac: float = 0.6  # the budget after the step down, as a fraction of the reference memory
-    budget_high: float = 0.9  # the budget before it
-    controllers: list[str] = field(default_factory=lambda: ["learned", "static-fit", "autofreeze", "fixed"])
-    seed: int = 0
-    out: str = "runs/demo"
+    env: str = setting("default", "Environment preset the policy trains on.", panel="Policy training")
+    agent: str = setting("ppo", "Agent preset of the policy's training.", panel="Policy training")
+    timesteps: int = setting(1024, "Decisions the policy trains for on the env preset.", panel="Policy training")
+    n_envs: int = setting(2, "Parallel training environments.", panel="Policy training")
+    model: str = shared("model", "default")
+    task: str = setting(HELD_OUT_TASK, "Held-out task of the deployment runs (default: a synthetic task at a "
+                        "difficulty and data seed the policy never trained on).", panel="Model and task")
+    steps: int = shared("steps", 150)
+    every: int = shared("every", 15)
+    eval_size: int = shared("eval_size", 256)
+    max_length: int = shared("max_length", 48)
+    lr: float = shared("lr", 1e-3)
+    rank: int = shared("rank", 8)
+    use_rslora: bool = shared("use_rslora", False)
+    budget_frac: float = setting(0.6, "Budget after the step down, as a fraction of the reference memory (the "
+                                 "run at --rank with every group training).", panel="Memory budget")
+    budget_high: float = setting(0.9, "Budget before the step down (half-way), as a fraction of the reference "
+                                 "memory.", panel="Memory budget")
+    controllers: list[str] = setting(
+        help="Comma-separated controllers to compare ('learned' = the policy just trained, 'learned:default' = "
+        "the shipped one).", panel="Controller", parse=split_list,
+        default_factory=lambda: ["learned", "static-fit", "autofreeze", "fixed"])
+    seed: int = setting(0, "Seed of training and of the deployment runs.", panel="Training")
+    out: str = setting("runs/demo", "Parent of the demo's run directory (<out>/demo_<n>).", panel="Run")
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first bad flag."""
@@ -138,7 +146,8 @@ def run_demo(config: DemoConfig | None = None, console: Console | None = None, p
     if evaluation:
         nan = float("nan")
         console.print(f"  held-out episodes: policy return {evaluation.get('policy_return', nan):+.3f} (accuracy "
-                      f"{evaluation.get('policy_accuracy', nan):.3f}, memory {evaluation.get('policy_used_frac', nan):.2f} "
+                      f"{evaluation.get('policy_accuracy', nan):.3f}, "
+                      f"memory {evaluation.get('policy_used_frac', nan):.2f} "
                       f"of the budget), fixed rank {evaluation.get('fixed_return', nan):+.3f} (accuracy "
                       f"{evaluation.get('fixed_accuracy', nan):.3f})")
     console.print(f"  policy: {policy_dir / 'policy.json'} (+ policy.safetensors)")
@@ -197,20 +206,26 @@ def _row(label: str, metrics: dict) -> dict:
     }
 
 
-# Few, named columns: the table must stay readable in an 80-column terminal or log.
+# The columns of comparison.md / comparison.csv.
 COLUMNS = [("controller", "controller", "{}"), ("accuracy", "acc", "{:.3f}"),
            ("mean_adapter_mib", "mean MiB", "{:.1f}"), ("peak_adapter_mib", "peak MiB", "{:.1f}"),
            ("train_seconds", "train s", "{:.0f}"), ("final_ranks", "ranks (*frozen)", "{}"),
            ("wall_violations", "over wall", "{}")]
+# The printed table: these figures beside the controller's full name, its final ranks on a line below, so that
+# it reads at 80 columns (a log, a narrow terminal) without cutting a name.
+FIGURES = [column for column in COLUMNS if column[0] not in ("controller", "final_ranks")]
 
 
 def _table(rows: list[dict], config: DemoConfig) -> Table:
-    table = Table(title=f"{config.model}, {config.steps} steps, seed {config.seed}, budget {config.budget_high:g} -> "
-                        f"{config.budget_frac:g} x reference (adapter MiB)")
-    for _, header, _ in COLUMNS:
-        table.add_column(header, justify="left" if header == "controller" else "right")
+    """Two lines per controller: its full name and figures, then its final ranks (``*``: frozen group)."""
+    table = Table(title=f"{config.model}, {config.steps} steps, seed {config.seed}, budget {config.budget_high:g} "
+                        f"-> {config.budget_frac:g} x reference (adapter MiB)", box=box.SIMPLE_HEAD)
+    table.add_column("controller / final ranks", overflow="fold")
+    for _, header, _ in FIGURES:
+        table.add_column(header.replace(" ", "\n"), justify="right", overflow="fold")  # narrow: two-line headers
     for row in rows:
-        table.add_row(*(fmt.format(row[key]) for key, _, fmt in COLUMNS))
+        table.add_row(row["controller"], *(fmt.format(row[key]) for key, _, fmt in FIGURES))
+        table.add_row(f"  ranks {row['final_ranks']}", *[""] * len(FIGURES), style="dim")
     return table
 
 

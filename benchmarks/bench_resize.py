@@ -5,7 +5,7 @@
 2. Saved-activation bytes and step time with the bottom half of the groups at rank 0, against all groups at
    rank 8. Expect both ratios well under 1.
 
-Run: ``.venv/bin/python bench/bench_resize.py``
+Run: ``.venv/bin/python benchmarks/bench_resize.py``
 """
 
 from __future__ import annotations

@@ -68,10 +68,8 @@ def _pair_label(example: dict) -> int:
     past = {v[0] for v in W.ANIMATE_VERBS}
     past_of = {v[1]: v[0] for v in W.ANIMATE_VERBS}
     second = example["text_pair"].split()
-    if "by" in second:  # "the O was PP by the S"
-        claim = (second[-1], past_of[second[3]], second[1])
-    else:  # "the S V the O"
-        claim = (second[1], second[2], second[4])
+    # "the O was PP by the S" or "the S V the O"
+    claim = (second[-1], past_of[second[3]], second[1]) if "by" in second else (second[1], second[2], second[4])
     first = example["text"].split()
     verb_at = next(i for i, w in enumerate(first) if w in past)
     obj = next(w for w in first[verb_at + 1 :] if w in animate)

@@ -10,7 +10,7 @@
    W workers collects W samples in ``t_w + c * W`` and costs ``u * W`` of update later, so the expected
    rate is ``W / (t_w + (c + u) * W)`` env steps per second.
 
-Run: ``.venv/bin/python bench/bench_ray.py [--quick]``
+Run: ``.venv/bin/python benchmarks/bench_ray.py [--quick]``
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ family is covered) with:
 It prints, per arm, the mean episode return, final accuracy and memory used / budget, and the paired
 difference to ``fixed`` in return and accuracy with its standard error over episodes.
 
-Run: ``.venv/bin/python bench/bench_policy.py [--env default] [--episodes 10] [--no-static] [--set KEY=VALUE ..]
+Run: ``.venv/bin/python benchmarks/bench_policy.py [--env default] [--episodes 10] [--no-static] [--set KEY=VALUE ..]
 RUN_DIR_OR_POLICY_ZIP ...`` (``--set`` overrides preset keys, e.g. ``use_rslora=false``).
 """
 
@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from rankrl.env import LoRARankEnv
-from rankrl.train.callbacks import EpisodeSummary, held_out_episodes, run_episode
+from rankrl.train.episodes import EpisodeSummary, held_out_episodes, run_episode
 
 
 def static_arms(num_groups: int) -> dict[str, list[list[int]]]:

@@ -3,7 +3,7 @@
 The RL environment resets its session every episode, so a reset must cost about as much as a training
 step, not a model load. Figures are ratios measured in the same run, MiniLM-L6 and the tiny model.
 
-Run: ``.venv/bin/python bench/bench_session.py``
+Run: ``.venv/bin/python benchmarks/bench_session.py``
 """
 
 from __future__ import annotations

@@ -6,26 +6,15 @@ import csv
 
 import pytest
 
-from rankrl.demo import DemoConfig, run_demo
-
-QUICK_AGENT = """\
-algo: PPO
-net_arch: [16]
-hyperparams:
-  n_steps: 10
-  batch_size: 10
-  n_epochs: 1
-eval_freq: 10
-eval_episodes: 1
-checkpoint_freq: 10
-"""
+from rankrl.demos.main import DemoConfig, run_demo
+from tests.processes import tiny_agent
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     agent = root / "quick.yaml"
-    agent.write_text(QUICK_AGENT)
+    agent.write_text(tiny_agent(eval_freq=10, n_epochs=1))
     config = DemoConfig(env="tiny", agent=str(agent), timesteps=10, n_envs=1, model="tiny",
                         task="synthetic:keyword?difficulty=0.2&n_train=128&n_eval=64&seed=5", steps=8, every=4,
                         eval_size=32, controllers=["learned", "fixed", "static-fit"], out=str(root / "runs"))
@@ -62,3 +51,22 @@ def test_bad_input_fails_before_a_run_directory_exists(tmp_path):
     with pytest.raises(ValueError, match="--timesteps must be a positive integer"):
         run_demo(DemoConfig(timesteps=0, out=str(tmp_path / "runs")), progress=False)
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_printed_table_reads_at_80_columns_with_full_controller_names():
+    from rich.console import Console
+
+    from rankrl.demos.main import _table
+
+    names = ["learned (just trained)", "learned:default (shipped)", "static-fit", "autofreeze", "fixed r=8"]
+    rows = [{"controller": name, "accuracy": 0.8734, "macro_f1": 0.8, "mean_adapter_mib": 52.31,
+             "peak_adapter_mib": 138.96, "train_seconds": 312.4, "final_ranks": f"16* 0 4 {i}",
+             "wall_violations": i} for i, name in enumerate(names)]
+    console = Console(width=80, record=True, color_system=None)
+    console.print(_table(rows, DemoConfig()))
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80 and "…" not in "\n".join(lines)
+    for i, name in enumerate(names):
+        line = next(line for line in lines if name in line)  # the full name, on one line, with its figures
+        assert "0.873" in line and "52.3" in line and "139.0" in line and line.split()[-1] == str(i)
+        assert any(line.strip() == f"ranks 16* 0 4 {i}" for line in lines)

@@ -21,7 +21,7 @@ The load average is printed: with other processes busy, 2 OpenMP threads contend
 times swing by more than the effect measured, so read the step ratios of a loaded run with care. Nothing
 is asserted.
 
-Usage: ``python bench/bench_signals.py [--rounds 60] [--threads 2]``
+Usage: ``python benchmarks/bench_signals.py [--rounds 60] [--threads 2]``
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Printed: saved-activation bytes and train step time (median of interleaved steps
 divided by ``all``, and the largest absolute logits difference across a freeze and a thaw of a trained
 model (must be 0: a freeze changes no value).
 
-Run: ``.venv/bin/python bench/bench_freeze.py``
+Run: ``.venv/bin/python benchmarks/bench_freeze.py``
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ step ratios can separate the machinery's cost from the machine's noise at all.
 The load average and the plain step time are printed: a plain step well above its usual time (about 0.3 s
 to 0.7 s on 2 threads, depending on the machine) means that other processes shared the cores.
 
-Run: ``.venv/bin/python bench/bench_controller.py [--blocks 12]``
+Run: ``.venv/bin/python benchmarks/bench_controller.py [--blocks 12]``
 """
 
 from __future__ import annotations
