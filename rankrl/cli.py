@@ -131,24 +131,36 @@ def train(
                                 "machine) or 'ray' (Ray actors; needs the rankrl\\[ray] extra). Same seeds, "
                                 "same policy."),
     address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
+    # Behaviour cloning (docs/imitation.md).
+    teacher: str = typer.Option(None, "--teacher", help="Clone this rule controller before PPO starts: "
+                                "autofreeze | greedy-memory | static-fit | importance | fixed[:R] | ... (options as "
+                                "NAME:key=value). --timesteps 0 clones only."),
+    bc_episodes: int = typer.Option(None, "--bc-episodes", help="Teacher episodes to clone (default 32)."),
+    bc_epochs: int = typer.Option(None, "--bc-epochs", help="Behaviour-cloning passes over them (default 100)."),
+    bc_data: str = typer.Option(None, "--bc-data", help="Imitation dataset FILE(.npz + .json): read when it exists "
+                                "(same observation layout required), else the teacher's episodes are written there."),
     # Reliability options.
     checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints that --resume "
                                          "continues from (environment steps; "
                                          "default: the agent preset's checkpoint_freq)."),
     trust_policy: bool = typer.Option(False, "--trust-policy", help=TRUST_HELP),
 ) -> None:
-    """Train a rank-allocation policy with stable-baselines3."""
+    """Train a rank-allocation policy with stable-baselines3 (optionally cloning a rule controller first)."""
     from rankrl.train import train_policy
 
     try:
         run_dir = train_policy(env=env, agent=agent, timesteps=timesteps, n_envs=n_envs, seed=seed, out=out,
                                resume=resume, progress=progress, init_policy=init_policy,
                                checkpoint_every=checkpoint_every, trust_policy=trust_policy, backend=backend,
-                               address=address, say=lambda text: typer.secho(text, fg=typer.colors.YELLOW, err=True))
+                               address=address, teacher=teacher, bc_episodes=bc_episodes, bc_epochs=bc_epochs,
+                               bc_data=bc_data,
+                               say=lambda text: typer.secho(text, fg=typer.colors.YELLOW, err=True))
     except (ValueError, OSError) as err:
         _fail(err)
     typer.echo(f"policy: {run_dir / 'policy.json'} (+ policy.safetensors; SB3 model: {run_dir / 'policy.zip'})")
-    typer.echo(f"learning curve: {run_dir / 'learning_curve.png'}; TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
+    curve = run_dir / "learning_curve.png"
+    typer.echo(f"{f'learning curve: {curve}; ' if curve.exists() else ''}TensorBoard: tensorboard --logdir "
+               f"{run_dir / 'tb'}")
 
 
 @app.command()

@@ -23,7 +23,7 @@ from rankrl.env.observation import ObservationLayout
 from rankrl.lora import RankedLoRA
 from rankrl.lora.allocation import apply_allocation, backward_depth
 from rankrl.session import FineTuneSession, TrainResult
-from rankrl.signals import SignalReader
+from rankrl.signals import SignalReader, Signals
 
 MB = 1024 * 1024
 FREEZE, THAW = "freeze", "thaw"
@@ -105,6 +105,13 @@ class LoRARankEnv(gym.Env):
     ``torch_threads`` sets ``torch.set_num_threads`` in the process that builds the environment
     (``rankrl train`` gives each subprocess worker one thread).
 
+    ## State for rule controllers
+    :attr:`signals` (the reading the last observation was built from), :attr:`budget` (the memory meter: the
+    wall in force, its floor and the reference), :attr:`last_change` and :attr:`budget_trend` are read-only
+    views of what the observation is built from. With ``session.step`` and :attr:`total_steps` they are
+    exactly what :meth:`rankrl.controllers.ControllerContext.build` takes, so a rule controller can decide
+    on the state the policy sees (:mod:`rankrl.train.teacher`).
+
     ## Version History
     * v1: freeze and thaw actions; budgets drawn per episode and moving along a trace, relative to the
       reference memory; the first decision before the first step; the wall as a hard constraint with small
@@ -143,6 +150,9 @@ class LoRARankEnv(gym.Env):
         # on which parameters train, so a configuration measured once in this process is not measured again.
         self._references: dict[str, tuple[dict, dict]] = {}
         self._t = 0
+        self._signals: Signals | None = None
+        self._last_change: list[float] = [0.0] * config.num_action_groups
+        self._trend = 0.0
         self.last_timing: dict[str, float] = {}
 
     @property
@@ -154,6 +164,26 @@ class LoRARankEnv(gym.Env):
     def total_steps(self) -> int:
         """Optimizer steps of one episode."""
         return self.config.episode_length * self.config.steps_per_action
+
+    @property
+    def signals(self) -> Signals | None:
+        """The signal reading behind the last observation (``None`` before :meth:`reset`)."""
+        return self._signals
+
+    @property
+    def budget(self) -> MemoryBudget | None:
+        """The memory meter: ``budget`` (the wall in force), ``floor`` (the trace's lowest), ``reference``."""
+        return self.reader.budget if self.reader is not None else None
+
+    @property
+    def last_change(self) -> list[float]:
+        """Sign of each group's rank change at the last decision (the ``last_change`` features)."""
+        return list(self._last_change)
+
+    @property
+    def budget_trend(self) -> float:
+        """Change of the budget since the previous decision, as a fraction of the reference memory."""
+        return self._trend
 
     # ------------------------------------------------------------------ episode
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -229,6 +259,12 @@ class LoRARankEnv(gym.Env):
             raise RuntimeError("Call reset() before step().")
         return _Episode(session, session.rl, reader, reader.budget, trace)
 
+    def _read_signals(self) -> Signals:
+        """The last signal reading, which :meth:`reset` and :meth:`step` take."""
+        if self._signals is None:
+            raise RuntimeError("Call reset() before step().")
+        return self._signals
+
     def _budget_at(self, step: int) -> int:
         return max(self._live().trace.bytes_at(step, self.reference), 1)
 
@@ -251,7 +287,7 @@ class LoRARankEnv(gym.Env):
             else:
                 requested.append(int(np.clip(rank + self.deltas[a], 0, config.r_max)))
                 wanted.append(was_frozen)
-        shares = [group.get("importance_share", 0.0) for group in self._signals.groups]
+        shares = [group.get("importance_share", 0.0) for group in self._read_signals().groups]
         ranks, frozen, clipped = clip_to_budget(meter, before, requested, config.rank_step, shares,
                                                 frozen_before, wanted)
         ranks, frozen, forced = fit_to_wall(meter, ranks, frozen, fresh=session.step == 0, priority=shares)
@@ -340,7 +376,7 @@ class LoRARankEnv(gym.Env):
         return result, memory / steps, depth / steps, sorted(set(forced))
 
     def _observation(self) -> np.ndarray:
-        values = self.layout.build(self._signals, r_max=self.config.r_max, last_change=self._last_change,
+        values = self.layout.build(self._read_signals(), r_max=self.config.r_max, last_change=self._last_change,
                                    progress=min(1.0, self._t / self.config.episode_length), budget_trend=self._trend)
         self.last_features = values
         return self.layout.vector(values)

@@ -25,6 +25,7 @@ from rankrl.runs import atomic_write_text, check_writable, new_run_dir, read_con
 from rankrl.train.agent_config import load_agent_config
 from rankrl.train.callbacks import BaselineEvalCallback, RankLoggingCallback
 from rankrl.train.episodes import check_eval_episodes
+from rankrl.train.imitation import CloningPlan
 
 DEFAULT_TIMESTEPS = 20_000
 
@@ -157,7 +158,9 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int | None
                  seed: int = 0, out: str | Path = "runs", resume: str | Path | None = None,
                  progress: bool = True, device: str = "cpu", init_policy: str | Path | None = None,
                  checkpoint_every: int | None = None, trust_policy: bool = False, say=print,
-                 backend: str = "subprocess", address: str | None = None) -> Path:
+                 backend: str = "subprocess", address: str | None = None, teacher: str | None = None,
+                 bc_episodes: int | None = None, bc_epochs: int | None = None,
+                 bc_data: str | Path | None = None) -> Path:
     """Train a rank-allocation policy and write a run directory ``<out>/<env>/<agent>_<seed>_<n>/``.
 
     The run directory holds ``config.json`` (everything resolved), ``policy.json`` + ``policy.safetensors``
@@ -166,11 +169,17 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int | None
     ``best_policy.{json,safetensors,zip}``, ``checkpoints/``, ``monitor/``, ``tb/`` (TensorBoard) and
     ``learning_curve.png``.
 
+    With a ``teacher`` the policy first clones a rule controller (:mod:`rankrl.train.imitation`): the
+    teacher's episodes (``bc_data``, or ``teacher_episodes.{npz,json}`` in the run directory), the agreement
+    with its actions before and after cloning, and the clone's return next to the teacher's on the held-out
+    episodes go to ``metadata.json`` (``behaviour_cloning``) and TensorBoard (``bc/*``); then PPO continues
+    from the cloned weights (``timesteps=0``: clone only).
+
     Args:
         env: Environment preset name or YAML path.
         agent: Agent preset name or YAML path.
         timesteps: Total environment steps (decisions) to train for; default 20,000, or a resumed run's own
-            target.
+            target; 0 (with a teacher) clones only.
         n_envs: Parallel environments (subprocess workers, one torch thread each, when > 1).
         seed: Seed of the policy and of the environments.
         out: Root of run directories.
@@ -188,16 +197,30 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int | None
             :mod:`rankrl.train.ray_vec_env`). The same seeds give the same episodes and policy on both.
         address: With ``ray``: ``None`` for a local Ray, ``auto`` or ``HOST:PORT`` / ``ray://HOST:PORT`` of a
             cluster (:func:`rankrl.cluster.connect_ray`).
+        teacher: A rule controller to clone before PPO starts (:data:`rankrl.train.teacher.TEACHERS`).
+        bc_episodes: Teacher episodes to collect (default 32).
+        bc_epochs: Passes of behaviour cloning over them (default 100).
+        bc_data: An imitation dataset (``FILE.npz`` + ``FILE.json``): read when it exists (its teacher is
+            used when ``teacher`` is not given), else collected and written there.
 
     Raises:
         ValueError: ``timesteps`` or ``n_envs`` < 1, unknown presets, a resume directory that is not a train
             run or has no usable checkpoint, an ``init_policy`` that does not fit
             (:class:`~rankrl.policy.PolicyFileError`), a bad backend, a missing ``ray`` extra, an unreachable
-            ``address`` or too few cluster CPUs (:class:`~rankrl.cluster.ClusterError`).
+            ``address`` or too few cluster CPUs (:class:`~rankrl.cluster.ClusterError`), a teacher that is not a
+            rule controller (:class:`~rankrl.train.teacher.TeacherError`), an imitation dataset of another
+            observation layout (:class:`~rankrl.env.ObservationMismatchError`) or teacher.
         Interrupted: Ctrl-C / SIGTERM, after saving a checkpoint (the message says how to continue).
     """
-    if timesteps is not None and timesteps < 1:
-        raise ValueError(f"--timesteps must be a positive number of environment steps, got {timesteps}.")
+    cloning = teacher is not None or bc_data is not None
+    if not cloning and (bc_episodes is not None or bc_epochs is not None):
+        raise ValueError("--bc-episodes and --bc-epochs go with --teacher (or --bc-data).")
+    if timesteps is not None and timesteps < (0 if cloning else 1):
+        raise ValueError(f"--timesteps must be a positive number of environment steps (0 with --teacher: clone only), "
+                         f"got {timesteps}.")
+    if cloning and resume is not None:
+        raise ValueError("--teacher clones a teacher at the start of a new run; a resumed run continues its own "
+                         "policy. Drop --teacher/--bc-data, or start a new run.")
     if n_envs < 1:
         raise ValueError(f"--n-envs must be >= 1, got {n_envs}.")
     if backend not in BACKENDS:
@@ -230,6 +253,8 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int | None
     agent_config = load_agent_config(agent, env_name=env_config.name)
     check_eval_episodes(env_config, agent_config.eval_episodes)
     spec_env = LoRARankEnv(config=env_config)  # cheap: builds the spaces, layout and deltas only
+    cloning_plan = (CloningPlan.prepare(teacher, bc_data, bc_episodes, bc_epochs, spec_env, seed)
+                    if cloning else None)
     warm_start = (_load_warm_start(init_policy, spec_env, trust_policy)
                   if init_policy is not None and resume is None else None)
     every = checkpoint_every or agent_config.checkpoint_freq
@@ -242,11 +267,13 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int | None
             "timesteps": timesteps, "n_envs": n_envs, "seed": seed, "device": device, "checkpoint_every": every,
             "backend": backend, "address": address,
             "init_policy": None if init_policy is None else str(Path(init_policy).resolve()),
+            **(cloning_plan.settings() if cloning_plan is not None else {"teacher": None}),
             "env": to_mapping(env_config), "agent": agent_config.to_dict(), "python": platform.python_version(),
         }
     try:
         return _train(run_dir, saved, env_config, agent_config, spec_env, warm_start, init_policy, timesteps,
-                      n_envs, seed, every, resume is not None, progress, device, say, backend, connection)
+                      n_envs, seed, every, resume is not None, progress, device, say, backend, connection,
+                      cloning_plan)
     except _SetupError as err:  # nothing trained yet: a new run leaves no directory behind
         if resume is None:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -259,7 +286,7 @@ class _SetupError(Exception):
 
 def _train(run_dir: Path, saved: dict, env_config, agent_config, spec_env, warm_start, init_policy, timesteps: int,
            n_envs: int, seed: int, every: int, resuming: bool, progress: bool, device: str, say,
-           backend: str = "subprocess", connection=None) -> Path:
+           backend: str = "subprocess", connection=None, cloning: CloningPlan | None = None) -> Path:
     from stable_baselines3.common.callbacks import CallbackList
 
     layout = spec_env.layout.to_dict()
@@ -287,6 +314,13 @@ def _train(run_dir: Path, saved: dict, env_config, agent_config, spec_env, warm_
         atomic_write_text(run_dir / FEATURES_FILE, json.dumps(layout, indent=2) + "\n")
     except (Exception, KeyboardInterrupt) as err:
         raise _SetupError() from err
+    cloned = None
+    if cloning is not None:
+        try:
+            cloned = cloning.run(model, run_dir, env_config, seed, agent_config.eval_episodes, say)
+        except (Exception, KeyboardInterrupt, interrupt.Interrupted) as err:  # nothing kept: the run is removed
+            _close(vec_env)
+            raise _SetupError() from err
     static = _metadata(env_config, spec_env, agent_config)
 
     def save_best(model) -> None:
@@ -320,6 +354,8 @@ def _train(run_dir: Path, saved: dict, env_config, agent_config, spec_env, warm_
     save_zip(model, run_dir / POLICY_FILE)
     _close(vec_env)
     metadata = {**static, "timesteps": int(model.num_timesteps), "last_evaluation": getattr(evaluation, "last", None)}
+    if cloned is not None:
+        metadata["behaviour_cloning"] = cloned
     atomic_write_text(run_dir / METADATA_FILE, json.dumps(metadata, indent=2) + "\n")
     save_policy_data(model, run_dir, metadata, layout=layout)
     from rankrl.train.plots import plot_learning_curve
