@@ -9,8 +9,10 @@ import logging
 
 # PEFT imports bitsandbytes whenever it is installed (the qlora extra), and on CPUs with AVX512-BF16
 # bitsandbytes then tries to fetch an optional 4-bit CPU kernel from the hub and logs a warning when it
-# cannot, on every command, for users who never load a 4-bit model. Its plain CPU path works without it.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# cannot (with HF_HUB_OFFLINE, the `kernels` package warns about the trust check it skips), on every
+# command, for users who never load a 4-bit model. Its plain CPU path works without that kernel.
+for _noisy in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
 
 from rankrl.env import LoRARankEnv, register_presets  # noqa: E402
 from rankrl.lora import RankedLoRA, RankedLoRAError  # noqa: E402
