@@ -157,7 +157,7 @@ def _winner_table(results: list, budgets: list[float]) -> list[str]:
     lines = ["| budget | winner | accuracy | peak MiB | runner-up | winner − runner-up | verdict |",
              "|---|---|---|---|---|---|---|"]
     for w in results:
-        budget = "none" if w.budget_mb is None else f"{w.budget_mb:g} MiB"
+        budget = w.label
         if w.winner is None:
             lines.append(f"| {budget} | no arm fits | - | - | - | - | - |")
             continue

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from rankrl.bench.plan import FIXED
+from rankrl.bench.plan import FIXED, ORACLE
 from rankrl.bench.results import DIVERGED, ERROR, OK
 
 BETTER, WORSE, NOISE, SINGLE = "better", "worse", "within noise", "one seed: no interval"
@@ -97,12 +97,17 @@ class Paired:
 
 @dataclass
 class Winner:
-    """The best arm under one budget (``None``: no budget) and how sure that is."""
+    """The best deployable arm under one budget and how sure that is.
+
+    ``label`` names the budget as the report's budget column does (``none``, ``400 MiB``, ``0.5x``,
+    ``trace:down.csv``); ``budget_mb`` is set for absolute budgets only.
+    """
 
     budget_mb: float | None
     winner: ArmSummary | None
     runner_up: ArmSummary | None
     margin: Paired | None
+    label: str = "none"
 
 
 def summarize(rows: list[dict]) -> list[ArmSummary]:
@@ -177,7 +182,7 @@ class BudgetComparison:
 
 def oracle_best(summaries: list[ArmSummary], task: str, budget: str) -> ArmSummary | None:
     """The most accurate ``oracle-static`` allocation on ``task`` under ``budget`` (chosen on the eval data)."""
-    oracles = [s for s in summaries if s.task == task and s.budget == budget and s.kind == "oracle"]
+    oracles = [s for s in summaries if s.task == task and s.budget == budget and s.kind == ORACLE]
     return max(oracles, key=lambda s: (s.accuracy, -s.memory), default=None)
 
 
@@ -201,13 +206,26 @@ def compare_under_budgets(rows: list[dict], summaries: list[ArmSummary], task: s
 
 
 def winners(rows: list[dict], summaries: list[ArmSummary], budgets: list[float]) -> list[Winner]:
-    """Per budget (or once, without budgets): the most accurate arm whose mean peak memory fits it."""
+    """The most accurate deployable arm per budget; oracles are upper bounds, never contenders.
+
+    An absolute budget (``--budget-mb``) is contested by every arm whose mean peak memory fits it. A relative
+    budget or a trace is a different wall in MiB on every task, so it is contested by the arms run under it.
+    Without any budget there is one contest over every arm.
+    """
+    deployable = [s for s in summaries if s.kind != ORACLE]
+    contests: list[tuple[str, float | None, list[ArmSummary]]] = [
+        (f"{budget:g} MiB", budget, [s for s in deployable if s.memory <= budget + _TOLERANCE_MIB])
+        for budget in budgets]
+    moving = [label for label in dict.fromkeys(s.budget for s in deployable) if label.endswith("x")
+              or label.startswith("trace:")]
+    contests += [(label, None, [s for s in deployable if s.budget == label]) for label in moving]
+    if not contests:
+        contests = [("none", None, deployable)]
     out = []
-    for budget in budgets or [None]:
-        fits = [s for s in summaries if budget is None or s.memory <= budget + _TOLERANCE_MIB]
+    for label, budget, fits in contests:
         ranked = sorted(fits, key=lambda s: (-s.accuracy, s.memory))
         winner = ranked[0] if ranked else None
         runner = ranked[1] if len(ranked) > 1 else None
         margin = paired(rows, winner.task, winner.arm, runner.arm) if winner and runner else None
-        out.append(Winner(budget, winner, runner, margin))
+        out.append(Winner(budget, winner, runner, margin, label))
     return out

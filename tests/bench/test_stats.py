@@ -51,3 +51,23 @@ def test_winner_per_budget_with_the_noise_of_its_lead():
     assert by_budget[20.0].winner.arm == "fixed:8"
     assert winners(rows, summaries, [5.0])[0].winner is None
     assert winners(rows, summaries, [])[0].budget_mb is None
+
+
+def test_relative_budgets_and_traces_each_get_their_own_winner_and_oracles_never_win():
+    rows = [row("t", "fixed:8", "fixed", s, 0.90, 30.0) for s in range(3)]
+    for seed, noise in enumerate((0.0, 0.01, -0.01)):
+        rows += [row("t", "static-fit@0.5x", "adaptive", seed, 0.70 + noise, 10.0, budget="0.5x"),
+                 row("t", "autofreeze@0.5x", "adaptive", seed, 0.75 + noise, 8.0, budget="0.5x"),
+                 row("t", "oracle-static[0,8]@0.5x", "oracle", seed, 0.85 + noise, 9.0, budget="0.5x"),
+                 row("t", "static-fit@trace:down.csv", "adaptive", seed, 0.72 + noise, 10.0, budget="trace:down.csv"),
+                 row("t", "importance@trace:down.csv", "adaptive", seed, 0.71 + noise, 25.0,
+                     budget="trace:down.csv")]
+    by_label = {w.label: w for w in winners(rows, summarize(rows), [])}
+    assert set(by_label) == {"0.5x", "trace:down.csv"}  # fixed:8 ran under neither wall
+    assert by_label["0.5x"].winner.arm == "autofreeze@0.5x" and by_label["0.5x"].runner_up.arm == "static-fit@0.5x"
+    assert by_label["0.5x"].margin.verdict == BETTER
+    assert by_label["trace:down.csv"].winner.arm == "static-fit@trace:down.csv"
+    assert by_label["trace:down.csv"].margin.verdict == BETTER
+    # An absolute budget is contested by every deployable arm that fits it, whatever wall it ran under.
+    (absolute,) = [w for w in winners(rows, summarize(rows), [12.0]) if w.budget_mb == 12.0]
+    assert absolute.label == "12 MiB" and absolute.winner.arm == "autofreeze@0.5x"
