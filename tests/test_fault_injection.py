@@ -34,13 +34,15 @@ from tests.processes import TINY_AGENT, TINY_FINETUNE, kill, rankrl, wait_for
 POINTS = int(os.environ.get("RANKRL_FAULT_POINTS", "1"))
 SEED = int(os.environ.get("RANKRL_FAULT_SEED", "0"))
 QUIET = Console(quiet=True)
-STEPS, EVERY = 36, 4  # finetune: optimizer steps and the checkpoint interval
+STEPS, EVERY = 72, 4  # finetune: optimizer steps and the checkpoint interval
+# Kill marks lie in the first half of a finetune run, so that the steps left take far longer than the largest
+# extra delay even on an idle machine: a kill must land before the run ends.
 
 
 def kill_point(command: str, index: int) -> tuple[int, float]:
     """``(progress mark, extra delay in seconds)``: the process is killed ``delay`` after it passes the mark."""
     rng = random.Random(f"{SEED}/{command}/{index}")
-    mark = {"finetune": rng.randrange(2 * EVERY, STEPS - 2 * EVERY, EVERY), "train": rng.randrange(10, 30, 10),
+    mark = {"finetune": rng.randrange(2 * EVERY, STEPS // 2, EVERY), "train": rng.randrange(10, 30, 10),
             "bench": rng.randrange(0, 3)}[command]
     return mark, rng.uniform(0.0, 0.4)
 
