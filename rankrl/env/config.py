@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rankrl.env.registration import ENV_VERSION, env_id
 from rankrl.presets import PresetError, find_preset, from_mapping, read_yaml
 from rankrl.session import SessionConfig
 
@@ -108,7 +110,13 @@ class EnvConfig:
 
 
 def load_env_config(preset: str | Path, **overrides) -> EnvConfig:
-    """Load an environment preset by name or path; keyword overrides are checked like file keys."""
+    """Load an environment preset by name, path or Gymnasium id (``rankrl/tiny-v1``); keyword overrides are
+    checked like file keys."""
+    match = re.fullmatch(r"rankrl/(.+)-v(\d+)", str(preset))
+    if match:
+        if int(match.group(2)) != ENV_VERSION:
+            raise PresetError(f"{preset}: this rankrl has environment v{ENV_VERSION}; use {env_id(match.group(1))}.")
+        preset = match.group(1)
     path = find_preset("envs", preset)
     data = read_yaml(path)
     data.setdefault("name", path.stem)

@@ -100,19 +100,23 @@ class ObservationLayout:
         """What is saved with a policy."""
         return {"num_groups": self.num_groups, "features": self.names}
 
-    def check(self, saved: dict, source: str = "the policy") -> None:
-        """Raise :class:`ObservationMismatchError` unless ``saved`` (from :meth:`to_dict`) matches."""
+    def check(self, saved: dict, source: str = "the policy", made: str = "trained", remedy: str | None = None) -> None:
+        """Raise :class:`ObservationMismatchError` unless ``saved`` (from :meth:`to_dict`) matches.
+
+        ``made`` says how ``source`` came to have its layout ("trained", "collected"), ``remedy`` how to fix a
+        mismatch (default: the fixes for a policy).
+        """
         if saved.get("num_groups") != self.num_groups:
+            fix = remedy or (f"Use a policy trained with num_groups={self.num_groups}, or set the run's number of "
+                             f"groups to {saved.get('num_groups')}.")
             raise ObservationMismatchError(
-                f"{source} was trained for {saved.get('num_groups')} layer groups but this run has {self.num_groups}. "
-                f"Use a policy trained with num_groups={self.num_groups}, or set the run's number of groups to "
-                f"{saved.get('num_groups')}."
+                f"{source} was {made} for {saved.get('num_groups')} layer groups but this run has {self.num_groups}. "
+                f"{fix}"
             )
         if list(saved.get("features", [])) != self.names:
             theirs, ours = set(saved.get("features", [])), set(self.names)
             detail = (f"missing {sorted(ours - theirs)[:4]}, unexpected {sorted(theirs - ours)[:4]}"
                       if theirs != ours else "same features in another order")
-            raise ObservationMismatchError(
-                f"{source} expects another observation layout ({detail}). It was trained with a different rankrl "
-                "version or preset; retrain it with `rankrl train` on this version."
-            )
+            fix = remedy or ("It was trained with a different rankrl version or preset; retrain it with `rankrl train` "
+                             "on this version.")
+            raise ObservationMismatchError(f"{source} expects another observation layout ({detail}). {fix}")

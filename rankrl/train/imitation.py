@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,7 +34,6 @@ from rankrl.env import (
     env_id,
     load_env_config,
 )
-from rankrl.env.registration import ENV_VERSION
 from rankrl.runs import atomic_write, atomic_write_text, check_writable
 from rankrl.train.episodes import held_out_episodes, run_episode
 from rankrl.train.teacher import Teacher
@@ -45,15 +43,8 @@ ARRAYS = ("observations", "actions", "episode_ids")
 
 
 def resolve_env_config(env: str | Path | EnvConfig) -> EnvConfig:
-    """An :class:`EnvConfig` from itself, a preset name or YAML path, or a Gymnasium id (``rankrl/tiny-v1``)."""
-    if isinstance(env, EnvConfig):
-        return env
-    match = re.fullmatch(r"rankrl/(.+)-v(\d+)", str(env))
-    if match:
-        if int(match.group(2)) != ENV_VERSION:
-            raise ValueError(f"{env}: this rankrl has environment v{ENV_VERSION}; use {env_id(match.group(1))}.")
-        return load_env_config(match.group(1))
-    return load_env_config(env)
+    """An :class:`EnvConfig` from itself or from what :func:`load_env_config` takes (name, path, Gymnasium id)."""
+    return env if isinstance(env, EnvConfig) else load_env_config(env)
 
 
 @dataclass
@@ -117,17 +108,8 @@ class ImitationDataset:
             ObservationMismatchError: another number of groups, other feature names or order, other actions.
         """
         again = "Collect it again on this environment (rankrl train --teacher NAME --bc-data NEW_FILE)."
-        if self.num_groups != layout.num_groups:
-            raise ObservationMismatchError(
-                f"Imitation dataset {source} was collected with {self.num_groups} layer groups ({self.env_id}) but "
-                f"this environment has {layout.num_groups}. {again}")
-        if list(self.feature_names) != layout.names:
-            theirs, ours = set(self.feature_names), set(layout.names)
-            detail = (f"missing {sorted(ours - theirs)[:4]}, unexpected {sorted(theirs - ours)[:4]}"
-                      if theirs != ours else "the same features in another order")
-            raise ObservationMismatchError(
-                f"Imitation dataset {source} was collected on another observation layout ({detail}; {self.env_id}). "
-                f"{again}")
+        layout.check(self.layout, source=f"Imitation dataset {source} ({self.env_id})", made="collected",
+                     remedy=again)
         if actions is not None and list(self.action_names) != list(actions):
             raise ObservationMismatchError(
                 f"Imitation dataset {source} was collected with actions {self.action_names}, this environment's are "

@@ -243,7 +243,7 @@ def test_bad_cloning_input_creates_no_run_directory(tmp_path, agent_file):
     cases = [
         (["--teacher", "nope"], "Known teachers"),
         (["--teacher", "learned:default"], "is a learned policy"),
-        (["--bc-data", str(tmp_path / "foreign")], "collected with 4 layer groups"),
+        (["--bc-data", str(tmp_path / "foreign")], "collected for 4 layer groups but this run has"),
         (["--bc-data", str(tmp_path / "nothing")], "give --teacher NAME to collect it there"),
         (["--bc-data", str(tmp_path / "half"), "--teacher", "autofreeze"], "only .*half.npz exists"),
         (["--bc-episodes", "3"], "go with --teacher"),
