@@ -139,6 +139,18 @@ def train(
     bc_epochs: int = typer.Option(None, "--bc-epochs", help="Behaviour-cloning passes over them (default 100)."),
     bc_data: str = typer.Option(None, "--bc-data", help="Imitation dataset FILE(.npz + .json): read when it exists "
                                 "(same observation layout required), else the teacher's episodes are written there."),
+    replay: bool = typer.Option(True, "--replay/--no-replay", help="With --teacher: PPO replays the teacher's "
+                                "episodes (same task, seed, budget and trace) instead of drawing new ones."),
+    relative_reward: bool = typer.Option(True, "--relative-reward/--absolute-reward", help="With --replay: reward "
+                                         "= the environment's reward minus the teacher's at the same decision."),
+    curriculum: float = typer.Option(None, "--curriculum", help="With --replay: fraction of --timesteps over which "
+                                     "the draw widens from the easiest quarter of the teacher's episodes (lower "
+                                     "budget and moving traces are harder) to all of them (default 0.5; 0: off)."),
+    eval_episodes: int = typer.Option(None, "--eval-episodes", help="Held-out episodes per evaluation (default: "
+                                      "the agent preset's eval_episodes; at most the preset's eval_seeds)."),
+    eval_points: int = typer.Option(8, "--eval-points", help="Evaluations during training, at least (plus one "
+                                    "before the first update), each paired with fixed rank, static-fit and the "
+                                    "teacher on the same held-out episodes."),
     # Reliability options.
     checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints that --resume "
                                          "continues from (environment steps; "
@@ -153,7 +165,8 @@ def train(
                                resume=resume, progress=progress, init_policy=init_policy,
                                checkpoint_every=checkpoint_every, trust_policy=trust_policy, backend=backend,
                                address=address, teacher=teacher, bc_episodes=bc_episodes, bc_epochs=bc_epochs,
-                               bc_data=bc_data,
+                               bc_data=bc_data, replay=replay, relative_reward=relative_reward,
+                               curriculum=curriculum, eval_episodes=eval_episodes, eval_points=eval_points,
                                say=lambda text: typer.secho(text, fg=typer.colors.YELLOW, err=True))
     except (ValueError, OSError) as err:
         _fail(err)

@@ -90,6 +90,7 @@ CHANGED = {
                          seeds=2, budget_mb=[19.5, 20.0], budget_frac=[0.5], fixed_ranks=[2, 8], fixed_lrs=[1e-3, 3e-3],
                          memory_scope="adapter", use_rslora=True, steps=9, out="runs/b", resume=True),
     "demo": DemoConfig(env="tiny", agent="a2c", timesteps=10, n_envs=1, model="tiny", task="synthetic:keyword",
+                       teacher="autofreeze", bc_episodes=3, eval_episodes=2,
                        steps=8, every=4, controllers=["learned", "fixed"], budget_frac=0.5, budget_high=0.8, seed=1,
                        out="runs/d", use_rslora=True),
 }

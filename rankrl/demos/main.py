@@ -2,8 +2,10 @@
 
 ``rankrl demo`` (``make demo``) runs, with progress throughout:
 
-1. ``rankrl train`` on the ``default`` environment preset (a 4-layer tiny BERT, all synthetic tasks): PPO
-   learns to move LoRA rank between 4 layer groups.
+1. ``rankrl train`` on the ``default`` environment preset (a 4-layer tiny BERT, all synthetic tasks): the
+   policy first clones a rule controller (``--teacher``, behaviour cloning on its episodes), then PPO
+   continues in the teacher's episodes, rewarded against the teacher, to move LoRA rank and freeze layer
+   groups.
 2. ``rankrl finetune`` of the embedded pretrained MiniLM-L6 on a held-out synthetic task (a difficulty and a
    data seed the policy never trained on, on a model it never saw) under a memory budget that steps down
    (``budget_high`` of the reference memory, then ``budget_frac`` from half-way: a co-tenant job starts),
@@ -42,8 +44,13 @@ class DemoConfig:
     """Settings of :func:`run_demo` and the flags of ``rankrl demo`` (saved as the demo's ``config.json``)."""
 
     env: str = setting("default", "Environment preset the policy trains on.", panel="Policy training")
-    agent: str = setting("ppo", "Agent preset of the policy's training.", panel="Policy training")
-    timesteps: int = setting(1024, "Decisions the policy trains for on the env preset.", panel="Policy training")
+    agent: str = setting("ppo-clone", "Agent preset of the policy's training.", panel="Policy training")
+    teacher: str = setting("static-fit", "Rule controller the policy clones before PPO ('none': PPO from scratch).",
+                           panel="Policy training")
+    bc_episodes: int = setting(12, "Teacher episodes to clone.", panel="Policy training")
+    timesteps: int = setting(384, "Decisions PPO trains for on the env preset after cloning.",
+                             panel="Policy training")
+    eval_episodes: int = setting(3, "Held-out episodes of each evaluation during training.", panel="Policy training")
     n_envs: int = setting(2, "Parallel training environments.", panel="Policy training")
     model: str = shared("model", "default")
     task: str = setting(HELD_OUT_TASK, "Held-out task of the deployment runs (default: a synthetic task at a "
@@ -69,7 +76,8 @@ class DemoConfig:
     def check(self) -> None:
         """Raise ``ValueError`` naming the first bad flag."""
         for flag, value in {"--timesteps": self.timesteps, "--n-envs": self.n_envs, "--steps": self.steps,
-                            "--every": self.every}.items():
+                            "--every": self.every, "--bc-episodes": self.bc_episodes,
+                            "--eval-episodes": self.eval_episodes}.items():
             if value < 1:
                 raise ValueError(f"{flag} must be a positive integer, got {value}.")
         if not self.controllers:
@@ -137,19 +145,17 @@ def run_demo(config: DemoConfig | None = None, console: Console | None = None, p
     trace.write_text(f"step,budget_frac\n0,{config.budget_high}\n{config.steps // 2},{config.budget_frac}\n")
     started = time.perf_counter()
 
-    console.rule(f"[bold]1/3  Learn a rank policy[/]: {config.agent} on rankrl/{env_config.name}-v1, "
+    teacher = None if config.teacher == "none" else config.teacher
+    cloning = f"clone {teacher!r} on {config.bc_episodes} episodes, then " if teacher else ""
+    console.rule(f"[bold]1/3  Learn a rank policy[/]: {cloning}{config.agent} on rankrl/{env_config.name}-v1, "
                  f"{config.timesteps} decisions, {config.n_envs} workers")
     console.print(f"  {env_config.description}")
     policy_dir = train_policy(env=config.env, agent=config.agent, timesteps=config.timesteps, n_envs=config.n_envs,
-                              seed=config.seed, out=run_dir / "policy", progress=progress)
-    evaluation = json.loads((policy_dir / "metadata.json").read_text()).get("last_evaluation") or {}
-    if evaluation:
-        nan = float("nan")
-        console.print(f"  held-out episodes: policy return {evaluation.get('policy_return', nan):+.3f} (accuracy "
-                      f"{evaluation.get('policy_accuracy', nan):.3f}, "
-                      f"memory {evaluation.get('policy_used_frac', nan):.2f} "
-                      f"of the budget), fixed rank {evaluation.get('fixed_return', nan):+.3f} (accuracy "
-                      f"{evaluation.get('fixed_accuracy', nan):.3f})")
+                              seed=config.seed, out=run_dir / "policy", progress=progress, teacher=teacher,
+                              bc_episodes=config.bc_episodes if teacher else None,
+                              eval_episodes=config.eval_episodes, eval_points=1,
+                              say=lambda text: console.print(f"  {text}"))
+    _print_evaluations(console, policy_dir)
     console.print(f"  policy: {policy_dir / 'policy.json'} (+ policy.safetensors)")
 
     specs = _controller_specs(config, policy_dir)
@@ -182,6 +188,18 @@ def run_demo(config: DemoConfig | None = None, console: Console | None = None, p
                   f"TensorBoard: tensorboard --logdir {run_dir})")
     console.print(f"Done in {(time.perf_counter() - started) / 60:.1f} min.")
     return DemoResult(run_dir=run_dir, policy_dir=policy_dir, rows=rows, pngs=pngs)
+
+
+def _print_evaluations(console: Console, policy_dir: Path) -> None:
+    """The policy on the held-out episodes before and after PPO, paired with the rules on the same episodes."""
+    from rankrl.train.callbacks import read_evaluations
+
+    for record in read_evaluations(policy_dir)[:1] + read_evaluations(policy_dir)[-1:]:
+        when = "before PPO" if record["timesteps"] == 0 else f"after {record['timesteps']} decisions"
+        paired = record.get("paired", {}).items()
+        versus = ", ".join(f"{value['return']['mean']:+.3f} vs {name}" for name, value in paired)
+        console.print(f"  held-out, {when}: return {record['policy_return']:+.3f}, accuracy "
+                      f"{record['policy_accuracy']:.3f} ({versus})")
 
 
 def _slug(text: str) -> str:

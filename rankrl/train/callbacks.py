@@ -1,4 +1,4 @@
-"""stable-baselines3 callbacks: rank/memory/reward logging, and evaluation against a fixed-rank baseline."""
+"""stable-baselines3 callbacks: rank/memory/reward logging, and evaluation paired with rule controllers."""
 
 from __future__ import annotations
 
@@ -56,24 +56,53 @@ def read_evaluations(run_dir: Path) -> list[dict]:
     return records
 
 
-class BaselineEvalCallback(BaseCallback):
-    """Every ``eval_freq`` environment steps, compare the deterministic policy with the fixed-rank baseline.
+def paired_difference(policy: list[float], reference: list[float]) -> dict:
+    """Policy minus reference over the same episodes: mean, half-width ``2 std / sqrt(n)`` and a verdict.
 
-    Both run the same held-out episodes in a separate, single environment: episode ``i`` uses seed
-    ``EnvConfig.eval_seeds[i]`` and task ``i mod len(tasks)`` of the family.
-    The baseline is deterministic and is evaluated once. Logs ``eval/policy_return``,
-    ``eval/fixed_return``, ``eval/advantage``, ``eval/policy_accuracy``, ``eval/policy_used_frac``; keeps
-    ``best_policy.zip`` and appends every evaluation to ``evaluations.jsonl``.
+    The interval is the one the benchmark reports use (:func:`rankrl.bench.stats.paired`): a difference
+    whose interval holds 0 is a tie.
+    """
+    diffs = np.asarray(policy, dtype=float) - np.asarray(reference, dtype=float)
+    mean = float(diffs.mean())
+    if len(diffs) < 2:  # one episode: no interval
+        return {"mean": mean, "half_width": None, "verdict": "single episode"}
+    half = float(2 * diffs.std(ddof=1) / np.sqrt(len(diffs)))
+    verdict = "tie" if abs(mean) <= half else ("better" if mean > 0 else "worse")
+    return {"mean": mean, "half_width": half, "verdict": verdict}
+
+
+def controller_action(env: LoRARankEnv, spec: str) -> Callable[[np.ndarray], np.ndarray]:
+    """A rule controller's actions in ``env`` (:class:`rankrl.train.teacher.Teacher`), as an action function."""
+    from rankrl.train.teacher import Teacher
+
+    teacher = Teacher(spec)
+    return lambda _obs: teacher.action(env)
+
+
+class BaselineEvalCallback(BaseCallback):
+    """Evaluate the deterministic policy on fixed held-out episodes, paired with rule controllers on the same ones.
+
+    At the start of training (the cloned or initial policy), every ``eval_freq`` environment steps and at the
+    end, the policy runs the same held-out episodes in a separate, single environment: episode ``i`` uses seed
+    ``EnvConfig.eval_seeds[i]`` and task ``i mod len(tasks)`` of the family (the seed also fixes the budget
+    and the trace). The references run the same episodes once (they are deterministic): the fixed-rank
+    baseline (``fixed``, the zero delta everywhere) and each controller of ``references`` (for example the
+    teacher and ``static-fit``). Each evaluation logs ``eval/policy_return``, ``eval/fixed_return``,
+    ``eval/advantage``, ``eval/policy_accuracy``, ``eval/policy_used_frac`` and, per reference,
+    ``eval/vs_<name>/return`` and ``eval/vs_<name>/accuracy`` (paired mean differences, with
+    :func:`paired_difference`'s interval in ``evaluations.jsonl``); it keeps ``best_policy.zip`` and appends
+    the evaluation to ``evaluations.jsonl``.
 
     Args:
         env_config: The training environment's configuration.
         run_dir: Where ``best_policy.zip`` and ``evaluations.jsonl`` go.
         eval_freq: Environment steps (summed over vectorised environments) between evaluations.
         episodes: Number of held-out episodes (at most ``len(env_config.eval_seeds)``).
+        references: Rule controller specs to pair the policy with, besides the fixed rank.
     """
 
     def __init__(self, env_config: EnvConfig, run_dir: Path, eval_freq: int, episodes: int, verbose: int = 0,
-                 on_best: Callable | None = None):
+                 on_best: Callable | None = None, references: list[str] | None = None):
         super().__init__(verbose)
         self.on_best = on_best
         self.env_config = env_config
@@ -81,16 +110,32 @@ class BaselineEvalCallback(BaseCallback):
         self.eval_freq = eval_freq
         check_eval_episodes(env_config, episodes)
         self.episodes = held_out_episodes(env_config, list(env_config.eval_seeds[:episodes]))
+        self.references = list(dict.fromkeys(references or []))
         self.env: LoRARankEnv | None = None
-        self.baseline: list[EpisodeSummary] = []
+        self.baselines: dict[str, list[EpisodeSummary]] = {}
         # The best score so far: kept across resumes (evaluations.jsonl holds every earlier evaluation).
-        self.best = max((e["policy_return"] for e in read_evaluations(self.run_dir)), default=-np.inf)
+        earlier = read_evaluations(self.run_dir)
+        self.best = max((e["policy_return"] for e in earlier), default=-np.inf)
+        self._evaluated_start = bool(earlier)
         self._next = eval_freq
+
+    @property
+    def baseline(self) -> list[EpisodeSummary]:
+        """The fixed-rank baseline's episodes."""
+        return self.baselines.get("fixed", [])
 
     def _init_callback(self) -> None:
         self.env = LoRARankEnv(config=self.env_config)
-        self.baseline = [run_episode(self.env, hold_action(self.env), seed, task) for seed, task in self.episodes]
-        self._next = self.num_timesteps + self.eval_freq
+        arms = {"fixed": hold_action(self.env), **{spec: controller_action(self.env, spec) for spec in self.references}}
+        self.baselines = {name: [run_episode(self.env, act, seed, task) for seed, task in self.episodes]
+                          for name, act in arms.items()}
+        self._next = self.model.num_timesteps + self.eval_freq  # a resumed run starts past 0
+
+    def _on_training_start(self) -> None:
+        # The starting point of the curve (the cloned policy, with a teacher); a resumed run has it already.
+        if not self._evaluated_start:
+            self._evaluated_start = True
+            self.evaluate()
 
     def _on_step(self) -> bool:
         if self.num_timesteps >= self._next:
@@ -115,20 +160,31 @@ class BaselineEvalCallback(BaseCallback):
             return action
 
         episodes = [run_episode(self.env, act, seed, task) for seed, task in self.episodes]
+        fixed = self.baseline
         figures = {
             "timesteps": int(self.num_timesteps),
             "policy_return": float(np.mean([e.episode_return for e in episodes])),
-            "fixed_return": float(np.mean([e.episode_return for e in self.baseline])),
+            "fixed_return": float(np.mean([e.episode_return for e in fixed])),
             "policy_accuracy": float(np.mean([e.final_accuracy for e in episodes])),
-            "fixed_accuracy": float(np.mean([e.final_accuracy for e in self.baseline])),
+            "fixed_accuracy": float(np.mean([e.final_accuracy for e in fixed])),
             "policy_used_frac": float(np.mean([e.mean_used_frac for e in episodes])),
-            "fixed_used_frac": float(np.mean([e.mean_used_frac for e in self.baseline])),
+            "fixed_used_frac": float(np.mean([e.mean_used_frac for e in fixed])),
         }
         figures["advantage"] = figures["policy_return"] - figures["fixed_return"]
         for key, value in figures.items():
             if key != "timesteps":
                 self.logger.record(f"eval/{key}", value)
-        record = {**figures, "episodes": [asdict(e) for e in episodes]}
+        paired = {}
+        for name, runs in self.baselines.items():
+            paired[name] = {
+                "return": paired_difference([e.episode_return for e in episodes], [e.episode_return for e in runs]),
+                "accuracy": paired_difference([e.final_accuracy for e in episodes], [e.final_accuracy for e in runs]),
+                "reference_return": float(np.mean([e.episode_return for e in runs])),
+                "reference_accuracy": float(np.mean([e.final_accuracy for e in runs])),
+            }
+            for metric in ("return", "accuracy"):
+                self.logger.record(f"eval/vs_{name}/{metric}", paired[name][metric]["mean"])
+        record = {**figures, "paired": paired, "episodes": [asdict(e) for e in episodes]}
         with (self.run_dir / "evaluations.jsonl").open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         if figures["policy_return"] > self.best:
@@ -137,5 +193,5 @@ class BaselineEvalCallback(BaseCallback):
                 self.on_best(self.model)
             else:
                 self.model.save(self.run_dir / "best_policy.zip")
-        self.last = figures
+        self.last = {**figures, "paired": paired}
         return figures

@@ -4,7 +4,7 @@ held-out ``(seed, task)`` list, shared by the training callback and ``benchmarks
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -22,6 +22,9 @@ class EpisodeSummary:
     mean_used_frac: float
     final_ranks: list[int]
     wall_hits: int
+    rewards: list[float] = field(default_factory=list)
+    budget_frac: float = float("nan")
+    trace: str = ""
 
 
 def run_episode(env: LoRARankEnv, act: Callable[[np.ndarray], np.ndarray], seed: int,
@@ -29,10 +32,13 @@ def run_episode(env: LoRARankEnv, act: Callable[[np.ndarray], np.ndarray], seed:
     """Run one full episode of ``env`` (episode_length decisions) with the action function ``act``."""
     options = {"task": task} if task else None
     obs, info = env.reset(seed=seed, options=options)
-    task_name, total, used, walls, ranks, accuracy = info["task"], 0.0, [], 0, info["ranks"], info["accuracy"]
+    task_name, ranks, accuracy = info["task"], info["ranks"], info["accuracy"]
+    budget_frac, trace = float(info["budget_frac"]), str(info["trace"].get("name", ""))
+    rewards: list[float] = []
+    used, walls = [], 0
     for _ in range(env.config.episode_length):
         obs, reward, terminated, truncated, info = env.step(act(obs))
-        total += reward
+        rewards.append(float(reward))
         if info.get("diverged"):
             break
         used.append(info["memory_used_frac"])
@@ -40,8 +46,9 @@ def run_episode(env: LoRARankEnv, act: Callable[[np.ndarray], np.ndarray], seed:
         ranks, accuracy = info["ranks"], info["accuracy"]
         if terminated or truncated:
             break
-    return EpisodeSummary(seed, task_name, total, accuracy, float(np.mean(used)) if used else float("nan"),
-                          list(ranks), walls)
+    return EpisodeSummary(seed, task_name, float(sum(rewards)), accuracy,
+                          float(np.mean(used)) if used else float("nan"), list(ranks), walls, rewards, budget_frac,
+                          trace)
 
 
 def hold_action(env: LoRARankEnv) -> Callable[[np.ndarray], np.ndarray]:

@@ -38,8 +38,8 @@ from rankrl.runs import atomic_write, atomic_write_text, check_writable
 from rankrl.train.episodes import held_out_episodes, run_episode
 from rankrl.train.teacher import Teacher
 
-DATASET_FORMAT = 1
-ARRAYS = ("observations", "actions", "episode_ids")
+DATASET_FORMAT = 2
+ARRAYS = ("observations", "actions", "episode_ids", "rewards")
 
 
 def resolve_env_config(env: str | Path | EnvConfig) -> EnvConfig:
@@ -55,6 +55,8 @@ class ImitationDataset:
         observations: ``(N, D)`` float32, the environment's observations.
         actions: ``(N, G)`` int64, the teacher's action index per group.
         episode_ids: ``(N,)`` int64, which collected episode each row belongs to (0-based).
+        rewards: ``(N,)`` float32, the environment's reward for each of the teacher's actions (what
+            :mod:`rankrl.train.replay` subtracts from the policy's reward on the same episode).
         env_id: Gymnasium id of the environment the episodes ran in.
         feature_names: The observation layout (:attr:`ObservationLayout.names`).
         action_names: What each action index does (:attr:`LoRARankEnv.actions`).
@@ -62,11 +64,14 @@ class ImitationDataset:
         seed: Seed of the collection.
         episode_seeds: The reset seed of each episode.
         episode_returns: The teacher's return in each episode.
+        episode_budgets: The budget fraction (of the reference) each episode drew.
+        episode_traces: The availability trace kind each episode drew.
     """
 
     observations: np.ndarray
     actions: np.ndarray
     episode_ids: np.ndarray
+    rewards: np.ndarray
     env_id: str
     feature_names: list[str]
     action_names: list[str]
@@ -74,16 +79,20 @@ class ImitationDataset:
     seed: int = 0
     episode_seeds: list[int] = field(default_factory=list)
     episode_returns: list[float] = field(default_factory=list)
+    episode_budgets: list[float] = field(default_factory=list)
+    episode_traces: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.observations = np.asarray(self.observations, dtype=np.float32)
         self.actions = np.asarray(self.actions, dtype=np.int64)
         self.episode_ids = np.asarray(self.episode_ids, dtype=np.int64)
+        self.rewards = np.asarray(self.rewards, dtype=np.float32)
         rows = len(self.observations)
         if (self.observations.ndim != 2 or self.actions.ndim != 2 or len(self.actions) != rows
-                or self.episode_ids.shape != (rows,)):
-            raise ValueError(f"An imitation dataset needs observations (N, D), actions (N, G) and episode ids (N,); "
-                             f"got {self.observations.shape}, {self.actions.shape}, {self.episode_ids.shape}.")
+                or self.episode_ids.shape != (rows,) or self.rewards.shape != (rows,)):
+            raise ValueError(f"An imitation dataset needs observations (N, D), actions (N, G), episode ids (N,) and "
+                             f"rewards (N,); got {self.observations.shape}, {self.actions.shape}, "
+                             f"{self.episode_ids.shape}, {self.rewards.shape}.")
         if self.observations.shape[1] != len(self.feature_names):
             raise ValueError(f"Observations have {self.observations.shape[1]} features but the dataset names "
                              f"{len(self.feature_names)}.")
@@ -156,14 +165,21 @@ class ImitationDataset:
                 raise ValueError(f"Imitation dataset {path}: {file} does not exist.")
         try:
             meta = json.loads(description.read_text())
-            with np.load(arrays, allow_pickle=False) as data:
-                values = {name: data[name] for name in ARRAYS}
-        except (OSError, ValueError, KeyError, UnicodeDecodeError) as err:
+        except (OSError, ValueError, UnicodeDecodeError) as err:
             raise ValueError(f"Imitation dataset {path} cannot be read ({type(err).__name__}: {err}).") from None
         if not isinstance(meta, dict) or meta.get("format") != DATASET_FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else None
+            older = (f" It is format {found}, without the per-step rewards a teacher replay needs; collect it again "
+                     "(rankrl train --teacher NAME --bc-data NEW_FILE).") if isinstance(found, int) else ""
             raise ValueError(f"Imitation dataset {description} is not a rankrl imitation dataset of format "
-                             f"{DATASET_FORMAT}.")
-        keys = ("env_id", "feature_names", "action_names", "teacher", "seed", "episode_seeds", "episode_returns")
+                             f"{DATASET_FORMAT}.{older}")
+        try:
+            with np.load(arrays, allow_pickle=False) as data:
+                values = {name: data[name] for name in ARRAYS}
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"Imitation dataset {path} cannot be read ({type(err).__name__}: {err}).") from None
+        keys = ("env_id", "feature_names", "action_names", "teacher", "seed", "episode_seeds", "episode_returns",
+                "episode_budgets", "episode_traces")
         try:
             return cls(**values, **{key: meta[key] for key in keys})
         except KeyError as err:
@@ -202,7 +218,8 @@ def collect_teacher_episodes(env: str | Path | EnvConfig, teacher: str | Teacher
     config = resolve_env_config(env)
     teacher = teacher if isinstance(teacher, Teacher) else Teacher(teacher)
     environment = LoRARankEnv(config=config)
-    observations, actions, ids, returns = [], [], [], []
+    observations, actions, ids = [], [], []
+    episodes = []
     seeds = episode_seeds(seed, n_episodes, list(config.eval_seeds))
     try:
         for episode, episode_seed in enumerate(seeds):
@@ -215,13 +232,16 @@ def collect_teacher_episodes(env: str | Path | EnvConfig, teacher: str | Teacher
                 ids.append(episode)
                 return action
 
-            returns.append(float(run_episode(environment, act, episode_seed).episode_return))
+            episodes.append(run_episode(environment, act, episode_seed))
             if progress is not None:
                 progress(episode + 1, n_episodes)
     finally:
         environment.close()
-    return ImitationDataset(np.stack(observations), np.stack(actions), np.asarray(ids), env_id(config.name),
-                            environment.feature_names, list(environment.actions), teacher.spec, seed, seeds, returns)
+    rewards = [reward for episode in episodes for reward in episode.rewards]
+    return ImitationDataset(np.stack(observations), np.stack(actions), np.asarray(ids), np.asarray(rewards),
+                            env_id(config.name), environment.feature_names, list(environment.actions), teacher.spec,
+                            seed, seeds, [e.episode_return for e in episodes], [e.budget_frac for e in episodes],
+                            [e.trace for e in episodes])
 
 
 # ---------------------------------------------------------------------- cloning
@@ -394,7 +414,8 @@ def compare_returns(model, teacher: str | Teacher, env: str | Path | EnvConfig, 
         clone_runs = [run_episode(environment, clone, seed, task) for seed, task in pairs]
     finally:
         environment.close()
-    visited = ImitationDataset(np.stack(seen), np.stack(taught), np.zeros(len(seen)), env_id(config.name),
+    visited = ImitationDataset(np.stack(seen), np.stack(taught), np.zeros(len(seen)), np.zeros(len(seen)),
+                               env_id(config.name),
                                environment.feature_names, list(environment.actions), teacher.spec)
     return ReturnComparison(pairs, [e.episode_return for e in teacher_runs], [e.episode_return for e in clone_runs],
                             float(np.mean([e.final_accuracy for e in teacher_runs])),
@@ -477,6 +498,15 @@ class CloningPlan:
                 "bc_data": None if self.data is None else str(self.data.resolve()), "bc_batch_size": BC_BATCH_SIZE,
                 "bc_lr": BC_LR}
 
+    def collect(self, run_dir: Path, env: EnvConfig, say=print) -> ImitationDataset:
+        """The teacher's episodes: the dataset read at :meth:`prepare`, or collected now and saved (``data``, else
+        ``teacher_episodes`` in the run directory)."""
+        if self.dataset is None:
+            say(f"behaviour cloning: collecting {self.episodes} episodes of teacher {self.teacher.spec!r}")
+            self.dataset = collect_teacher_episodes(env, self.teacher, self.episodes, seed=self.seed)
+            self.data = self.dataset.save(self.data if self.data is not None else Path(run_dir) / RUN_DATA)
+        return self.dataset
+
     def run(self, model, run_dir: Path, env: EnvConfig, seed: int, held_out: int, say=print) -> dict:
         """Collect (or take) the teacher's episodes, clone them into ``model`` and measure the clone.
 
@@ -484,11 +514,8 @@ class CloningPlan:
         """
         from torch.utils.tensorboard import SummaryWriter
 
-        dataset, source = self.dataset, self.data
-        if dataset is None:
-            say(f"behaviour cloning: collecting {self.episodes} episodes of teacher {self.teacher.spec!r}")
-            dataset = collect_teacher_episodes(env, self.teacher, self.episodes, seed=self.seed)
-            source = dataset.save(self.data if self.data is not None else Path(run_dir) / RUN_DATA)
+        dataset = self.collect(run_dir, env, say)
+        source = self.data
         writer = SummaryWriter(str(Path(run_dir) / "tb" / "bc"))
         try:
             before = action_agreement(model, dataset)

@@ -1,4 +1,4 @@
-"""Learning-curve PNG of a training run: episode returns (monitor) and held-out evaluations."""
+"""Learning-curve PNG of a training run: episode returns (monitor) and held-out evaluations, paired with the rules."""
 
 from __future__ import annotations
 
@@ -43,19 +43,40 @@ def plot_learning_curve(run_dir: str | Path) -> Path | None:
         axes[0].plot(range(1, len(returns) + 1), returns, ".", alpha=0.3, label="episode return")
         axes[0].plot(range(1, len(returns) + 1), smooth, "-", label=f"moving mean ({window})")
         axes[0].set_xlabel("training episode")
-        axes[0].set_ylabel("return")
+        axes[0].set_ylabel("return" if not _relative(run_dir) else "return minus the teacher's (same episode)")
         axes[0].legend()
         axes[0].set_title("Training episodes")
     if evaluations:
         steps = [e["timesteps"] for e in evaluations]
-        axes[1].plot(steps, [e["policy_return"] for e in evaluations], "o-", label="policy (held-out seeds)")
-        axes[1].plot(steps, [e["fixed_return"] for e in evaluations], "s--", label="fixed rank baseline")
+        names = list(evaluations[-1].get("paired", {}))
+        if names:  # paired differences on the same held-out episodes, with their intervals
+            for name in names:
+                rows = [e["paired"][name]["return"] for e in evaluations if name in e.get("paired", {})]
+                at = [e["timesteps"] for e in evaluations if name in e.get("paired", {})]
+                errors = [r["half_width"] or 0.0 for r in rows]
+                axes[1].errorbar(at, [r["mean"] for r in rows], yerr=errors, fmt="o-", capsize=3,
+                                 label=f"policy - {name}")
+            axes[1].axhline(0.0, color="grey", lw=0.8)
+            axes[1].set_ylabel("paired return difference (mean +- 2 se)")
+            axes[1].set_title("Held-out episodes: policy minus each rule")
+        else:
+            axes[1].plot(steps, [e["policy_return"] for e in evaluations], "o-", label="policy (held-out seeds)")
+            axes[1].plot(steps, [e["fixed_return"] for e in evaluations], "s--", label="fixed rank baseline")
+            axes[1].set_ylabel("mean return")
+            axes[1].set_title("Evaluation against fixed rank")
         axes[1].set_xlabel("environment steps")
-        axes[1].set_ylabel("mean return")
         axes[1].legend()
-        axes[1].set_title("Evaluation against fixed rank")
     fig.tight_layout()
     path = run_dir / "learning_curve.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _relative(run_dir: Path) -> bool:
+    """Whether the run's training rewards are relative to a teacher (``config.json``'s ``replay``)."""
+    try:
+        replay = json.loads((run_dir / "config.json").read_text()).get("replay")
+    except (OSError, ValueError):
+        return False
+    return bool(replay and replay.get("relative_reward"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import re
@@ -26,46 +27,52 @@ from rankrl.train.agent_config import load_agent_config
 from rankrl.train.callbacks import BaselineEvalCallback, RankLoggingCallback
 from rankrl.train.episodes import check_eval_episodes
 from rankrl.train.imitation import CloningPlan
+from rankrl.train.replay import CurriculumCallback, ReplayPlan, TeacherReplay
 
 DEFAULT_TIMESTEPS = 20_000
+DEFAULT_EVAL_POINTS = 8
+CURRICULUM_START = 0.25
 
 
-def make_limited_env(config, torch_threads: int | None = None) -> gym.Env:
-    """A ``LoRARankEnv`` under the episode limit its registration gives (works for preset files too).
+def make_limited_env(config, torch_threads: int | None = None, replay: ReplayPlan | None = None) -> gym.Env:
+    """A ``LoRARankEnv`` under the episode limit its registration gives (works for preset files too), replaying
+    the teacher's episodes when a ``replay`` plan is given (:mod:`rankrl.train.replay`).
 
     In a worker subprocess (``torch_threads`` set) Ctrl-C is left to the parent, which stops cleanly and
     closes the workers; otherwise a terminal's Ctrl-C would kill them mid-step.
     """
     if torch_threads is not None:
         interrupt.ignore_in_worker()
-    return TimeLimit(LoRARankEnv(config=config, torch_threads=torch_threads), max_episode_steps=config.episode_length)
+    env = TimeLimit(LoRARankEnv(config=config, torch_threads=torch_threads), max_episode_steps=config.episode_length)
+    return env if replay is None else TeacherReplay(env, replay)
 
 
 def _vec_env(config, n_envs: int, seed: int, monitor_dir: Path | None, backend: str = "subprocess",
-             connection=None):
+             connection=None, replay: ReplayPlan | None = None):
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
     if backend == "ray":
-        return _ray_vec_env(config, n_envs, seed, monitor_dir, connection)
+        return _ray_vec_env(config, n_envs, seed, monitor_dir, connection, replay)
     monitor = None if monitor_dir is None else str(monitor_dir)
     if n_envs > 1:
         return make_vec_env(make_limited_env, n_envs=n_envs, seed=seed, monitor_dir=monitor,
-                            env_kwargs={"config": config, "torch_threads": 1}, vec_env_cls=SubprocVecEnv,
-                            vec_env_kwargs={"start_method": "forkserver"})
+                            env_kwargs={"config": config, "torch_threads": 1, "replay": replay},
+                            vec_env_cls=SubprocVecEnv, vec_env_kwargs={"start_method": "forkserver"})
     return make_vec_env(make_limited_env, n_envs=1, seed=seed, monitor_dir=monitor,
-                        env_kwargs={"config": config}, vec_env_cls=DummyVecEnv)
+                        env_kwargs={"config": config, "replay": replay}, vec_env_cls=DummyVecEnv)
 
 
 # ---------------------------------------------------------------- --backend ray
-def _worker_env(config, action_seed: int) -> gym.Env:
+def _worker_env(config, action_seed: int, replay: ReplayPlan | None = None) -> gym.Env:
     """One Ray worker's environment, seeded as ``make_vec_env`` seeds worker ``rank`` (``seed + rank``)."""
-    env = make_limited_env(config, torch_threads=1)
+    env = make_limited_env(config, torch_threads=1, replay=replay)
     env.action_space.seed(action_seed)
     return env
 
 
-def _ray_vec_env(config, n_envs: int, seed: int, monitor_dir: Path | None, connection=None):
+def _ray_vec_env(config, n_envs: int, seed: int, monitor_dir: Path | None, connection=None,
+                 replay: ReplayPlan | None = None):
     """Ray actors behind a ``VecEnv``; episodes are recorded by the driver (``monitor/workers.monitor.csv``),
     since on a cluster the workers' files would land on other machines."""
     from functools import partial
@@ -74,7 +81,7 @@ def _ray_vec_env(config, n_envs: int, seed: int, monitor_dir: Path | None, conne
 
     from rankrl.train.ray_vec_env import RayVecEnv
 
-    env_fns = [partial(_worker_env, config, seed + rank) for rank in range(n_envs)]
+    env_fns = [partial(_worker_env, config, seed + rank, replay) for rank in range(n_envs)]
     vec_env = RayVecEnv(env_fns, connection=connection)
     vec_env.seed(seed)
     filename = None
@@ -116,7 +123,7 @@ class CheckpointEvery(BaseCallback):
 
     def _init_callback(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.last = self.num_timesteps
+        self.last = self.model.num_timesteps  # a resumed run starts past 0 (the callback's own count starts at 0)
 
     def _on_step(self) -> bool:
         if self.num_timesteps // self.every > self.last // self.every:
@@ -160,7 +167,9 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int | None
                  checkpoint_every: int | None = None, trust_policy: bool = False, say=print,
                  backend: str = "subprocess", address: str | None = None, teacher: str | None = None,
                  bc_episodes: int | None = None, bc_epochs: int | None = None,
-                 bc_data: str | Path | None = None) -> Path:
+                 bc_data: str | Path | None = None, replay: bool = True, relative_reward: bool = True,
+                 curriculum: float | None = None, eval_episodes: int | None = None,
+                 eval_points: int = DEFAULT_EVAL_POINTS) -> Path:
     """Train a rank-allocation policy and write a run directory ``<out>/<env>/<agent>_<seed>_<n>/``.
 
     The run directory holds ``config.json`` (everything resolved), ``policy.json`` + ``policy.safetensors``
@@ -173,7 +182,12 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int | None
     teacher's episodes (``bc_data``, or ``teacher_episodes.{npz,json}`` in the run directory), the agreement
     with its actions before and after cloning, and the clone's return next to the teacher's on the held-out
     episodes go to ``metadata.json`` (``behaviour_cloning``) and TensorBoard (``bc/*``); then PPO continues
-    from the cloned weights (``timesteps=0``: clone only).
+    from the cloned weights (``timesteps=0``: clone only). By default PPO then replays the teacher's episodes,
+    easiest first, rewarded against the teacher on the same episode (:mod:`rankrl.train.replay`).
+
+    The policy is evaluated on the preset's held-out episodes before the first update, at least
+    ``eval_points`` times during training and at the end, paired with the fixed rank, ``static-fit`` and the
+    teacher on the same episodes (``evaluations.jsonl``, TensorBoard ``eval/*``, ``learning_curve.png``).
 
     Args:
         env: Environment preset name or YAML path.
@@ -202,6 +216,12 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int | None
         bc_epochs: Passes of behaviour cloning over them (default 100).
         bc_data: An imitation dataset (``FILE.npz`` + ``FILE.json``): read when it exists (its teacher is
             used when ``teacher`` is not given), else collected and written there.
+        replay: With a teacher, PPO's episodes are the teacher's episodes (:class:`~rankrl.train.replay.TeacherReplay`).
+        relative_reward: With ``replay``, reward the policy by its reward minus the teacher's at the same decision.
+        curriculum: With ``replay``, the fraction of ``timesteps`` over which the draw widens from the easiest
+            quarter of the teacher's episodes to all of them (default 0.5; 0: all from the start).
+        eval_episodes: Held-out episodes per evaluation (default: the agent preset's ``eval_episodes``).
+        eval_points: Evaluations during training at least (besides the one before the first update).
 
     Raises:
         ValueError: ``timesteps`` or ``n_envs`` < 1, unknown presets, a resume directory that is not a train
@@ -221,6 +241,13 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int | None
     if cloning and resume is not None:
         raise ValueError("--teacher clones a teacher at the start of a new run; a resumed run continues its own "
                          "policy. Drop --teacher/--bc-data, or start a new run.")
+    if curriculum is not None and not (cloning and replay):
+        raise ValueError("--curriculum orders the teacher's episodes that PPO replays: it goes with --teacher (or "
+                         "--bc-data) and --replay.")
+    if curriculum is not None and not 0.0 <= curriculum <= 1.0:
+        raise ValueError(f"--curriculum is a fraction of the training steps in [0, 1], got {curriculum}.")
+    if eval_points < 1 or (eval_episodes is not None and eval_episodes < 1):
+        raise ValueError(f"--eval-points and --eval-episodes must be >= 1, got {eval_points} and {eval_episodes}.")
     if n_envs < 1:
         raise ValueError(f"--n-envs must be >= 1, got {n_envs}.")
     if backend not in BACKENDS:
@@ -251,7 +278,12 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int | None
     timesteps = timesteps if timesteps is not None else DEFAULT_TIMESTEPS
     env_config = load_env_config(env)
     agent_config = load_agent_config(agent, env_name=env_config.name)
-    check_eval_episodes(env_config, agent_config.eval_episodes)
+    if resume is not None:
+        eval_episodes, eval_points = saved.get("eval_episodes", eval_episodes), saved.get("eval_points", eval_points)
+    eval_episodes = eval_episodes or agent_config.eval_episodes
+    check_eval_episodes(env_config, eval_episodes)
+    if resume is not None:
+        saved.update(eval_episodes=eval_episodes, eval_points=eval_points)
     spec_env = LoRARankEnv(config=env_config)  # cheap: builds the spaces, layout and deltas only
     cloning_plan = (CloningPlan.prepare(teacher, bc_data, bc_episodes, bc_epochs, spec_env, seed)
                     if cloning else None)
@@ -268,6 +300,9 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int | None
             "backend": backend, "address": address,
             "init_policy": None if init_policy is None else str(Path(init_policy).resolve()),
             **(cloning_plan.settings() if cloning_plan is not None else {"teacher": None}),
+            "replay": ({"relative_reward": relative_reward, "curriculum": 0.5 if curriculum is None else curriculum,
+                        "curriculum_start": CURRICULUM_START} if cloning_plan is not None and replay else None),
+            "eval_episodes": eval_episodes, "eval_points": eval_points,
             "env": to_mapping(env_config), "agent": agent_config.to_dict(), "python": platform.python_version(),
         }
     try:
@@ -290,10 +325,23 @@ def _train(run_dir: Path, saved: dict, env_config, agent_config, spec_env, warm_
     from stable_baselines3.common.callbacks import CallbackList
 
     layout = spec_env.layout.to_dict()
+    settings = saved.get("replay")
+    plan = None
     try:
         if resuming:
             keep_history(run_dir)
-        vec_env = _vec_env(env_config, n_envs, seed, run_dir / "monitor", backend, connection)
+        if cloning is not None:  # first: PPO's workers replay these episodes
+            dataset = cloning.collect(run_dir, env_config, say)
+            if settings is not None:
+                settings["data"] = str(Path(cloning.data).resolve())
+        elif settings is not None:  # a resumed replay run: the same episodes again
+            from rankrl.train.imitation import ImitationDataset
+
+            dataset = ImitationDataset.load(settings["data"])
+            dataset.check(spec_env.layout, spec_env.actions, source=settings["data"])
+        if settings is not None and timesteps > 0:
+            plan = ReplayPlan.from_dataset(dataset, relative=settings["relative_reward"])
+        vec_env = _vec_env(env_config, n_envs, seed, run_dir / "monitor", backend, connection, plan)
         algorithm = agent_config.algorithm_class()
 
         def build():
@@ -312,12 +360,12 @@ def _train(run_dir: Path, saved: dict, env_config, agent_config, spec_env, warm_
                 _copy_policy_weights(warm_start, model, init_policy)
         write_config(run_dir, saved)
         atomic_write_text(run_dir / FEATURES_FILE, json.dumps(layout, indent=2) + "\n")
-    except (Exception, KeyboardInterrupt) as err:
+    except (Exception, KeyboardInterrupt, interrupt.Interrupted) as err:  # nothing kept: a new run is removed
         raise _SetupError() from err
     cloned = None
     if cloning is not None:
         try:
-            cloned = cloning.run(model, run_dir, env_config, seed, agent_config.eval_episodes, say)
+            cloned = cloning.run(model, run_dir, env_config, seed, saved["eval_episodes"], say)
         except (Exception, KeyboardInterrupt, interrupt.Interrupted) as err:  # nothing kept: the run is removed
             _close(vec_env)
             raise _SetupError() from err
@@ -327,10 +375,17 @@ def _train(run_dir: Path, saved: dict, env_config, agent_config, spec_env, warm_
         save_zip(model, run_dir / "best_policy.zip")
         save_policy_data(model, run_dir, static, layout=layout, stem="best_policy")
 
-    evaluation = BaselineEvalCallback(env_config, run_dir, agent_config.eval_freq, agent_config.eval_episodes,
-                                      on_best=save_best)
+    # At least eval_points evaluations on the way (the preset's eval_freq when that gives more), paired with the
+    # rules the policy has to beat: static-fit, and the teacher it was cloned from.
+    eval_freq = min(agent_config.eval_freq, max(1, math.ceil(timesteps / saved["eval_points"])))
+    references = list(dict.fromkeys(["static-fit", *([saved["teacher"]] if saved.get("teacher") else [])]))
+    evaluation = BaselineEvalCallback(env_config, run_dir, eval_freq, saved["eval_episodes"], on_best=save_best,
+                                      references=references)
     checkpoints = CheckpointEvery(run_dir, every)
-    callbacks = CallbackList([RankLoggingCallback(), checkpoints, evaluation])
+    steps = [RankLoggingCallback(), checkpoints, evaluation]
+    if plan is not None:
+        steps.append(CurriculumCallback(timesteps, start=settings["curriculum_start"], ramp=settings["curriculum"]))
+    callbacks = CallbackList(steps)
     start = model.num_timesteps
     remaining = timesteps - start
     try:

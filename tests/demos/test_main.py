@@ -15,7 +15,8 @@ def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     agent = root / "quick.yaml"
     agent.write_text(tiny_agent(eval_freq=10, n_epochs=1))
-    config = DemoConfig(env="tiny", agent=str(agent), timesteps=10, n_envs=1, model="tiny",
+    config = DemoConfig(env="tiny", agent=str(agent), timesteps=10, n_envs=1, model="tiny", bc_episodes=2,
+                        eval_episodes=1,
                         task="synthetic:keyword?difficulty=0.2&n_train=128&n_eval=64&seed=5", steps=8, every=4,
                         eval_size=32, controllers=["learned", "fixed", "static-fit"], out=str(root / "runs"))
     return run_demo(config, progress=False)
@@ -25,6 +26,16 @@ def test_the_demo_compares_every_controller_and_writes_its_files(demo):
     assert [row["controller"] for row in demo.rows] == ["learned (just trained)", "fixed r=8", "static-fit"]
     assert demo.run_dir.name == "demo_1"
     assert (demo.policy_dir / "policy.zip").exists()
+    import json
+
+    metadata = json.loads((demo.policy_dir / "metadata.json").read_text())
+    assert metadata["behaviour_cloning"]["teacher"] == "static-fit" and metadata["behaviour_cloning"]["episodes"] == 2
+    from rankrl.train.callbacks import read_evaluations
+
+    # The clone before PPO and the policy after it, each paired with the rules on the same held-out episodes.
+    evaluations = read_evaluations(demo.policy_dir)
+    assert [e["timesteps"] for e in evaluations] == [0, 10]
+    assert set(evaluations[-1]["paired"]) == {"fixed", "static-fit"}
     with (demo.run_dir / "comparison.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [row["controller"] for row in rows] == [row["controller"] for row in demo.rows]

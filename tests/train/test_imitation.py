@@ -125,6 +125,12 @@ def test_dataset_holds_every_decision_of_every_episode(dataset):
     assert dataset.actions.shape == (len(dataset), 2) and env.action_space.contains(dataset.actions[0])
     assert np.unique(dataset.episode_ids).tolist() == [0, 1, 2, 3]
     assert dataset.teacher == TEACHER and dataset.env_id == "rankrl/tiny-v1" and len(dataset.episode_returns) == 4
+    # Each row keeps the reward of its action; an episode's rewards add up to its return.
+    for episode, episode_return in enumerate(dataset.episode_returns):
+        assert dataset.rewards[dataset.episode_ids == episode].sum() == pytest.approx(episode_return, abs=1e-5)
+    assert len(dataset.episode_budgets) == len(dataset.episode_traces) == 4
+    assert all(0.7 <= b <= 1.0 for b in dataset.episode_budgets)
+    assert set(dataset.episode_traces) <= {"constant", "step-down"}
     assert len(np.unique(dataset.actions)) > 1, "the teacher should do more than hold on binding budgets"
     dataset.check(env.layout, env.actions)
 
@@ -133,12 +139,17 @@ def test_dataset_round_trip_without_pickle(dataset, tmp_path):
     path = dataset.save(tmp_path / "teacher")
     assert path == tmp_path / "teacher.npz" and (tmp_path / "teacher.json").is_file()
     with np.load(path, allow_pickle=False) as arrays:
-        assert sorted(arrays.files) == ["actions", "episode_ids", "observations"]
+        assert sorted(arrays.files) == ["actions", "episode_ids", "observations", "rewards"]
     loaded = ImitationDataset.load(tmp_path / "teacher.json")
-    for name in ("observations", "actions", "episode_ids"):
+    for name in ("observations", "actions", "episode_ids", "rewards"):
         assert np.array_equal(getattr(loaded, name), getattr(dataset, name))
-    for name in ("env_id", "feature_names", "action_names", "teacher", "seed", "episode_seeds", "episode_returns"):
+    for name in ("env_id", "feature_names", "action_names", "teacher", "seed", "episode_seeds", "episode_returns",
+                 "episode_budgets", "episode_traces"):
         assert getattr(loaded, name) == getattr(dataset, name), name
+    meta = json.loads((tmp_path / "teacher.json").read_text())
+    (tmp_path / "teacher.json").write_text(json.dumps({**meta, "format": 1}))
+    with pytest.raises(ValueError, match="format 1, without the per-step rewards .* collect it again"):
+        ImitationDataset.load(tmp_path / "teacher")
     (tmp_path / "teacher.json").write_text(json.dumps({"format": 99}))
     with pytest.raises(ValueError, match="not a rankrl imitation dataset"):
         ImitationDataset.load(tmp_path / "teacher")
@@ -149,7 +160,8 @@ def test_dataset_round_trip_without_pickle(dataset, tmp_path):
 def test_dataset_from_another_layout_is_refused(dataset):
     with pytest.raises(ObservationMismatchError, match="2 layer groups .* has 4. Collect it again"):
         dataset.check(ObservationLayout(4))
-    shuffled = ImitationDataset(dataset.observations, dataset.actions, dataset.episode_ids, dataset.env_id,
+    shuffled = ImitationDataset(dataset.observations, dataset.actions, dataset.episode_ids, dataset.rewards,
+                                dataset.env_id,
                                 list(reversed(dataset.feature_names)), dataset.action_names, dataset.teacher)
     with pytest.raises(ObservationMismatchError, match="same features in another order"):
         shuffled.check(ObservationLayout(2))
@@ -174,7 +186,8 @@ def test_cloning_raises_agreement_far_above_the_untrained_policy(dataset):
 
 
 def test_cloning_refuses_a_dataset_for_another_action_space(dataset):
-    wide = ImitationDataset(dataset.observations, dataset.actions + 5, dataset.episode_ids, dataset.env_id,
+    wide = ImitationDataset(dataset.observations, dataset.actions + 5, dataset.episode_ids, dataset.rewards,
+                            dataset.env_id,
                             dataset.feature_names, dataset.action_names, dataset.teacher)
     with pytest.raises(ValueError, match="do not fit the policy's action space"):
         fit_behaviour_cloning(untrained_model(), wide, epochs=1)
@@ -236,7 +249,7 @@ def test_cli_clone_only_writes_a_loadable_policy(tmp_path, agent_file):
 def test_bad_cloning_input_creates_no_run_directory(tmp_path, agent_file):
     out = tmp_path / "runs"
     foreign = ImitationDataset(np.zeros((3, len(ObservationLayout(4).names))), np.zeros((3, 4)), np.zeros(3),
-                               "rankrl/default-v1", ObservationLayout(4).names,
+                               np.zeros(3), "rankrl/default-v1", ObservationLayout(4).names,
                                ["-4", "+0", "+4", "freeze", "thaw"], "autofreeze")
     foreign.save(tmp_path / "foreign")
     (tmp_path / "half.npz").write_bytes(b"")

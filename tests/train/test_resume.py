@@ -72,7 +72,8 @@ def test_resume_keeps_the_history_and_the_best_score(interrupted):
     assert (monitor / "0.leg1.monitor.csv").read_text() == before["monitor"]  # the first leg, untouched
     assert (monitor / "0.monitor.csv").exists()
     evaluations = [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines()]
-    assert [e["timesteps"] for e in evaluations] == [10, 40]
+    # The resumed leg evaluates every ceil(40 / 8) = 5 steps from where it starts, and at the end.
+    assert [e["timesteps"] for e in evaluations] == [10, 25, 30, 35, 40]
     assert (run_dir / "best_policy.zip").read_bytes() == b"the best so far"
     assert not list(run_dir.rglob("*.partial.zip")) and not list(run_dir.rglob(".*.tmp-*"))
 

@@ -43,8 +43,10 @@ def test_run_directory_layout_and_contents(run):
     metadata = json.loads((run_dir / "metadata.json").read_text())
     assert metadata["num_groups"] == 2 and metadata["deltas"] == [-2, 0, 2] and metadata["timesteps"] == 20
     evaluations = [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines()]
-    # eval_freq equals the run's length: one evaluation, after PPO's last update, of the policy that is saved.
-    assert [e["timesteps"] for e in evaluations] == [20]
+    # Before the first update, then every ceil(20 / 8) = 3 steps (8 points by default, fewer steps than the
+    # preset's eval_freq), the last one after PPO's last update, of the policy that is saved.
+    assert [e["timesteps"] for e in evaluations] == [0, 3, 6, 9, 12, 15, 18, 20]
+    assert set(evaluations[0]["paired"]) == {"fixed", "static-fit"}
     evaluation = evaluations[-1]
     assert metadata["last_evaluation"] == {k: v for k, v in evaluation.items() if k != "episodes"}
     assert evaluation["advantage"] == pytest.approx(evaluation["policy_return"] - evaluation["fixed_return"])
