@@ -125,3 +125,22 @@ def test_a_bad_env_preset_leaves_no_run_directory(agent, tmp_path):
     with pytest.raises(Exception, match="no/such/model"):
         train_policy(env=str(env), agent=str(agent), timesteps=10, out=tmp_path / "runs", progress=False)
     assert not any((tmp_path / "runs").rglob("config.json"))
+
+
+def test_a_run_trained_on_environment_v0_is_refused_and_left_as_it_was(tmp_path):
+    from typer.testing import CliRunner
+
+    from rankrl.cli import app
+
+    run_dir = tmp_path / "old"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    config = {"command": "train", "env_preset": "tiny", "agent_preset": "ppo", "seed": 0, "timesteps": 40,
+              "env_id": "rankrl/tiny-v0"}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    (run_dir / "checkpoints" / "policy_20_steps.zip").write_bytes(b"a v0 checkpoint")
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["train", "--resume", str(run_dir)])
+    assert result.exit_code == 2
+    assert "was trained on rankrl/tiny-v0; this rankrl trains environment v1" in result.output
+    assert "Start a new run: rankrl train --env tiny" in result.output and "Traceback" not in result.output
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
