@@ -413,9 +413,11 @@ def _train(run_dir: Path, saved: dict, env_config, agent_config, spec_env, warm_
         metadata["behaviour_cloning"] = cloned
     atomic_write_text(run_dir / METADATA_FILE, json.dumps(metadata, indent=2) + "\n")
     save_policy_data(model, run_dir, metadata, layout=layout)
+    from rankrl.train.evaluation_table import write_evaluation_table
     from rankrl.train.plots import plot_learning_curve
 
     plot_learning_curve(run_dir)
+    write_evaluation_table(run_dir)
     return run_dir
 
 

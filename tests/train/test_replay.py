@@ -124,6 +124,11 @@ def test_train_replays_the_teacher_and_evaluates_paired_with_the_rules(tmp_path)
         assert teacher["return"]["mean"] == pytest.approx(record["policy_return"] - teacher["reference_return"])
     dataset = ImitationDataset.load(data)
     assert len(dataset.episode_seeds) == 2 and len(dataset.rewards) == 10
+    table = (run_dir / "evaluations.md").read_text().splitlines()
+    assert (f"| steps | return | accuracy | memory / budget | return − fixed | accuracy − fixed | "
+            f"return − static-fit | accuracy − static-fit | return − {TEACHER} | accuracy − {TEACHER} |") in table
+    assert [line.split(" | ")[0] for line in table if line.startswith("| ") and line[2].isdigit()] == \
+           ["| 0", "| 10", "| 20"]
 
 
 def test_replay_options_need_a_teacher(tmp_path):
