@@ -11,6 +11,9 @@ several: a budgeted bench and an unbudgeted one) and prints, per task:
   training wall time (learned / fixed, means over seeds, measured in the same bench).
 
     python benchmarks/learned_bar.py DIR [DIR ...] [--arm learned:default] [--rules static-fit,autofreeze,importance]
+
+``--headroom`` prints, instead, where a controller can win at all: the best static allocation and the best rule
+against ``static-fit`` under each budget, and fixed rank 8 without a budget against it.
 """
 
 from __future__ import annotations
@@ -78,15 +81,41 @@ def bar(rows: list[dict], learned: str, rules: list[str]) -> str:
     return "\n".join(lines)
 
 
+def headroom(rows: list[dict], rules: list[str]) -> str:
+    """Where a controller can win: per task and budget, the best static allocation (the oracle, chosen on the
+    evaluation data) and the best rule against ``static-fit``, and what the moving wall costs next to fixed rank
+    8 without a budget (all paired by seed)."""
+    lines = ["| task | budget | static-fit | best oracle-static − static-fit | best rule − static-fit |",
+             "| --- | --- | --- | --- | --- |"]
+    for task in dict.fromkeys(row["task"] for row in rows):
+        fit = _arms(rows, task, "static-fit")
+        for budget, arm in fit.items():
+            oracles = [row["arm"] for row in rows if row["task"] == task and row["kind"] == "oracle"
+                       and (row["budget"] or "none") == budget]
+            best = max(dict.fromkeys(oracles), key=lambda a: _mean(rows, task, a, "accuracy"), default=None)
+            others = [a for a in (_arms(rows, task, r).get(budget) for r in rules if r != "static-fit") if a]
+            rule = max(others, key=lambda a: _mean(rows, task, a, "accuracy"), default=None)
+            lines.append(f"| {task} | {budget} | {_mean(rows, task, arm, 'accuracy'):.3f} | "
+                         f"{_cell(rows, task, best, arm) if best else '-'} ({(best or '-').split('@')[0]}) | "
+                         f"{_cell(rows, task, rule, arm) if rule else '-'} ({(rule or '-').split('@')[0]}) |")
+        fixed = _arms(rows, task, "fixed:8").get("none")
+        if fixed is not None:
+            for budget, arm in fit.items():
+                lines.append(f"| {task} | fixed:8, no budget − static-fit@{budget} | "
+                             f"{_mean(rows, task, fixed, 'accuracy'):.3f} | {_cell(rows, task, fixed, arm)} | |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", type=Path, help="rankrl bench output directories")
     parser.add_argument("--arm", default="learned:default", help="the learned arm's label (before @budget)")
     parser.add_argument("--rules", default="static-fit,autofreeze,importance,greedy-memory",
                         help="comma-separated rules to pair it with")
+    parser.add_argument("--headroom", action="store_true", help="print the headroom table instead (no learned arm)")
     args = parser.parse_args()
     rows = [row for directory in args.dirs for row in ResultsFile(directory).read()]
-    print(bar(rows, args.arm, args.rules.split(",")))
+    print(headroom(rows, args.rules.split(",")) if args.headroom else bar(rows, args.arm, args.rules.split(",")))
 
 
 if __name__ == "__main__":
