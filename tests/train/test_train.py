@@ -117,6 +117,18 @@ def test_agent_presets_load_with_env_overrides():
     assert load_agent_config("ppo", env_name="default").hyperparams.n_steps == 64
     assert load_agent_config("ppo", env_name="minilm").hyperparams.n_steps == 128
     assert load_agent_config("a2c").algo == "A2C"
+    clone = load_agent_config("ppo-clone", env_name="default")
+    assert clone.hyperparams.learning_rate == 3e-4 and clone.hyperparams.n_epochs == 4
+    assert load_agent_config("ppo-clone", env_name="tiny").hyperparams.n_steps == 20
+    # Every shipped agent preset loads for every shipped environment preset.
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    agents = sorted(p.stem for p in (root / "agents").glob("*.yaml"))
+    assert {"ppo", "ppo-clone", "a2c"} <= set(agents)
+    for agent in agents:
+        for env in sorted(p.stem for p in (root / "envs").glob("*.yaml")):
+            assert load_agent_config(agent, env_name=env).net_arch
 
 
 def test_agent_preset_with_a_mistyped_hyperparameter(tmp_path):
