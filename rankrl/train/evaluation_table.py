@@ -32,8 +32,9 @@ def evaluation_table(run_dir: str | Path) -> str:
     head += [f"{metric} − {name}" for name in names for metric in ("return", "accuracy")]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for record in evaluations:
-        cells = [str(record["timesteps"]), f"{record['policy_return']:.4f}", f"{record['policy_accuracy']:.3f}",
-                 f"{record['policy_used_frac']:.2f}"]
+        nan = float("nan")  # a record of another rankrl may lack a figure
+        cells = [str(record.get("timesteps", "?")), f"{record.get('policy_return', nan):.4f}",
+                 f"{record.get('policy_accuracy', nan):.3f}", f"{record.get('policy_used_frac', nan):.2f}"]
         for name in names:
             paired = record.get("paired", {}).get(name)
             cells += [_difference(paired, "return"), _difference(paired, "accuracy")]
