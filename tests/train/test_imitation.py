@@ -24,6 +24,7 @@ from rankrl.train.imitation import (
     resolve_env_config,
 )
 from rankrl.train.teacher import TEACHERS, Teacher, TeacherError, nearest_action
+from tests.train.budgets import moving_budget
 
 runner = CliRunner(env={"COLUMNS": "200"})
 TEACHER = "greedy-memory"  # grows, shrinks and holds on this budget range: more than one action to learn
@@ -39,11 +40,6 @@ eval_freq: 20
 eval_episodes: 1
 checkpoint_freq: 10
 """
-
-
-def moving_budget():
-    """The tiny preset under budgets that bind: each episode draws 0.7-1.0 of the reference, some step down."""
-    return load_env_config("tiny", budget_range=[0.7, 1.0], traces=["constant", "step-down"])
 
 
 @pytest.fixture(scope="module")

@@ -10,31 +10,16 @@ import pytest
 from typer.testing import CliRunner
 
 from rankrl.cli import app
-from rankrl.env import LoRARankEnv, load_env_config
+from rankrl.env import LoRARankEnv
 from rankrl.train.callbacks import paired_difference, read_evaluations
 from rankrl.train.imitation import ImitationDataset, collect_teacher_episodes
 from rankrl.train.replay import CurriculumCallback, ReplayPlan, TeacherReplay, difficulty
 from rankrl.train.teacher import Teacher
+from tests.processes import tiny_agent
+from tests.train.budgets import moving_budget
 
 runner = CliRunner(env={"COLUMNS": "200"})
 TEACHER = "greedy-memory"
-
-AGENT = """\
-algo: PPO
-net_arch: [16]
-hyperparams:
-  n_steps: 10
-  batch_size: 10
-  n_epochs: 2
-eval_freq: 1000
-eval_episodes: 1
-checkpoint_freq: 10
-"""
-
-
-def moving_budget():
-    return load_env_config("tiny", budget_range=[0.7, 1.0], traces=["constant", "step-down"])
-
 
 @pytest.fixture(scope="module")
 def dataset():
@@ -104,7 +89,7 @@ def test_paired_difference_reports_a_tie_inside_the_interval():
 
 def test_train_replays_the_teacher_and_evaluates_paired_with_the_rules(tmp_path):
     agent = tmp_path / "quick.yaml"
-    agent.write_text(AGENT)
+    agent.write_text(tiny_agent())
     out, data = tmp_path / "runs", tmp_path / "teacher"
     result = runner.invoke(app, ["train", "--env", "tiny", "--agent", str(agent), "--teacher", TEACHER,
                                  "--bc-episodes", "2", "--bc-epochs", "5", "--bc-data", str(data), "--timesteps", "20",
