@@ -171,7 +171,9 @@ def train(
     except (ValueError, OSError) as err:
         _fail(err)
     typer.echo(f"policy: {run_dir / 'policy.json'} (+ policy.safetensors; SB3 model: {run_dir / 'policy.zip'})")
-    curve = run_dir / "learning_curve.png"
+    curve, table = run_dir / "learning_curve.png", run_dir / "evaluations.md"
+    if table.exists():
+        typer.echo(f"held-out evaluations, paired with the rules: {table}")
     typer.echo(f"{f'learning curve: {curve}; ' if curve.exists() else ''}TensorBoard: tensorboard --logdir "
                f"{run_dir / 'tb'}")
 
