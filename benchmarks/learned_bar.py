@@ -54,8 +54,10 @@ def bar(rows: list[dict], learned: str, rules: list[str]) -> str:
         mine = _arms(rows, task, learned)
         if not mine:
             continue
-        lines += [f"## {task}", "", "| budget | accuracy | " + " | ".join(f"− {r}" for r in rules)
-                  + " | − best oracle-static | over wall |", "|" + " --- |" * (len(rules) + 4)]
+        lines += [f"## {task}", ""]
+        if any(budget != "none" for budget in mine):
+            lines += ["| budget | accuracy | " + " | ".join(f"− {r}" for r in rules)
+                      + " | − best oracle-static | over wall |", "|" + " --- |" * (len(rules) + 4)]
         for budget, arm in mine.items():
             if budget == "none":
                 continue
