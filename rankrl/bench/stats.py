@@ -142,10 +142,14 @@ def paired(rows: list[dict], task: str, arm: str, reference: str, metric: str = 
     seeds = sorted(set(a) & set(b))
     if not seeds:
         return None
-    diffs = [a[s] - b[s] for s in seeds]
+    return paired_values(arm, reference, [a[s] - b[s] for s in seeds])
+
+
+def paired_values(arm: str, reference: str, diffs: list[float]) -> Paired:
+    """``arm - reference`` from paired differences (by seed, or by episode): mean, interval and verdict."""
     stat = Stat.of(diffs)
-    if stat.n < 2:
-        return Paired(arm, reference, diffs, stat.mean, 0.0, None, SINGLE)
+    if stat is None or stat.n < 2:
+        return Paired(arm, reference, diffs, stat.mean if stat else math.nan, 0.0, None, SINGLE)
     half = 2 * stat.std / math.sqrt(stat.n)
     verdict = NOISE if abs(stat.mean) <= half else (BETTER if stat.mean > 0 else WORSE)
     return Paired(arm, reference, diffs, stat.mean, stat.std, half, verdict)

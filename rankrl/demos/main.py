@@ -194,7 +194,8 @@ def _print_evaluations(console: Console, policy_dir: Path) -> None:
     """The policy on the held-out episodes before and after PPO, paired with the rules on the same episodes."""
     from rankrl.train.callbacks import read_evaluations
 
-    for record in read_evaluations(policy_dir)[:1] + read_evaluations(policy_dir)[-1:]:
+    evaluations = read_evaluations(policy_dir)
+    for record in evaluations[:1] + evaluations[-1:]:
         when = "before PPO" if record["timesteps"] == 0 else f"after {record['timesteps']} decisions"
         paired = record.get("paired", {}).items()
         versus = ", ".join(f"{value['return']['mean']:+.3f} vs {name}" for name, value in paired)

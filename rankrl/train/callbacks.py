@@ -57,18 +57,13 @@ def read_evaluations(run_dir: Path) -> list[dict]:
 
 
 def paired_difference(policy: list[float], reference: list[float]) -> dict:
-    """Policy minus reference over the same episodes: mean, half-width ``2 std / sqrt(n)`` and a verdict.
+    """Policy minus reference over the same episodes, with the benchmark reports' interval and verdict
+    (:func:`rankrl.bench.stats.paired_values`): ``mean``, ``half_width`` (``2 sd / sqrt(n)``; ``None`` for one
+    episode) and ``verdict``."""
+    from rankrl.bench.stats import paired_values
 
-    The interval is the one the benchmark reports use (:func:`rankrl.bench.stats.paired`): a difference
-    whose interval holds 0 is a tie.
-    """
-    diffs = np.asarray(policy, dtype=float) - np.asarray(reference, dtype=float)
-    mean = float(diffs.mean())
-    if len(diffs) < 2:  # one episode: no interval
-        return {"mean": mean, "half_width": None, "verdict": "single episode"}
-    half = float(2 * diffs.std(ddof=1) / np.sqrt(len(diffs)))
-    verdict = "tie" if abs(mean) <= half else ("better" if mean > 0 else "worse")
-    return {"mean": mean, "half_width": half, "verdict": verdict}
+    result = paired_values("policy", "reference", [float(p) - float(r) for p, r in zip(policy, reference, strict=True)])
+    return {"mean": result.mean, "half_width": result.half_width, "verdict": result.verdict}
 
 
 def controller_action(env: LoRARankEnv, spec: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -119,11 +114,6 @@ class BaselineEvalCallback(BaseCallback):
         self._evaluated_start = bool(earlier)
         self._next = eval_freq
 
-    @property
-    def baseline(self) -> list[EpisodeSummary]:
-        """The fixed-rank baseline's episodes."""
-        return self.baselines.get("fixed", [])
-
     def _init_callback(self) -> None:
         self.env = LoRARankEnv(config=self.env_config)
         arms = {"fixed": hold_action(self.env), **{spec: controller_action(self.env, spec) for spec in self.references}}
@@ -160,7 +150,7 @@ class BaselineEvalCallback(BaseCallback):
             return action
 
         episodes = [run_episode(self.env, act, seed, task) for seed, task in self.episodes]
-        fixed = self.baseline
+        fixed = self.baselines["fixed"]
         figures = {
             "timesteps": int(self.num_timesteps),
             "policy_return": float(np.mean([e.episode_return for e in episodes])),

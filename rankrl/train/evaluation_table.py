@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rankrl.bench.stats import BETTER, WORSE
 from rankrl.runs import atomic_write_text
 from rankrl.train.callbacks import read_evaluations
 
@@ -18,7 +19,7 @@ def _difference(paired: dict | None, metric: str) -> str:
     value = paired[metric]
     width = value.get("half_width")
     interval = f" ± {width:.3f}" if width is not None else ""
-    mark = {"better": " ▲", "worse": " ▼"}.get(value.get("verdict", ""), "")
+    mark = {BETTER: " ▲", WORSE: " ▼"}.get(value.get("verdict", ""), "")
     return f"{value['mean']:+.3f}{interval}{mark}"
 
 
