@@ -146,6 +146,10 @@ def train(
     curriculum: float = typer.Option(None, "--curriculum", help="With --replay: fraction of --timesteps over which "
                                      "the draw widens from the easiest quarter of the teacher's episodes (lower "
                                      "budget and moving traces are harder) to all of them (default 0.5; 0: off)."),
+    anchor: float = typer.Option(None, "--anchor", help="With --teacher: weight of the pull towards the teacher's "
+                                 "decisions after each rollout, at step 0 (default 0.2; 0: off; docs/imitation.md)."),
+    anchor_half_life: float = typer.Option(None, "--anchor-half-life", help="With --teacher: fraction of "
+                                           "--timesteps over which the anchor's weight halves (default 0.5)."),
     eval_episodes: int = typer.Option(None, "--eval-episodes", help="Held-out episodes per evaluation (default: "
                                       "the agent preset's eval_episodes; at most the preset's eval_seeds)."),
     eval_points: int = typer.Option(8, "--eval-points", help="Evaluations during training, at least (plus one "
@@ -167,6 +171,7 @@ def train(
                                address=address, teacher=teacher, bc_episodes=bc_episodes, bc_epochs=bc_epochs,
                                bc_data=bc_data, replay=replay, relative_reward=relative_reward,
                                curriculum=curriculum, eval_episodes=eval_episodes, eval_points=eval_points,
+                               anchor=anchor, anchor_half_life=anchor_half_life,
                                say=lambda text: typer.secho(text, fg=typer.colors.YELLOW, err=True))
     except (ValueError, OSError) as err:
         _fail(err)

@@ -24,6 +24,7 @@ from rankrl.data import TaskData, load_task_data, tokenize_task
 from rankrl.lora import RankedLoRA
 from rankrl.memory import MemoryReport
 from rankrl.models import LoadedModel, load_model
+from rankrl.prefix_cache import PrefixCache, base_prefix
 
 
 @dataclass
@@ -51,6 +52,8 @@ class SessionConfig:
     lora_alpha: float = field(default=16, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
     use_rslora: bool = field(default=False, metadata={"help": "rsLoRA scaling alpha/sqrt(r)."})
+    prefix_cache: bool = field(default=False, metadata={
+        "help": "Reuse the hidden states of bottom layers that hold no adapter (rankrl.prefix_cache)."})
     seed: int = field(default=0, metadata={"help": "Seed of adapters, head, data order and dropout."})
 
     def to_dict(self) -> dict:
@@ -122,6 +125,8 @@ class FineTuneSession:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
         self.step = 0
+        self.prefix_cache = PrefixCache() if config.prefix_cache else None
+        self._task_tokens: dict[int, tuple[TaskData, int]] = {}  # keeps each task alive while its key is used
         self.set_task(task if task is not None else self._load_task(config.task, config.eval_task, config.seed))
         self.reset(seed=config.seed)
 
@@ -132,6 +137,7 @@ class FineTuneSession:
     def set_task(self, task: TaskData) -> None:
         """Switch data (tokenised once, cached); takes effect at the next :meth:`reset`."""
         self.task = task
+        self._task_key = self._task_tokens.setdefault(id(task), (task, len(self._task_tokens)))[1]
         self.tokenizer = self.base_model(task.num_labels).tokenizer
         self._train, self._eval = tokenize_task(task, self.tokenizer, self.config.max_length)
         eval_order = np.random.default_rng(0).permutation(len(self._eval))[: self.config.eval_size]
@@ -213,7 +219,7 @@ class FineTuneSession:
                 with self.rl.measure_activations():
                     loss = model(**batch).loss
             else:
-                loss = model(**batch).loss
+                loss = self._forward(model, batch, self._train, self.batch_indices(self.step), "train").loss
             value = loss.item()
             if not math.isfinite(value):
                 self.optimizer.zero_grad(set_to_none=True)
@@ -236,8 +242,9 @@ class FineTuneSession:
         model.eval()
         predictions, labels, loss_sum = [], [], 0.0
         for start in range(0, len(self._eval_rows), batch_size):
-            batch = self._collate(self._eval_rows[start : start + batch_size])
-            out = model(**batch)
+            rows = list(range(start, min(start + batch_size, len(self._eval_rows))))
+            batch = self._collate(self._eval_rows[rows])
+            out = self._forward(model, batch, self._eval_rows, rows, "eval")
             loss_sum += out.loss.item() * len(batch["labels"])
             predictions.append(out.logits.argmax(-1))
             labels.append(batch["labels"])
@@ -248,6 +255,24 @@ class FineTuneSession:
             macro_f1=macro_f1(predicted, gold, self.task.num_labels),
             loss=loss_sum / len(gold),
         )
+
+    def _forward(self, model, batch: dict, split, rows: list[int], name: str):
+        """``model(**batch)``, starting above the bottom layers that hold no adapter when the cache is on."""
+        cache = self.prefix_cache
+        if cache is None or model is not self.rl.model or not rows:
+            return model(**batch)
+        root = self.rl.root
+        k = base_prefix(self.rl.ranks, root, training=model.training)
+        if k == 0:
+            return model(**batch)
+        columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in split.column_names]
+
+        def collate(indices: list[int]) -> dict:
+            return self.tokenizer.pad(split.select(indices).select_columns(columns)[:], return_tensors="pt")
+
+        states = cache.states(root, k, (self._task_key, name), rows, len(split), collate)
+        with cache.starting_at(root, k, states, batch["attention_mask"]):
+            return model(**batch)
 
     def set_group_ranks(self, ranks: list[int]) -> dict[str, int]:
         """Resize every group and repair the optimizer; the next step measures activations anew."""

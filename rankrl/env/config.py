@@ -58,6 +58,9 @@ class EnvConfig:
                       metadata={"help": "AdamW learning rate (3e-3 collapses tiny-model runs to chance)."})
     lora_alpha: float = field(default=16, metadata={"help": "LoRA alpha."})
     use_rslora: bool = field(default=False, metadata={"help": "rsLoRA scaling alpha/sqrt(r) instead of alpha/r."})
+    prefix_cache: bool = field(default=True, metadata={
+        "help": "Reuse the hidden states of bottom layers without adapters across steps and episodes (exact: "
+                "only with no dropout there; rankrl.prefix_cache)."})
     eval_seeds: list[int] = field(default_factory=lambda: list(range(10_001, 10_011)),
                                   metadata={"help": "Held-out episode seeds for policy evaluation."})
 
@@ -100,7 +103,7 @@ class EnvConfig:
             batch_size=self.batch_size, eval_size=self.eval_size, train_size=self.train_size, lr=self.lr,
             total_steps=self.episode_length * self.steps_per_action, rank=self.rank_init,
             num_groups=self.num_groups, split_by_kind=self.split_by_kind, lora_alpha=self.lora_alpha,
-            use_rslora=self.use_rslora, seed=seed,
+            use_rslora=self.use_rslora, seed=seed, prefix_cache=self.prefix_cache,
         )
 
     @property

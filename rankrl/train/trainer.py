@@ -24,6 +24,7 @@ from rankrl.policy import FEATURES_FILE, METADATA_FILE, POLICY_FILE, save_policy
 from rankrl.presets import to_mapping
 from rankrl.runs import atomic_write_text, check_writable, new_run_dir, read_config, write_config
 from rankrl.train.agent_config import load_agent_config
+from rankrl.train.anchor import DEFAULT_ANCHOR, DEFAULT_HALF_LIFE, TeacherAnchor
 from rankrl.train.callbacks import BaselineEvalCallback, RankLoggingCallback
 from rankrl.train.episodes import check_eval_episodes
 from rankrl.train.imitation import CloningPlan
@@ -169,7 +170,8 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int | None
                  bc_episodes: int | None = None, bc_epochs: int | None = None,
                  bc_data: str | Path | None = None, replay: bool = True, relative_reward: bool = True,
                  curriculum: float | None = None, eval_episodes: int | None = None,
-                 eval_points: int = DEFAULT_EVAL_POINTS) -> Path:
+                 eval_points: int = DEFAULT_EVAL_POINTS, anchor: float | None = None,
+                 anchor_half_life: float | None = None) -> Path:
     """Train a rank-allocation policy and write a run directory ``<out>/<env>/<agent>_<seed>_<n>/``.
 
     The run directory holds ``config.json`` (everything resolved), ``policy.json`` + ``policy.safetensors``
@@ -183,7 +185,8 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int | None
     with its actions before and after cloning, and the clone's return next to the teacher's on the held-out
     episodes go to ``metadata.json`` (``behaviour_cloning``) and TensorBoard (``bc/*``); then PPO continues
     from the cloned weights (``timesteps=0``: clone only). By default PPO then replays the teacher's episodes,
-    easiest first, rewarded against the teacher on the same episode (:mod:`rankrl.train.replay`).
+    easiest first, rewarded against the teacher on the same episode (:mod:`rankrl.train.replay`), and keeps a
+    pull towards the teacher's decisions whose weight halves over training (:mod:`rankrl.train.anchor`).
 
     The policy is evaluated on the preset's held-out episodes before the first update, at least
     ``eval_points`` times during training and at the end, paired with the fixed rank, ``static-fit`` and the
@@ -222,6 +225,8 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int | None
             quarter of the teacher's episodes to all of them (default 0.5; 0: all from the start).
         eval_episodes: Held-out episodes per evaluation (default: the agent preset's ``eval_episodes``).
         eval_points: Evaluations during training at least (besides the one before the first update).
+        anchor: With a teacher, the weight of the pull towards its decisions at step 0 (default 0.2; 0: off).
+        anchor_half_life: The fraction of ``timesteps`` over which the anchor's weight halves (default 0.5).
 
     Raises:
         ValueError: ``timesteps`` or ``n_envs`` < 1, unknown presets, a resume directory that is not a train
@@ -246,6 +251,12 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int | None
                          "--bc-data) and --replay.")
     if curriculum is not None and not 0.0 <= curriculum <= 1.0:
         raise ValueError(f"--curriculum is a fraction of the training steps in [0, 1], got {curriculum}.")
+    if (anchor is not None or anchor_half_life is not None) and not cloning:
+        raise ValueError("--anchor pulls PPO towards the teacher's decisions: it goes with --teacher (or --bc-data).")
+    if anchor is not None and not (anchor >= 0 and math.isfinite(anchor)):
+        raise ValueError(f"--anchor is a weight >= 0, got {anchor}.")
+    if anchor_half_life is not None and not anchor_half_life > 0:
+        raise ValueError(f"--anchor-half-life is a positive fraction of the training steps, got {anchor_half_life}.")
     if eval_points < 1 or (eval_episodes is not None and eval_episodes < 1):
         raise ValueError(f"--eval-points and --eval-episodes must be >= 1, got {eval_points} and {eval_episodes}.")
     if n_envs < 1:
@@ -302,6 +313,9 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int | None
             **(cloning_plan.settings() if cloning_plan is not None else {"teacher": None}),
             "replay": ({"relative_reward": relative_reward, "curriculum": 0.5 if curriculum is None else curriculum,
                         "curriculum_start": CURRICULUM_START} if cloning_plan is not None and replay else None),
+            "anchor": ({"weight": DEFAULT_ANCHOR if anchor is None else anchor,
+                        "half_life": (DEFAULT_HALF_LIFE if anchor_half_life is None else anchor_half_life)
+                        * max(timesteps, 1)} if cloning_plan is not None else None),
             "eval_episodes": eval_episodes, "eval_points": eval_points,
             "env": to_mapping(env_config), "agent": agent_config.to_dict(), "python": platform.python_version(),
         }
@@ -325,20 +339,22 @@ def _train(run_dir: Path, saved: dict, env_config, agent_config, spec_env, warm_
     from stable_baselines3.common.callbacks import CallbackList
 
     layout = spec_env.layout.to_dict()
-    settings = saved.get("replay")
-    plan = None
+    settings, anchoring = saved.get("replay"), saved.get("anchor")
+    plan = dataset = None
     try:
         if resuming:
             keep_history(run_dir)
-        if cloning is not None:  # first: PPO's workers replay these episodes
+        if cloning is not None:  # first: PPO's workers replay these episodes, and the anchor pulls towards them
             dataset = cloning.collect(run_dir, env_config, say)
-            if settings is not None:
-                settings["data"] = str(Path(cloning.data).resolve())
-        elif settings is not None:  # a resumed replay run: the same episodes again
+            for part in (settings, anchoring):
+                if part is not None:
+                    part["data"] = str(Path(cloning.data).resolve())
+        elif settings is not None or anchoring is not None:  # a resumed run: the same episodes again
             from rankrl.train.imitation import ImitationDataset
 
-            dataset = ImitationDataset.load(settings["data"])
-            dataset.check(spec_env.layout, spec_env.actions, source=settings["data"])
+            source = (settings or anchoring)["data"]
+            dataset = ImitationDataset.load(source)
+            dataset.check(spec_env.layout, spec_env.actions, source=source)
         if settings is not None and timesteps > 0:
             plan = ReplayPlan.from_dataset(dataset, relative=settings["relative_reward"])
         vec_env = _vec_env(env_config, n_envs, seed, run_dir / "monitor", backend, connection, plan)
@@ -385,6 +401,8 @@ def _train(run_dir: Path, saved: dict, env_config, agent_config, spec_env, warm_
     steps = [RankLoggingCallback(), checkpoints, evaluation]
     if plan is not None:
         steps.append(CurriculumCallback(timesteps, start=settings["curriculum_start"], ramp=settings["curriculum"]))
+    if anchoring is not None and anchoring["weight"] > 0 and dataset is not None:
+        steps.append(TeacherAnchor(dataset, anchoring["weight"], anchoring["half_life"], seed=seed))
     callbacks = CallbackList(steps)
     start = model.num_timesteps
     remaining = timesteps - start
