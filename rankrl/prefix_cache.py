@@ -14,6 +14,12 @@ the first time it is needed, so a cached state does not depend on which batch fi
 pure function of its seed whatever the cache held before, and matches an uncached run up to the float
 rounding of a different batch shape (well below 1e-5).
 
+What a run observes does not change either: forward hooks on the skipped layers (the input-variance signal
+samples every n-th call of a module) would miss their calls, so the session runs a pass whole when one of them
+is due to sample, tells them about the passes that skipped them, and fills the cache unobserved
+(:meth:`rankrl.session.FineTuneSession._forward`). A fresh worker and one whose cache is warm therefore take
+the same episode bit for bit.
+
 Transformers has no "start the encoder at layer k" input, hence this module: a forward hook on the embeddings
 returns the cached states, and the encoder's layer list is cut to ``[k:]`` for the call. Models other than
 BERT-style encoders (``base_model.embeddings`` + ``base_model.encoder.layer``) are run without the cache.

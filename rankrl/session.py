@@ -22,6 +22,7 @@ from transformers import get_scheduler
 
 from rankrl.data import TaskData, load_task_data, tokenize_task
 from rankrl.lora import RankedLoRA
+from rankrl.lora.groups import layer_index
 from rankrl.memory import MemoryReport
 from rankrl.models import LoadedModel, load_model
 from rankrl.prefix_cache import PrefixCache, base_prefix
@@ -112,12 +113,16 @@ class FineTuneSession:
         step: Optimizer steps taken since the last reset.
         after_backward: Callables ``f(session)`` run between backward and the optimizer step, when
             gradients exist (importance signals read them there).
+        prefix_observers: Forward hooks' owners that must see the layers the prefix cache skips: each has
+            ``due(names)`` (a pass now would sample one of these modules: run it whole) and ``skipped(names)``
+            (a pass ran without them: count it), like :class:`rankrl.signals.InputVarianceTracker`.
     """
 
     def __init__(self, config: SessionConfig, task: TaskData | None = None) -> None:
         self.config = config
         self._bases: dict[int, LoadedModel] = {}
         self.after_backward: list = []
+        self.prefix_observers: list = []
         self.rl: RankedLoRA | None = None
         # Data parallel (rankrl.deploy.distributed): this process's share of each batch and the DDP wrapper.
         self.shard: tuple[int, int] = (0, 1)
@@ -257,22 +262,37 @@ class FineTuneSession:
         )
 
     def _forward(self, model, batch: dict, split, rows: list[int], name: str):
-        """``model(**batch)``, starting above the bottom layers that hold no adapter when the cache is on."""
-        cache = self.prefix_cache
-        if cache is None or model is not self.rl.model or not rows:
+        """``model(**batch)``, starting above the bottom layers that hold no adapter when the cache is on.
+
+        What a run observes does not depend on the cache: a pass in which an observer would sample a skipped
+        module runs whole, the others tell the observers which modules they skipped, and filling the cache
+        is not a pass anyone observes (it runs like a measuring pass).
+        """
+        cache, rl = self.prefix_cache, self.rl
+        if cache is None or model is not rl.model or not rows:
             return model(**batch)
-        root = self.rl.root
-        k = base_prefix(self.rl.ranks, root, training=model.training)
+        root = rl.root
+        k = base_prefix(rl.ranks, root, training=model.training)
         if k == 0:
+            return model(**batch)
+        skipped = [module for module in rl.ranks if layer_index(module) < k]
+        if any(observer.due(skipped) for observer in self.prefix_observers):
             return model(**batch)
         columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in split.column_names]
 
         def collate(indices: list[int]) -> dict:
             return self.tokenizer.pad(split.select(indices).select_columns(columns)[:], return_tensors="pt")
 
-        states = cache.states(root, k, (self._task_key, name), rows, len(split), collate)
+        measuring, rl.measuring = rl.measuring, True
+        try:
+            states = cache.states(root, k, (self._task_key, name), rows, len(split), collate)
+        finally:
+            rl.measuring = measuring
         with cache.starting_at(root, k, states, batch["attention_mask"]):
-            return model(**batch)
+            out = model(**batch)
+        for observer in self.prefix_observers:
+            observer.skipped(skipped)
+        return out
 
     def set_group_ranks(self, ranks: list[int]) -> dict[str, int]:
         """Resize every group and repair the optimizer; the next step measures activations anew."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 
+from rankrl.env import env_id
 from rankrl.models import load_model
 from rankrl.prefix_cache import PrefixCache, base_prefix
 from rankrl.session import FineTuneSession, SessionConfig
@@ -99,3 +102,33 @@ def test_a_failed_forward_restores_the_model_and_a_full_cache_starts_over():
         int(n) for n in batch["attention_mask"][:2].sum(1)]
     small.states(root, 1, ("t", "train"), [0], 8, collate)  # over max_bytes: the first entry is dropped
     assert len(small) == 1 and small.misses == 2
+
+
+def _episode(env, seed: int) -> tuple[list[np.ndarray], list[float], dict[str, int]]:
+    """Observations and rewards of an episode that keeps shrinking the ranks, and the variance samples taken."""
+    observations, rewards = [env.reset(seed=seed)[0]], []
+    action = np.zeros(env.action_space.shape, dtype=np.int64)
+    done = False
+    while not done:
+        observation, reward, terminated, truncated, _ = env.step(action)
+        observations.append(observation)
+        rewards.append(reward)
+        done = terminated or truncated
+    return observations, rewards, dict(env.unwrapped.reader.variance.samples)
+
+
+def test_an_environment_observes_the_same_with_or_without_the_cache_and_whatever_it_holds():
+    plain = gym.make(env_id("tiny"), prefix_cache=False)
+    cached = gym.make(env_id("tiny"))
+    assert cached.unwrapped.config.prefix_cache
+    (obs_a, rewards_a, samples_a), (obs_b, rewards_b, samples_b) = _episode(plain, 7), _episode(cached, 7)
+    assert cached.unwrapped.session.prefix_cache.hits > 0
+    # The same samples of the same inputs: a skipped layer is never due, the fill is not observed.
+    assert samples_b == samples_a
+    assert all(np.allclose(a, b, atol=1e-4) for a, b in zip(obs_a, obs_b, strict=True))
+    assert rewards_b == pytest.approx(rewards_a, abs=1e-4)
+    # A warm cache (its episode after another one) and an empty one (a fresh worker) give the same episode.
+    again = _episode(cached, 11)
+    fresh = _episode(gym.make(env_id("tiny")), 11)
+    assert all(np.array_equal(a, b) for a, b in zip(again[0], fresh[0], strict=True))
+    assert again[1:] == fresh[1:]

@@ -213,6 +213,7 @@ class LoRARankEnv(gym.Env):
         reader = self.reader = SignalReader(session.rl, optimizer=session.optimizer, budget_bytes=2**62,
                                             memory_scope=config.memory_scope, rank_step=config.rank_step)
         session.after_backward = [lambda _s: reader.after_backward()]
+        session.prefix_observers = [reader.variance] if reader.variance is not None else []
         episode = self._live()
         rl, meter = episode.rl, episode.meter
         # Memory is always measured on one fixed batch of the task: training batches vary in padded length,

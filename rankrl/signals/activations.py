@@ -113,6 +113,19 @@ class InputVarianceTracker:
         self._in_pass = False
         self._shared.clear()
 
+    def due(self, names: list[str]) -> bool:
+        """Whether the next pass samples any of ``names`` (one that skips them must not happen then)."""
+        return any(self._calls[name] % self.every == 0 for name in names if name in self._hooked)
+
+    def skipped(self, names: list[str]) -> None:
+        """Count a pass that did not run ``names`` (their input was cached) as a call without a sample.
+
+        :meth:`due` said none of them samples on this call, so the statistics are those of the full pass.
+        """
+        for name in names:
+            if name in self._hooked:
+                self._calls[name] += 1
+
     @property
     def hooks_installed(self) -> int:
         """Number of hooks currently installed (module hooks plus the two mask hooks)."""

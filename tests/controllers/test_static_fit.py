@@ -43,3 +43,26 @@ def test_it_fits_the_floor_of_a_moving_budget_and_holds(make_loop):
 def test_it_needs_a_budget(make_loop):
     with pytest.raises(ValueError, match="'static-fit' needs a memory budget"):
         make_loop(budget_frac=None).prepare(make_controller("static-fit"))
+
+
+def test_a_cap_spends_at_most_that_fraction_of_the_reference(make_loop):
+    loop = make_loop(budget_frac=1.0)
+    loop.budget.reference = loop.budget.budget
+    _, capped = first(loop, "static-fit:cap=0.6")
+    _, tight = first(make_loop(budget_frac=0.6), "static-fit")
+    assert capped.ranks == tight.ranks and capped.ranks[0] == 0  # as if the budget were 0.6 of the reference
+    assert capped.predicted_used <= 0.6 * loop.budget.reference
+    tight_loop = make_loop(budget_frac=0.6)
+    tight_loop.budget.reference = loop.budget.reference
+    _, under = first(tight_loop, "static-fit:cap=1.0")
+    assert under.ranks == tight.ranks  # a cap above the budget changes nothing
+    for cap in ("0", "1.5", "-0.5"):
+        with pytest.raises(ValueError, match=r"cap is a fraction of the reference memory in \(0, 1\]"):
+            make_controller(f"static-fit:cap={cap}")
+
+
+def test_a_cap_needs_a_reference(make_loop):
+    loop = make_loop(budget_frac=1.0)
+    loop.budget.reference = None
+    with pytest.raises(ValueError, match="this run has none"):
+        first(loop, "static-fit:cap=0.5")
