@@ -275,7 +275,7 @@ class FineTuneSession:
         k = base_prefix(rl.ranks, root, training=model.training)
         if k == 0:
             return model(**batch)
-        skipped = [module for module in rl.ranks if layer_index(module) < k]
+        skipped = [module for module in rl.ranks if (index := layer_index(module)) is not None and index < k]
         if any(observer.due(skipped) for observer in self.prefix_observers):
             return model(**batch)
         columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in split.column_names]
