@@ -266,7 +266,7 @@ class FineTuneSession:
 
         What a run observes does not depend on the cache: a pass in which an observer would sample a skipped
         module runs whole, the others tell the observers which modules they skipped, and filling the cache
-        is not a pass anyone observes (it runs like a measuring pass).
+        is not a pass anyone observes (:meth:`RankedLoRA.unobserved`).
         """
         cache, rl = self.prefix_cache, self.rl
         if cache is None or model is not rl.model or not rows:
@@ -283,11 +283,8 @@ class FineTuneSession:
         def collate(indices: list[int]) -> dict:
             return self.tokenizer.pad(split.select(indices).select_columns(columns)[:], return_tensors="pt")
 
-        measuring, rl.measuring = rl.measuring, True
-        try:
+        with rl.unobserved():
             states = cache.states(root, k, (self._task_key, name), rows, len(split), collate)
-        finally:
-            rl.measuring = measuring
         with cache.starting_at(root, k, states, batch["attention_mask"]):
             out = model(**batch)
         for observer in self.prefix_observers:

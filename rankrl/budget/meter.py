@@ -420,17 +420,15 @@ class MemoryBudget:
         model = self.rl.model
         was_training = model.training
         device = next(model.parameters()).device
-        self.rl.measuring = True
         try:
             for p in flags:
                 p.requires_grad_(not p.requires_grad)
             model.train()
             meter = SavedActivationMeter(exclude=[*model.parameters(), *model.buffers()])
             devices = [device] if device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices), torch.enable_grad(), meter:
+            with self.rl.unobserved(), torch.random.fork_rng(devices=devices), torch.enable_grad(), meter:
                 model(**batch)
         finally:
-            self.rl.measuring = False
             for p, flag in saved:
                 p.requires_grad_(flag)
             model.train(was_training)

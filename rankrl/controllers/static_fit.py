@@ -59,10 +59,10 @@ class StaticFitController(RankController):
                                  "give the budget as a fraction (--budget-frac) or drop cap.")
             floor = min(floor, int(self.cap * budget.reference))
         size = ctx.num_groups
-        cap = min(self.rank or max(ctx.group_ranks), ctx.r_max)
+        highest = min(self.rank or max(ctx.group_ranks), ctx.r_max)
         step = ctx.rank_step
         for trained in range(size, 0, -1):
-            for rank in range(cap - cap % step, 0, -step):
+            for rank in range(highest - highest % step, 0, -step):
                 ranks = [0] * (size - trained) + [rank] * trained
                 used = budget.predict_used(ranks, [False] * size)
                 if used <= floor:

@@ -99,8 +99,9 @@ class RankedLoRA:
         self._last_activations: int | None = None
         self._params: tuple[nn.Parameter, ...] | None = None  # see parameters()
         self._buffer_bytes: int | None = None
-        # True during what-if forward passes that only measure memory: signal hooks skip them, so what a
-        # run observes does not depend on which measurements happened to be cached.
+        # True during forward passes that are not part of the run (what-if memory measurements, prefix-cache
+        # fills): signal hooks skip them, so what a run observes does not depend on what happened to be
+        # cached. Set it with unobserved().
         self.measuring = False
         self._sync_config()
 
@@ -508,6 +509,15 @@ class RankedLoRA:
         if nbytes < 0:
             raise ValueError(f"nbytes must be >= 0, got {nbytes}.")
         self._last_activations = int(nbytes)
+
+    @contextmanager
+    def unobserved(self) -> Iterator[None]:
+        """Within the block, forward passes are not signal samples (:attr:`measuring` is set)."""
+        previous, self.measuring = self.measuring, True
+        try:
+            yield
+        finally:
+            self.measuring = previous
 
     @contextmanager
     def measure_activations(self) -> Iterator[SavedActivationMeter]:

@@ -229,6 +229,16 @@ def test_measure_step_leaves_training_untouched(batch):
     assert run(True) == run(False)
 
 
+def test_unobserved_passes_restore_the_flag_when_nested_or_failing():
+    rl = RankedLoRA.attach(make_tiny_bert(), rank=4, num_groups=2)
+    with pytest.raises(RuntimeError, match="inside"), rl.unobserved():
+        with rl.unobserved():
+            assert rl.measuring
+        assert rl.measuring  # the outer block still holds
+        raise RuntimeError("inside")
+    assert not rl.measuring
+
+
 def test_adapter_config_is_plain_peft(tmp_path, batch):
     rl = RankedLoRA.attach(make_tiny_bert(), rank=4, num_groups=2)
     rl.set_group_ranks([0, 6])
