@@ -139,6 +139,11 @@ def train(
     bc_epochs: int = typer.Option(None, "--bc-epochs", help="Behaviour-cloning passes over them (default 100)."),
     bc_data: str = typer.Option(None, "--bc-data", help="Imitation dataset FILE(.npz + .json): read when it exists "
                                 "(same observation layout required), else the teacher's episodes are written there."),
+    dagger_rounds: int = typer.Option(None, "--dagger-rounds", help="With --teacher: DAgger rounds after cloning "
+                                      "(default 0): the clone drives new episodes, the teacher labels every state it "
+                                      "reaches, and the clone is fitted again on all rows."),
+    dagger_episodes: int = typer.Option(None, "--dagger-episodes", help="Episodes the clone drives per DAgger round "
+                                        "(default 16)."),
     replay: bool = typer.Option(True, "--replay/--no-replay", help="With --teacher: PPO replays the teacher's "
                                 "episodes (same task, seed, budget and trace) instead of drawing new ones."),
     relative_reward: bool = typer.Option(True, "--relative-reward/--absolute-reward", help="With --replay: reward "
@@ -171,7 +176,8 @@ def train(
                                address=address, teacher=teacher, bc_episodes=bc_episodes, bc_epochs=bc_epochs,
                                bc_data=bc_data, replay=replay, relative_reward=relative_reward,
                                curriculum=curriculum, eval_episodes=eval_episodes, eval_points=eval_points,
-                               anchor=anchor, anchor_half_life=anchor_half_life,
+                               anchor=anchor, anchor_half_life=anchor_half_life, dagger_rounds=dagger_rounds,
+                               dagger_episodes=dagger_episodes,
                                say=lambda text: typer.secho(text, fg=typer.colors.YELLOW, err=True))
     except (ValueError, OSError) as err:
         _fail(err)

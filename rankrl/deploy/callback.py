@@ -29,6 +29,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
+from rankrl.controllers.learned import LearnedController
 from rankrl.deploy.checkpoint import (
     CheckpointError,
     align_optimizer,
@@ -76,6 +77,11 @@ class RankRLCallback(TrainerCallback):
             rc.total_steps = int(state.max_steps)
         if state.global_step > 0:
             self._resume(args, state, model, optimizer)
+        elif isinstance(rc.controller, LearnedController) and rc.reader.loss.evals == 0:
+            warnings.warn("A learned policy makes its first decision (before step 1) on the accuracy before "
+                          "training, as in the environment it was trained in, and none was recorded: it sees 0. "
+                          "Call control.record_eval(trainer.evaluate()['eval_accuracy'], 0) before "
+                          "trainer.train().", stacklevel=3)
         rc.setup(optimizer, self.batch if self.batch is not None else _first_batch(train_dataloader, args))
         if self._signals is not None:  # after setup: its measuring pass must not count as a sample
             rc.reader.load_state_dict(self._signals)

@@ -248,6 +248,10 @@ def run_finetune(config: FinetuneConfig, console: Console | None = None, progres
         start_ranks = session.rl.group_ranks
         run_dir = claim_run_dir(config.out) if main else Path(config.out)
         control.log_dir = run_dir if main else None
+        # The first decision sees the accuracy before training, as in the environment, where a policy is
+        # trained with it: evaluated first, then decided.
+        first = session.evaluate()
+        control.record_eval(first.accuracy, 0)
         control.start()
         if main:
             write_config(run_dir, {"command": "finetune", **asdict(config), "controller_spec": spec,
@@ -267,7 +271,7 @@ def run_finetune(config: FinetuneConfig, console: Console | None = None, progres
                       + (f"budget ({scope} scope) {_mib(budget)}{relative}" if budget is not None else "no budget")
                       + f" -> {run_dir}")
         metrics = _train(session, control, config, console, progress and main, run_dir if main else None,
-                         scope=scope)
+                         scope=scope, initial_accuracy=first.accuracy)
         metrics["processes"] = 1 if sync is None else sync.world_size
         if not main:  # rank 0 writes the run directory
             return run_dir
@@ -370,8 +374,11 @@ def _shifted(value: int | None, shift: int) -> int | None:
 
 
 def _train(session: FineTuneSession, control: RankControl, config: FinetuneConfig, console: Console,
-           progress: bool, run_dir: Path | None, loop: dict | None = None, scope: str = "total") -> dict:
+           progress: bool, run_dir: Path | None, loop: dict | None = None, scope: str = "total",
+           initial_accuracy: float | None = None) -> dict:
     """Train to ``config.steps``; checkpoints go to ``run_dir`` (``None``: a process that writes nothing).
+
+    A fresh run passes ``initial_accuracy`` (evaluated before the first decision); a resumed one its ``loop``.
 
     Memory figures are stated in ``scope`` (:func:`reported_scope`); ``wall_memory_scope`` names the one the
     controller, its wall and ``decisions.jsonl`` work in.
@@ -384,9 +391,9 @@ def _train(session: FineTuneSession, control: RankControl, config: FinetuneConfi
     timer = _Timer()
     session.after_backward = [lambda _session: timer.call(control.after_backward)]
     if loop is None:  # a fresh run; a resumed one carries these in its checkpoint
-        first = session.evaluate()
-        control.record_eval(first.accuracy, 0)
-        loop = {"initial_accuracy": first.accuracy, "train_seconds": 0.0, "controller_seconds": 0.0,
+        if initial_accuracy is None:
+            raise ValueError("A fresh run needs the accuracy evaluated before its first decision.")
+        loop = {"initial_accuracy": initial_accuracy, "train_seconds": 0.0, "controller_seconds": 0.0,
                 "peak_params": control.trainable_params(), "peak_state": control.reader.importance.state_bytes()}
     timer.seconds = loop["controller_seconds"]
     started, diverged_at = time.perf_counter() - loop["train_seconds"], None

@@ -5,7 +5,13 @@
    no pickle), tied to its observation layout (:meth:`ImitationDataset.check`).
 2. :func:`fit_behaviour_cloning` maximises the log-likelihood of the teacher's actions through the policy's
    own ``evaluate_actions``.
-3. :func:`action_agreement` and :func:`compare_returns` measure the clone: how often it takes the teacher's
+3. Optionally, DAgger rounds (Ross, Gordon and Bagnell, 2011): the clone drives episodes of its own, the
+   teacher labels every state the clone reaches (:func:`collect_teacher_episodes` with a ``driver``), and the
+   clone is fitted again on everything labelled so far. A clone fitted on the teacher's states alone has never
+   seen a state its own mistake leads to (a rule that holds a static allocation never shows a way back after a
+   cut too deep), so one wrong decision can stay wrong for the rest of the run; DAgger labels exactly those
+   states.
+4. :func:`action_agreement` and :func:`compare_returns` measure the clone: how often it takes the teacher's
    action, and its return next to the teacher's on the same held-out episodes (same task, seed, budget and
    trace).
 
@@ -55,17 +61,20 @@ class ImitationDataset:
         observations: ``(N, D)`` float32, the environment's observations.
         actions: ``(N, G)`` int64, the teacher's action index per group.
         episode_ids: ``(N,)`` int64, which collected episode each row belongs to (0-based).
-        rewards: ``(N,)`` float32, the environment's reward for each of the teacher's actions (what
-            :mod:`rankrl.train.replay` subtracts from the policy's reward on the same episode).
+        rewards: ``(N,)`` float32, the environment's reward for each action taken (the teacher's, what
+            :mod:`rankrl.train.replay` subtracts from the policy's reward on the same episode; the clone's in
+            DAgger rows).
         env_id: Gymnasium id of the environment the episodes ran in.
         feature_names: The observation layout (:attr:`ObservationLayout.names`).
         action_names: What each action index does (:attr:`LoRARankEnv.actions`).
         teacher: The teacher's controller spec.
         seed: Seed of the collection.
         episode_seeds: The reset seed of each episode.
-        episode_returns: The teacher's return in each episode.
+        episode_returns: The return of whoever drove each episode.
         episode_budgets: The budget fraction (of the reference) each episode drew.
         episode_traces: The availability trace kind each episode drew.
+        driver: Who took the actions: ``"teacher"``, or ``"clone"`` for DAgger rows (the teacher's labels on the
+            clone's states; only the teacher's own episodes can be replayed).
     """
 
     observations: np.ndarray
@@ -81,6 +90,7 @@ class ImitationDataset:
     episode_returns: list[float] = field(default_factory=list)
     episode_budgets: list[float] = field(default_factory=list)
     episode_traces: list[str] = field(default_factory=list)
+    driver: str = "teacher"
 
     def __post_init__(self) -> None:
         self.observations = np.asarray(self.observations, dtype=np.float32)
@@ -181,7 +191,7 @@ class ImitationDataset:
         keys = ("env_id", "feature_names", "action_names", "teacher", "seed", "episode_seeds", "episode_returns",
                 "episode_budgets", "episode_traces")
         try:
-            return cls(**values, **{key: meta[key] for key in keys})
+            return cls(**values, **{key: meta[key] for key in keys}, driver=str(meta.get("driver", "teacher")))
         except KeyError as err:
             raise ValueError(f"Imitation dataset {description} lacks {err}.") from None
 
@@ -199,12 +209,13 @@ def episode_seeds(seed: int, n_episodes: int, avoid: list[int]) -> list[int]:
 
 
 def collect_teacher_episodes(env: str | Path | EnvConfig, teacher: str | Teacher, n_episodes: int,
-                             seed: int = 0, progress=None) -> ImitationDataset:
-    """Run ``teacher`` for ``n_episodes`` full episodes and keep its (observation, action) pairs.
+                             seed: int = 0, progress=None, driver=None,
+                             avoid: list[int] | None = None) -> ImitationDataset:
+    """Run ``n_episodes`` full episodes and keep the teacher's action at every state reached.
 
     Episode ``i`` is reset with the ``i``-th of :func:`episode_seeds` (never one of the preset's
-    ``eval_seeds``, which are kept for the held-out comparison); task, budget and trace follow from it.
-    A stop request (Ctrl-C) is honoured between episodes.
+    ``eval_seeds``, which are kept for the held-out comparison, nor one of ``avoid``); task, budget and trace
+    follow from it. A stop request (Ctrl-C) is honoured between episodes.
 
     Args:
         env: Environment preset name, YAML path, Gymnasium id or :class:`EnvConfig`.
@@ -212,6 +223,9 @@ def collect_teacher_episodes(env: str | Path | EnvConfig, teacher: str | Teacher
         n_episodes: Episodes to run (>= 1).
         seed: Seed of the episode seeds.
         progress: Optional ``callable(done, total)`` after each episode.
+        driver: ``None``: the teacher acts. Otherwise a ``callable(observation) -> action`` that acts while the
+            teacher only labels (a DAgger round; the dataset's ``driver`` is ``"clone"``).
+        avoid: More reset seeds not to use (e.g. the episodes already collected).
     """
     if n_episodes < 1:
         raise ValueError(f"The teacher needs at least one episode, got {n_episodes}.")
@@ -220,7 +234,7 @@ def collect_teacher_episodes(env: str | Path | EnvConfig, teacher: str | Teacher
     environment = LoRARankEnv(config=config)
     observations, actions, ids = [], [], []
     episodes = []
-    seeds = episode_seeds(seed, n_episodes, list(config.eval_seeds))
+    seeds = episode_seeds(seed, n_episodes, [*config.eval_seeds, *(avoid or [])])
     try:
         for episode, episode_seed in enumerate(seeds):
             interrupt.stop_point(lambda: "stopped while collecting the teacher's episodes; nothing was kept.")
@@ -230,7 +244,7 @@ def collect_teacher_episodes(env: str | Path | EnvConfig, teacher: str | Teacher
                 observations.append(obs)
                 actions.append(action)
                 ids.append(episode)
-                return action
+                return action if driver is None else np.asarray(driver(obs), dtype=np.int64).reshape(action.shape)
 
             episodes.append(run_episode(environment, act, episode_seed))
             if progress is not None:
@@ -241,7 +255,33 @@ def collect_teacher_episodes(env: str | Path | EnvConfig, teacher: str | Teacher
     return ImitationDataset(np.stack(observations), np.stack(actions), np.asarray(ids), np.asarray(rewards),
                             env_id(config.name), environment.feature_names, list(environment.actions), teacher.spec,
                             seed, seeds, [e.episode_return for e in episodes], [e.budget_frac for e in episodes],
-                            [e.trace for e in episodes])
+                            [e.trace for e in episodes], "teacher" if driver is None else "clone")
+
+
+def merge_datasets(parts: list[ImitationDataset]) -> ImitationDataset:
+    """One dataset of several collected on the same environment by the same teacher (episode ids renumbered);
+    what a DAgger round fits on. Its ``driver`` is ``"mixed"`` when the parts' drivers differ.
+
+    Raises:
+        ValueError: no parts, or parts of other layouts, actions or teachers.
+    """
+    if not parts:
+        raise ValueError("Nothing to merge.")
+    first = parts[0]
+    for part in parts[1:]:
+        if (part.feature_names, part.action_names, part.teacher) != (first.feature_names, first.action_names,
+                                                                      first.teacher):
+            raise ValueError(f"Cannot merge imitation datasets of other layouts, actions or teachers ({first.teacher!r}"
+                             f" on {first.env_id} and {part.teacher!r} on {part.env_id}).")
+    offsets = np.cumsum([0] + [int(p.episode_ids.max(initial=-1)) + 1 for p in parts[:-1]])
+    drivers = {p.driver for p in parts}
+    return ImitationDataset(
+        np.concatenate([p.observations for p in parts]), np.concatenate([p.actions for p in parts]),
+        np.concatenate([p.episode_ids + offset for p, offset in zip(parts, offsets, strict=True)]),
+        np.concatenate([p.rewards for p in parts]), first.env_id, list(first.feature_names), list(first.action_names),
+        first.teacher, first.seed, [s for p in parts for s in p.episode_seeds],
+        [r for p in parts for r in p.episode_returns], [b for p in parts for b in p.episode_budgets],
+        [t for p in parts for t in p.episode_traces], drivers.pop() if len(drivers) == 1 else "mixed")
 
 
 # ---------------------------------------------------------------------- cloning
@@ -426,10 +466,16 @@ def compare_returns(model, teacher: str | Teacher, env: str | Path | EnvConfig, 
 # ---------------------------------------------------------------------- `rankrl train --teacher`
 DEFAULT_BC_EPISODES = 32
 DEFAULT_BC_EPOCHS = 100
+DEFAULT_DAGGER_EPISODES = 16
 BC_BATCH_SIZE = 64
 BC_LR = 3e-3
 RUN_DATA = "teacher_episodes"
 """Stem of the teacher's episodes in a run directory when no ``--bc-data`` is given (``.npz`` + ``.json``)."""
+DAGGER_DATA = "dagger_episodes"
+"""Stem of the DAgger rounds' episodes (the clone drives, the teacher labels) in a run directory."""
+DAGGER_SEED_OFFSET = 1_000_003
+"""DAgger round ``k`` draws its episode seeds from ``seed + DAGGER_SEED_OFFSET + k`` (a stream of its own;
+seeds already used by the teacher or an earlier round are skipped)."""
 
 
 @dataclass
@@ -443,6 +489,8 @@ class CloningPlan:
         seed: Seed of the collection and of the shuffling.
         data: Where the dataset is read from (``dataset`` set) or written to; ``None``: into the run.
         dataset: A dataset read from ``data`` and checked against the environment.
+        dagger_rounds: DAgger rounds after the first fit (0: none).
+        dagger_episodes: Episodes the clone drives in each round.
     """
 
     teacher: Teacher
@@ -451,22 +499,29 @@ class CloningPlan:
     seed: int = 0
     data: Path | None = None
     dataset: ImitationDataset | None = None
+    dagger_rounds: int = 0
+    dagger_episodes: int = DEFAULT_DAGGER_EPISODES
 
     @classmethod
     def prepare(cls, teacher: str | None, data: str | Path | None, episodes: int | None, epochs: int | None,
-                env: LoRARankEnv, seed: int = 0) -> CloningPlan:
+                env: LoRARankEnv, seed: int = 0, dagger_rounds: int | None = None,
+                dagger_episodes: int | None = None) -> CloningPlan:
         """Every check of the cloning options: the teacher, the dataset's layout, actions and teacher.
 
         Raises:
             TeacherError: the teacher is not a rule controller.
             ObservationMismatchError: ``data`` was collected on another observation layout or action grid.
-            ValueError: bad counts, a dataset of another teacher, an incomplete or unreadable dataset, or
-                ``data`` that does not exist without a teacher to collect it.
+            ValueError: bad counts, a dataset of another teacher or driven by a clone, an incomplete or
+                unreadable dataset, or ``data`` that does not exist without a teacher to collect it.
         """
         episodes = DEFAULT_BC_EPISODES if episodes is None else episodes
         epochs = DEFAULT_BC_EPOCHS if epochs is None else epochs
         if episodes < 1 or epochs < 1:
             raise ValueError(f"--bc-episodes and --bc-epochs must be >= 1, got {episodes} and {epochs}.")
+        rounds = 0 if dagger_rounds is None else dagger_rounds
+        per_round = DEFAULT_DAGGER_EPISODES if dagger_episodes is None else dagger_episodes
+        if rounds < 0 or per_round < 1:
+            raise ValueError(f"--dagger-rounds must be >= 0 and --dagger-episodes >= 1, got {rounds} and {per_round}.")
         chosen = Teacher(teacher) if teacher is not None else None
         dataset = None
         if data is not None:
@@ -483,6 +538,10 @@ class CloningPlan:
                     raise ValueError(f"--bc-data {data} holds episodes of teacher {dataset.teacher!r}, not "
                                      f"{chosen.spec!r}. Drop --teacher to clone {dataset.teacher!r}, or give another "
                                      "--bc-data file.")
+                if dataset.driver != "teacher":
+                    raise ValueError(f"--bc-data {data} holds episodes a clone drove (DAgger rows), not the teacher's "
+                                     "own; give the teacher's dataset (teacher_episodes in a run directory, or the "
+                                     "--bc-data file it was collected into).")
                 chosen = chosen or Teacher(dataset.teacher)
             elif chosen is None:
                 raise ValueError(f"--bc-data {data}: no such dataset ({files[0].name} + {files[1].name}); give "
@@ -490,13 +549,14 @@ class CloningPlan:
             else:
                 check_writable(files[0].parent, "--bc-data")
             data = files[0]
-        return cls(chosen, episodes, epochs, seed, data, dataset)
+        return cls(chosen, episodes, epochs, seed, data, dataset, rounds, per_round)
 
     def settings(self) -> dict:
         """What ``config.json`` records."""
         return {"teacher": self.teacher.spec, "bc_episodes": self.episodes, "bc_epochs": self.epochs,
                 "bc_data": None if self.data is None else str(self.data.resolve()), "bc_batch_size": BC_BATCH_SIZE,
-                "bc_lr": BC_LR}
+                "bc_lr": BC_LR, "dagger_rounds": self.dagger_rounds,
+                "dagger_episodes": self.dagger_episodes if self.dagger_rounds else None}
 
     def collect(self, run_dir: Path, env: EnvConfig, say=print) -> ImitationDataset:
         """The teacher's episodes: the dataset read at :meth:`prepare`, or collected now and saved (``data``, else
@@ -507,8 +567,41 @@ class CloningPlan:
             self.data = self.dataset.save(self.data if self.data is not None else Path(run_dir) / RUN_DATA)
         return self.dataset
 
+    def dagger(self, model, run_dir: Path, env: EnvConfig, seed: int, writer, say=print) -> list[dict]:
+        """The DAgger rounds after the first fit: the clone (deterministic, as deployed) drives
+        ``dagger_episodes`` new episodes, the teacher labels every state, and the clone is fitted again on all
+        rows so far. Each round's agreement on the clone's own states (before its refit) says how far off the
+        teacher's states the clone strays; it should rise round by round. The rounds' rows are saved as
+        ``dagger_episodes`` in the run directory."""
+        taught = self.dataset
+        rounds, visited = [], []
+
+        def drive(obs: np.ndarray) -> np.ndarray:
+            return model.predict(obs, deterministic=True)[0]
+
+        for k in range(1, self.dagger_rounds + 1):
+            used = [s for p in [taught, *visited] for s in p.episode_seeds]
+            part = collect_teacher_episodes(env, self.teacher, self.dagger_episodes,
+                                            seed=seed + DAGGER_SEED_OFFSET + k, driver=drive, avoid=used)
+            on_own = action_agreement(model, part)
+            visited.append(part)
+            fitted = fit_behaviour_cloning(model, merge_datasets([taught, *visited]), self.epochs, BC_BATCH_SIZE,
+                                           BC_LR, seed=seed + k)
+            rounds.append({"round": k, "episodes": self.dagger_episodes, "decisions": len(part),
+                           "agreement_on_own_states": asdict(on_own),
+                           "clone_return": float(np.mean(part.episode_returns)),
+                           "loss_last": fitted.losses[-1], "rows": len(taught) + sum(len(p) for p in visited)})
+            writer.add_scalar("bc/dagger_agreement_on_own_states", on_own.groups, k)
+            writer.add_scalar("bc/dagger_clone_return", rounds[-1]["clone_return"], k)
+            say(f"DAgger round {k}/{self.dagger_rounds}: the clone agreed with {self.teacher.spec!r} on "
+                f"{on_own.groups:.2f} of its own {len(part)} decisions; refitted on {rounds[-1]['rows']} rows")
+        if visited:
+            merge_datasets(visited).save(Path(run_dir) / DAGGER_DATA)
+        return rounds
+
     def run(self, model, run_dir: Path, env: EnvConfig, seed: int, held_out: int, say=print) -> dict:
-        """Collect (or take) the teacher's episodes, clone them into ``model`` and measure the clone.
+        """Collect (or take) the teacher's episodes, clone them into ``model`` (then the DAgger rounds) and
+        measure the clone.
 
         Writes ``bc/*`` scalars to ``run_dir/tb/bc`` and returns the figures ``metadata.json`` records.
         """
@@ -521,6 +614,7 @@ class CloningPlan:
             before = action_agreement(model, dataset)
             fitted = fit_behaviour_cloning(model, dataset, self.epochs, BC_BATCH_SIZE, BC_LR, seed=seed,
                                            on_epoch=lambda epoch, loss: writer.add_scalar("bc/loss", loss, epoch))
+            rounds = self.dagger(model, run_dir, env, seed, writer, say)
             after = action_agreement(model, dataset)
             comparison = compare_returns(model, self.teacher, env, episodes=held_out)
             for tag, value in (("agreement_before", before.groups), ("agreement_after", after.groups),
@@ -539,5 +633,5 @@ class CloningPlan:
                 "teacher_return": float(np.mean(dataset.episode_returns)) if dataset.episode_returns else None,
                 "epochs": fitted.epochs, "batch_size": fitted.batch_size, "lr": fitted.lr,
                 "loss_first": fitted.losses[0], "loss_last": fitted.losses[-1],
-                "agreement_before": asdict(before), "agreement_after": asdict(after),
+                "agreement_before": asdict(before), "agreement_after": asdict(after), "dagger": rounds,
                 "held_out": comparison.summary()}

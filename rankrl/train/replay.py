@@ -64,8 +64,12 @@ class ReplayPlan:
         """The plan of an imitation dataset (format 2: it keeps per-step rewards, budgets and traces).
 
         Raises:
-            ValueError: the dataset has no episode seeds, budgets or traces to replay.
+            ValueError: the dataset has no episode seeds, budgets or traces to replay, or the teacher did not
+                drive its episodes.
         """
+        if dataset.driver != "teacher":
+            raise ValueError(f"The imitation dataset of teacher {dataset.teacher!r} holds episodes a {dataset.driver} "
+                             "drove (DAgger rows); only the teacher's own episodes can be replayed.")
         episodes = len(dataset.episode_seeds)
         if episodes == 0 or len(dataset.episode_budgets) != episodes or len(dataset.episode_traces) != episodes:
             raise ValueError(f"The imitation dataset of teacher {dataset.teacher!r} has no episode seeds, budgets and "

@@ -171,7 +171,8 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int | None
                  bc_data: str | Path | None = None, replay: bool = True, relative_reward: bool = True,
                  curriculum: float | None = None, eval_episodes: int | None = None,
                  eval_points: int = DEFAULT_EVAL_POINTS, anchor: float | None = None,
-                 anchor_half_life: float | None = None) -> Path:
+                 anchor_half_life: float | None = None, dagger_rounds: int | None = None,
+                 dagger_episodes: int | None = None) -> Path:
     """Train a rank-allocation policy and write a run directory ``<out>/<env>/<agent>_<seed>_<n>/``.
 
     The run directory holds ``config.json`` (everything resolved), ``policy.json`` + ``policy.safetensors``
@@ -227,6 +228,9 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int | None
         eval_points: Evaluations during training at least (besides the one before the first update).
         anchor: With a teacher, the weight of the pull towards its decisions at step 0 (default 0.2; 0: off).
         anchor_half_life: The fraction of ``timesteps`` over which the anchor's weight halves (default 0.5).
+        dagger_rounds: With a teacher, DAgger rounds after the first fit (default 0): the clone drives episodes,
+            the teacher labels the states it reaches, and the clone is fitted again on every row so far.
+        dagger_episodes: Episodes the clone drives per DAgger round (default 16).
 
     Raises:
         ValueError: ``timesteps`` or ``n_envs`` < 1, unknown presets, a resume directory that is not a train
@@ -240,6 +244,8 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int | None
     cloning = teacher is not None or bc_data is not None
     if not cloning and (bc_episodes is not None or bc_epochs is not None):
         raise ValueError("--bc-episodes and --bc-epochs go with --teacher (or --bc-data).")
+    if not cloning and (dagger_rounds is not None or dagger_episodes is not None):
+        raise ValueError("--dagger-rounds and --dagger-episodes go with --teacher (or --bc-data).")
     if timesteps is not None and timesteps < (0 if cloning else 1):
         raise ValueError(f"--timesteps must be a positive number of environment steps (0 with --teacher: clone only), "
                          f"got {timesteps}.")
@@ -296,8 +302,8 @@ def train_policy(env: str = "default", agent: str = "ppo", timesteps: int | None
     if resume is not None:
         saved.update(eval_episodes=eval_episodes, eval_points=eval_points)
     spec_env = LoRARankEnv(config=env_config)  # cheap: builds the spaces, layout and deltas only
-    cloning_plan = (CloningPlan.prepare(teacher, bc_data, bc_episodes, bc_epochs, spec_env, seed)
-                    if cloning else None)
+    cloning_plan = (CloningPlan.prepare(teacher, bc_data, bc_episodes, bc_epochs, spec_env, seed, dagger_rounds,
+                                        dagger_episodes) if cloning else None)
     warm_start = (_load_warm_start(init_policy, spec_env, trust_policy)
                   if init_policy is not None and resume is None else None)
     every = checkpoint_every or agent_config.checkpoint_freq

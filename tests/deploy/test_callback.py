@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -111,6 +112,23 @@ def test_gradient_accumulation_decides_on_optimizer_steps_and_exports_plain_peft
     rl.model.eval()
     with torch.no_grad():
         assert (loaded(**batch).logits - rl.model(**batch).logits).abs().max().item() <= 1e-6
+
+
+def test_a_learned_policy_without_the_accuracy_before_training_is_warned_about(data, tmp_path):
+    from tests.controllers.test_learned import save_policy
+
+    policy = save_policy(tmp_path / "policy")
+    _, control, _, _, trainer = make_run(data, tmp_path / "warned", make_controller(f"learned:{policy}"), save=False)
+    trainer.args.max_steps = EVERY
+    with pytest.warns(UserWarning, match=r"control.record_eval\(trainer.evaluate\(\)\['eval_accuracy'\], 0\)"):
+        trainer.train()
+    _, control, _, _, trainer = make_run(data, tmp_path / "told", make_controller(f"learned:{policy}"), save=False)
+    trainer.args.max_steps = EVERY
+    control.record_eval(0.5, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        trainer.train()
+    assert DecisionLog.read(tmp_path / "told" / "rankrl")[0]["observation"]["eval/accuracy"] == 0.5
 
 
 @pytest.mark.parametrize("kind", ["scripted", "importance"])

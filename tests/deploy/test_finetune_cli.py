@@ -111,6 +111,14 @@ def test_bad_input_fails_before_training_and_leaves_nothing(tmp_path, flags, mes
     assert not out.exists()
 
 
+def test_a_policy_decides_first_on_the_accuracy_before_training(learned_run):
+    """As in the environment a policy is trained in: evaluated at reset, then the first decision."""
+    first = DecisionLog.read(learned_run)[0]
+    metrics = json.loads((learned_run / "metrics.json").read_text())
+    assert first["step"] == 0 and first["observation"]["eval/accuracy"] == pytest.approx(metrics["initial_accuracy"])
+    assert metrics["initial_accuracy"] > 0
+
+
 def test_explain_draws_a_png_and_prints_a_summary(learned_run):
     result = runner.invoke(app, ["explain", str(learned_run)])
     assert result.exit_code == 0, result.output

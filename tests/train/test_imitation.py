@@ -21,6 +21,7 @@ from rankrl.train.imitation import (
     compare_returns,
     episode_seeds,
     fit_behaviour_cloning,
+    merge_datasets,
     resolve_env_config,
 )
 from rankrl.train.teacher import TEACHERS, Teacher, TeacherError, nearest_action
@@ -140,7 +141,7 @@ def test_dataset_round_trip_without_pickle(dataset, tmp_path):
     for name in ("observations", "actions", "episode_ids", "rewards"):
         assert np.array_equal(getattr(loaded, name), getattr(dataset, name))
     for name in ("env_id", "feature_names", "action_names", "teacher", "seed", "episode_seeds", "episode_returns",
-                 "episode_budgets", "episode_traces"):
+                 "episode_budgets", "episode_traces", "driver"):
         assert getattr(loaded, name) == getattr(dataset, name), name
     meta = json.loads((tmp_path / "teacher.json").read_text())
     (tmp_path / "teacher.json").write_text(json.dumps({**meta, "format": 1}))
@@ -163,6 +164,52 @@ def test_dataset_from_another_layout_is_refused(dataset):
         shuffled.check(ObservationLayout(2))
     with pytest.raises(ObservationMismatchError, match="actions"):
         dataset.check(ObservationLayout(2), ["-4", "+0", "+4", "freeze", "thaw"])
+
+
+# ---------------------------------------------------------------------- DAgger
+def cut_everything(env: LoRARankEnv):
+    """A driver that cuts every group by one rank step at every decision (the teacher never does this)."""
+    return lambda _obs: np.zeros(env.layout.num_groups, dtype=np.int64)
+
+
+def test_a_dagger_round_labels_the_states_the_driver_reaches(dataset):
+    config = moving_budget()
+    env = LoRARankEnv(config=config)
+    taught = collect_teacher_episodes(config, TEACHER, n_episodes=2, seed=5, driver=cut_everything(env),
+                                      avoid=dataset.episode_seeds)
+    assert taught.driver == "clone" and len(taught) == 2 * config.episode_length
+    assert not set(taught.episode_seeds) & set(dataset.episode_seeds + list(config.eval_seeds))
+    # The driver acted: every group reaches rank 0 after rank_init / rank_step cuts.
+    rank_features = [i for i, name in enumerate(taught.feature_names) if name.endswith("/rank_frac")]
+    first = taught.observations[taught.episode_ids == 0]
+    assert first[0, rank_features].min() > 0 and first[-1, rank_features].max() == 0
+    # The labels are the teacher's decisions in exactly those states: replay the episode and ask it.
+    teacher = Teacher(TEACHER)
+    obs, _ = env.reset(seed=taught.episode_seeds[0])
+    for row in range(config.episode_length):
+        assert np.allclose(obs, first[row])
+        assert np.array_equal(teacher.action(env), taught.actions[row])
+        obs, *_ = env.step(np.zeros(env.layout.num_groups, dtype=np.int64))
+    # Rewards are the driver's: an episode's rewards add up to its return.
+    assert taught.rewards[taught.episode_ids == 1].sum() == pytest.approx(taught.episode_returns[1], abs=1e-5)
+
+
+def test_merging_datasets_renumbers_episodes_and_names_mixed_drivers(dataset):
+    clone_rows = ImitationDataset(dataset.observations[:5], dataset.actions[:5], np.zeros(5), dataset.rewards[:5],
+                                  dataset.env_id, dataset.feature_names, dataset.action_names, dataset.teacher,
+                                  episode_seeds=[7], episode_returns=[0.1], episode_budgets=[0.8],
+                                  episode_traces=["constant"], driver="clone")
+    merged = merge_datasets([dataset, clone_rows])
+    assert len(merged) == len(dataset) + 5 and merged.driver == "mixed"
+    assert np.unique(merged.episode_ids).tolist() == [0, 1, 2, 3, 4]
+    assert merged.episode_seeds == dataset.episode_seeds + [7]
+    assert merge_datasets([dataset]).driver == "teacher"
+    other = ImitationDataset(dataset.observations, dataset.actions, dataset.episode_ids, dataset.rewards,
+                             dataset.env_id, dataset.feature_names, dataset.action_names, "autofreeze")
+    with pytest.raises(ValueError, match="Cannot merge"):
+        merge_datasets([dataset, other])
+    with pytest.raises(ValueError, match="Nothing to merge"):
+        merge_datasets([])
 
 
 # ---------------------------------------------------------------------- cloning
@@ -242,6 +289,32 @@ def test_cli_clone_only_writes_a_loadable_policy(tmp_path, agent_file):
     assert sorted(p.name for p in (out / "tiny").iterdir()) == ["quick_0_1", "quick_0_2"]
 
 
+def test_cli_dagger_rounds_label_the_clones_own_states(tmp_path, agent_file):
+    out = tmp_path / "runs"
+    result = runner.invoke(app, ["train", "--env", "tiny", "--agent", str(agent_file), "--teacher", "greedy-memory",
+                                 "--bc-episodes", "2", "--bc-epochs", "20", "--dagger-rounds", "2",
+                                 "--dagger-episodes", "1", "--timesteps", "0", "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "DAgger round 2/2" in result.output
+    run_dir = out / "tiny" / "quick_0_1"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["dagger_rounds"] == 2 and config["dagger_episodes"] == 1
+    cloning = json.loads((run_dir / "metadata.json").read_text())["behaviour_cloning"]
+    rounds = cloning["dagger"]
+    assert [r["round"] for r in rounds] == [1, 2] and [r["rows"] for r in rounds] == [15, 20]
+    visited = ImitationDataset.load(run_dir / "dagger_episodes")
+    assert visited.driver == "clone" and len(visited) == 10 and visited.teacher == "greedy-memory"
+    teacher = ImitationDataset.load(run_dir / "teacher_episodes")
+    assert teacher.driver == "teacher" and not set(visited.episode_seeds) & set(teacher.episode_seeds)
+    # The final clone was fitted on the teacher's rows and the clone's own, both labelled by the teacher.
+    model = PPO.load(run_dir / "policy.zip", device="cpu")
+    assert action_agreement(model, merge_datasets([teacher, visited])).groups >= 0.8
+    # A clone-driven dataset is no teacher's episodes: it cannot be cloned from as such, nor replayed.
+    refused = runner.invoke(app, ["train", "--env", "tiny", "--agent", str(agent_file), "--bc-data",
+                                  str(run_dir / "dagger_episodes"), "--timesteps", "0", "--out", str(out)])
+    assert refused.exit_code == 2 and "a clone drove" in refused.output
+
+
 def test_bad_cloning_input_creates_no_run_directory(tmp_path, agent_file):
     out = tmp_path / "runs"
     foreign = ImitationDataset(np.zeros((3, len(ObservationLayout(4).names))), np.zeros((3, 4)), np.zeros(3),
@@ -256,6 +329,9 @@ def test_bad_cloning_input_creates_no_run_directory(tmp_path, agent_file):
         (["--bc-data", str(tmp_path / "nothing")], "give --teacher NAME to collect it there"),
         (["--bc-data", str(tmp_path / "half"), "--teacher", "autofreeze"], "only .*half.npz exists"),
         (["--bc-episodes", "3"], "go with --teacher"),
+        (["--dagger-rounds", "1"], "--dagger-rounds and --dagger-episodes go with --teacher"),
+        (["--teacher", "autofreeze", "--dagger-rounds", "-1"], "--dagger-rounds must be >= 0"),
+        (["--teacher", "autofreeze", "--dagger-rounds", "1", "--dagger-episodes", "0"], "--dagger-episodes >= 1"),
         (["--teacher", "autofreeze", "--bc-epochs", "0"], "must be >= 1"),
         (["--teacher", "autofreeze", "--resume", str(tmp_path)], "does not go with|a resumed run"),
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -37,6 +38,9 @@ def test_plan_orders_the_teachers_episodes_easiest_first(dataset):
             plan.seeds.index(seed)]
     assert difficulty(0.5, "constant") == pytest.approx(0.5) and difficulty(0.5, "step-down") == pytest.approx(1.0)
     assert [plan.eligible(level) for level in (0.01, 0.25, 0.5, 1.0)] == [1, 1, 2, 4]
+    # Episodes a clone drove (DAgger rows) hold the clone's rewards, not the teacher's: never replayed.
+    with pytest.raises(ValueError, match="a clone drove"):
+        ReplayPlan.from_dataset(dataclasses.replace(dataset, driver="clone"))
 
 
 def test_replaying_the_teachers_actions_earns_exactly_the_teachers_rewards(dataset):
