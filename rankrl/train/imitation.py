@@ -585,12 +585,12 @@ class CloningPlan:
                                             seed=seed + DAGGER_SEED_OFFSET + k, driver=drive, avoid=used)
             on_own = action_agreement(model, part)
             visited.append(part)
-            fitted = fit_behaviour_cloning(model, merge_datasets([taught, *visited]), self.epochs, BC_BATCH_SIZE,
-                                           BC_LR, seed=seed + k)
+            rows = merge_datasets([taught, *visited])
+            fitted = fit_behaviour_cloning(model, rows, self.epochs, BC_BATCH_SIZE, BC_LR, seed=seed + k)
             rounds.append({"round": k, "episodes": self.dagger_episodes, "decisions": len(part),
                            "agreement_on_own_states": asdict(on_own),
                            "clone_return": float(np.mean(part.episode_returns)),
-                           "loss_last": fitted.losses[-1], "rows": len(taught) + sum(len(p) for p in visited)})
+                           "loss_last": fitted.losses[-1], "rows": len(rows)})
             writer.add_scalar("bc/dagger_agreement_on_own_states", on_own.groups, k)
             writer.add_scalar("bc/dagger_clone_return", rounds[-1]["clone_return"], k)
             say(f"DAgger round {k}/{self.dagger_rounds}: the clone agreed with {self.teacher.spec!r} on "
