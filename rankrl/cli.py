@@ -196,9 +196,10 @@ def presets() -> None:
     from rich.table import Table
 
     from rankrl.env import load_env_config
+    from rankrl.env.registration import ENV_VERSION
     from rankrl.presets import list_presets
 
-    table = Table(title="Environment presets: --env NAME, or gymnasium.make('rankrl/NAME-v1')")
+    table = Table(title=f"Environment presets: --env NAME, or gymnasium.make('rankrl/NAME-v{ENV_VERSION}')")
     for column in ("name", "model", "groups", "K", "episode", "description"):
         table.add_column(column)
     for name in list_presets("envs"):

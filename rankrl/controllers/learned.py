@@ -4,8 +4,10 @@ The policy is loaded (and its saved observation layout checked against the live 
 the deployment calls at set-up through :func:`~rankrl.controllers.prepare_controller`, so a policy built for
 another layout or number of groups fails before training starts. Its action is one index per group into the
 actions saved in ``metadata.json`` (``actions``: the rank deltas, then ``freeze`` and ``thaw``, as in
-environment v1); the decision reports the policy's probability of every action. A policy trained on
-environment v0 (rank deltas only) is refused with the command that retrains it.
+environment v1 and v2); the decision reports the policy's probability of every action. The observation is
+built in the layout of the environment version the policy was trained on (v1: the accuracy, v2: the gain
+over the run's start), so a v1 policy still deploys. A policy trained on environment v0 (rank deltas only)
+is refused with the command that retrains it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 
 from rankrl.controllers.base import ControllerContext, Decision, RankController
 from rankrl.env.lora_rank_env import FREEZE, THAW
-from rankrl.env.observation import ObservationLayout
+from rankrl.env.observation import OBSERVATION_VERSIONS, ObservationLayout
 from rankrl.env.registration import ENV_VERSION
 from rankrl.policy import (
     METADATA_FILE,
@@ -61,18 +63,19 @@ class LearnedController(RankController):
         self.device = device
         self.policy: LoadedPolicy | None = None
         self.actions: list[str] | None = None
+        self.layout: ObservationLayout | None = None
 
     def bind(self, *, num_groups: int, split_by_kind: bool, r_max: int, rank_step: int,
              total_steps: int | None) -> None:
-        self.policy = load_policy(self.path, ObservationLayout(num_groups), device=self.device,
-                                  trust_policy=self.trust_policy)
+        version = check_env_version(self.metadata, self.path)
+        self.layout = ObservationLayout(num_groups, version)
+        self.policy = load_policy(self.path, self.layout, device=self.device, trust_policy=self.trust_policy)
         nvec = np.asarray(getattr(self.policy.action_space, "nvec", []))
         if nvec.shape != (num_groups,) or len(set(nvec.tolist())) != 1:
             raise PolicyFileError(f"The policy {self.path} acts on {nvec.tolist()} levels per group, not on "
                                   f"{num_groups} groups with one set of levels; use a policy from `rankrl train`.")
         levels = int(nvec[0])
         metadata = self.policy.metadata
-        check_env_version(metadata, self.path)
         if "actions" in metadata:
             self.actions = [str(a) for a in metadata["actions"]]
         else:  # a bare zip: the environment's actions in this run's rank steps
@@ -97,7 +100,8 @@ class LearnedController(RankController):
         return [d.probs[0].double().tolist() for d in distribution]
 
     def decide(self, ctx: ControllerContext) -> Decision:
-        probabilities = self.probabilities(ctx.observation)
+        layout = self.layout or ObservationLayout(ctx.num_groups)
+        probabilities = self.probabilities(layout.vector(ctx.features))
         if len(probabilities) != ctx.num_groups:
             raise ValueError(f"The policy acts on {len(probabilities)} groups but the run has {ctx.num_groups}.")
         action = [int(np.argmax(p)) for p in probabilities]  # SB3's deterministic action: the mode per group
@@ -121,15 +125,26 @@ class LearnedController(RankController):
         return self.policy.policy
 
 
-def check_env_version(metadata: dict, path: Path | str) -> None:
-    """Refuse a policy trained on another environment version (it acts and observes differently)."""
+def check_env_version(metadata: dict, path: Path | str, *, exact: bool = False) -> int:
+    """The environment version a policy was trained on, if this rankrl can run it; else a clear error.
+
+    Deployment takes every version whose actions are this one's (v1 and v2 differ only in the observation,
+    which :class:`LearnedController` builds in the policy's layout); ``exact`` (training on from a policy)
+    takes only the current version. A policy that names no version is taken as the current one.
+    """
     env_id = str(metadata.get("env_id") or "")
     version = env_id.rpartition("-v")[2]
     trained = int(version) if version.isdigit() else (0 if "deltas" in metadata and "actions" not in metadata else None)
-    if trained is not None and trained != ENV_VERSION:
+    if trained is None:
+        return ENV_VERSION
+    accepted = {ENV_VERSION} if exact else set(OBSERVATION_VERSIONS)
+    if trained not in accepted:
         preset = env_id.partition("/")[2].rpartition("-v")[0] or "default"
+        meaning = ("its observation differs from this environment's" if trained in OBSERVATION_VERSIONS
+                   else "its actions and observations mean other things")
         raise PolicyFileError(
             f"The policy {path} was trained on environment v{trained} ({env_id or 'rank deltas only'}), and this "
-            f"rankrl runs v{ENV_VERSION} (freeze and thaw, moving budgets): its actions and observations mean "
-            f"other things. Retrain it: rankrl train --env {preset}."
+            f"rankrl {'trains' if exact else 'runs'} v{ENV_VERSION}: {meaning}. "
+            f"Retrain it: rankrl train --env {preset}."
         )
+    return trained

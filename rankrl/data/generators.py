@@ -99,6 +99,26 @@ def count(rng: random.Random, label: int, difficulty: float) -> Example:
     return {"text": skeleton.fill(nouns)}
 
 
+def mix(rng: random.Random, label: int, difficulty: float) -> Example:
+    """Label ``2a + f``: ``a`` in {0, 1, 2} animals and ``f`` in {0, 1} foods in the sentence (6 classes).
+
+    Two lookups and a count composed into one of six classes, so a run starts near 1/6 accuracy, as on
+    six-way real tasks (question types). As in :func:`count` the shape is drawn before the label is used;
+    harder levels add slots and animal- and food-related distractors.
+    """
+    animals, food = divmod(label, 2)
+    skeleton = build_skeleton(
+        rng, max_clauses=_clauses(difficulty), adj_prob=0.1 + 0.3 * difficulty, min_slots=3 + round(2 * difficulty)
+    )
+    nouns = _fill_with_distractors(rng, skeleton, W.ANIMAL_RELATED + W.FOOD_RELATED, 0.5 * difficulty)
+    slots = rng.sample(range(len(nouns)), animals + food)
+    for index in slots[:animals]:
+        nouns[index] = rng.choice(W.ANIMALS)
+    for index in slots[animals:]:
+        nouns[index] = rng.choice(W.FOODS)
+    return {"text": skeleton.fill(nouns)}
+
+
 def _polar_phrase(rng: random.Random, polarity: int, negate_prob: float) -> str:
     """An adjective phrase meaning ``polarity`` (1 positive), negated with probability ``negate_prob``."""
     negate = rng.random() < negate_prob

@@ -146,6 +146,14 @@ _REGISTRY: dict[str, TaskSpec] = {
             make_example=generators.count,
         ),
         TaskSpec(
+            name="mix",
+            description="How many animals (none, one, two) and is there a food? Six classes.",
+            skill="multi-class",
+            label_names=("none", "food", "one_animal", "one_animal_food", "two_animals", "two_animals_food"),
+            is_pair=False,
+            make_example=generators.mix,
+        ),
+        TaskSpec(
             name="pair",
             description="Does sentence 2 say who did what to whom in sentence 1? Harder: passives, role swaps.",
             skill="cross-sentence",

@@ -126,6 +126,7 @@ def run_demo(config: DemoConfig | None = None, console: Console | None = None, p
     from rankrl.deploy.explain import explain_run
     from rankrl.deploy.finetune import METRICS_FILE, FinetuneConfig, run_finetune
     from rankrl.env import load_env_config
+    from rankrl.env.registration import env_id
     from rankrl.models import load_tokenizer
     from rankrl.train import load_agent_config, train_policy
 
@@ -147,7 +148,7 @@ def run_demo(config: DemoConfig | None = None, console: Console | None = None, p
 
     teacher = None if config.teacher == "none" else config.teacher
     cloning = f"clone {teacher!r} on {config.bc_episodes} episodes, then " if teacher else ""
-    console.rule(f"[bold]1/3  Learn a rank policy[/]: {cloning}{config.agent} on rankrl/{env_config.name}-v1, "
+    console.rule(f"[bold]1/3  Learn a rank policy[/]: {cloning}{config.agent} on {env_id(env_config.name)}, "
                  f"{config.timesteps} decisions, {config.n_envs} workers")
     console.print(f"  {env_config.description}")
     policy_dir = train_policy(env=config.env, agent=config.agent, timesteps=config.timesteps, n_envs=config.n_envs,

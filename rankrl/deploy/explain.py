@@ -77,7 +77,12 @@ def policy_saliency(policy_path: str | Path, records: list[dict],
     if not rows:
         return []
     groups = len(rows[0]["ranks_after"])
-    layout = ObservationLayout(groups)
+    saved = load_policy(policy_path, None, trust_policy=trust_policy).features
+    layout = ObservationLayout.of(saved) if saved else ObservationLayout(groups)  # the policy's own layout version
+    if saved:
+        layout.check(saved, source=f"The policy {policy_path}")
+    if layout.num_groups != groups:
+        ObservationLayout(groups, layout.version).check(layout.to_dict(), source=f"The policy {policy_path}")
     policy = load_policy(policy_path, layout, trust_policy=trust_policy).policy
     policy.set_training_mode(False)
     vectors = np.stack([layout.vector(r["observation"]) for r in rows])

@@ -67,7 +67,9 @@ class LoRARankEnv(gym.Env):
 
     ## Observation Space
     ``Box`` of ``9 + 9 G`` float32 features with fixed bounds (names in :attr:`feature_names`):
-    run level: ``loss/ema_rel``, ``loss/slope_x100``, ``eval/accuracy``, ``eval/accuracy_delta``,
+    run level: ``loss/ema_rel``, ``loss/slope_x100``, ``eval/gain`` (the fraction of the starting error
+    closed, ``(acc - acc_0) / (1 - acc_0)`` with ``acc_0`` the evaluation at reset), ``eval/gain_delta``
+    (its change since the last decision),
     ``memory/used_frac`` (of the budget), ``memory/headroom_frac``, ``budget/ref_frac`` (the budget as a
     fraction of the reference), ``budget/trend`` (its change since the last decision, of the reference),
     ``progress``; per group: ``rank_frac``, ``importance_share`` (AdaLoRA sensitivity x uncertainty),
@@ -100,7 +102,7 @@ class LoRARankEnv(gym.Env):
     early with ``-w_divergence`` when the training loss becomes NaN or infinite.
 
     ## Arguments
-    ``gymnasium.make("rankrl/tiny-v1")`` or ``LoRARankEnv(preset="tiny", **overrides)`` or
+    ``gymnasium.make("rankrl/tiny-v2")`` or ``LoRARankEnv(preset="tiny", **overrides)`` or
     ``LoRARankEnv(config=EnvConfig(...))``. Overrides are preset keys (see :class:`EnvConfig`).
     ``torch_threads`` sets ``torch.set_num_threads`` in the process that builds the environment
     (``rankrl train`` gives each subprocess worker one thread).
@@ -113,6 +115,10 @@ class LoRARankEnv(gym.Env):
     on the state the policy sees (:mod:`rankrl.train.teacher`).
 
     ## Version History
+    * v2: the accuracy features became the gain over the run's start (``eval/gain``, ``eval/gain_delta``):
+      an untrained head starts near 1/C on a C-class task, so the raw accuracy told a policy how many
+      classes a task has, not how far its training had come. The presets' task families include a six-class
+      task (``mix``), and the ``minilm`` preset moves rank in steps of 2, up to 4 steps a decision.
     * v1: freeze and thaw actions; budgets drawn per episode and moving along a trace, relative to the
       reference memory; the first decision before the first step; the wall as a hard constraint with small
       mean-memory and depth costs; budget and frozen features in the observation.

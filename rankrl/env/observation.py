@@ -3,6 +3,11 @@
 Its size depends only on the number of groups G, never on the model, so a policy trained on a small model
 can drive a larger one with the same G. Every feature has a name and fixed bounds; values are clipped into
 them. The layout (G and the ordered names) is saved with every policy and checked when one is loaded.
+
+Layouts are versioned with the environment (:data:`OBSERVATION_VERSIONS`). Environment v2 replaced the
+accuracy and its change by the fraction of the run's starting error closed (``eval/gain``,
+``eval/gain_delta``), which reads the same on a 2-class and a 6-class task; v1 policies still deploy,
+because :meth:`ObservationLayout.build` computes the features of every version from the same signals.
 """
 
 from __future__ import annotations
@@ -25,17 +30,21 @@ GROUP_FEATURES: tuple[tuple[str, float, float], ...] = (
     ("frozen", 0.0, 1.0),
     ("last_change", -1.0, 1.0),
 )
-GLOBAL_FEATURES: tuple[tuple[str, float, float], ...] = (
-    ("loss/ema_rel", 0.0, 3.0),
-    ("loss/slope_x100", -1.0, 1.0),
-    ("eval/accuracy", 0.0, 1.0),
-    ("eval/accuracy_delta", -1.0, 1.0),
+_LOSS = (("loss/ema_rel", 0.0, 3.0), ("loss/slope_x100", -1.0, 1.0))
+_MEMORY = (
     ("memory/used_frac", 0.0, 2.0),
     ("memory/headroom_frac", -1.0, 1.0),
     ("budget/ref_frac", 0.0, 2.0),
     ("budget/trend", -1.0, 1.0),
     ("progress", 0.0, 1.0),
 )
+# Run-level features per environment version (the group features are the same in both).
+OBSERVATION_VERSIONS: dict[int, tuple[tuple[str, float, float], ...]] = {
+    1: (*_LOSS, ("eval/accuracy", 0.0, 1.0), ("eval/accuracy_delta", -1.0, 1.0), *_MEMORY),
+    2: (*_LOSS, ("eval/gain", -1.0, 1.0), ("eval/gain_delta", -1.0, 1.0), *_MEMORY),
+}
+OBSERVATION_VERSION = max(OBSERVATION_VERSIONS)
+GLOBAL_FEATURES = OBSERVATION_VERSIONS[OBSERVATION_VERSION]
 
 
 class ObservationMismatchError(ValueError):
@@ -44,27 +53,37 @@ class ObservationMismatchError(ValueError):
 
 @dataclass(frozen=True)
 class ObservationLayout:
-    """Ordered feature names and bounds for G groups."""
+    """Ordered feature names and bounds for G groups, in the layout of environment ``version``."""
 
     num_groups: int
+    version: int = OBSERVATION_VERSION
+
+    def __post_init__(self) -> None:
+        if self.version not in OBSERVATION_VERSIONS:
+            raise ObservationMismatchError(f"There is no observation layout v{self.version}; this rankrl knows "
+                                           f"v{', v'.join(map(str, OBSERVATION_VERSIONS))}.")
+
+    @property
+    def global_features(self) -> tuple[tuple[str, float, float], ...]:
+        return OBSERVATION_VERSIONS[self.version]
 
     @property
     def names(self) -> list[str]:
         """Feature names in vector order: run-level features, then ``group{g}/<feature>``."""
-        return [n for n, _, _ in GLOBAL_FEATURES] + [
+        return [n for n, _, _ in self.global_features] + [
             f"group{g}/{n}" for g in range(self.num_groups) for n, _, _ in GROUP_FEATURES
         ]
 
     @property
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        features = list(GLOBAL_FEATURES) + list(GROUP_FEATURES) * self.num_groups
+        features = list(self.global_features) + list(GROUP_FEATURES) * self.num_groups
         lows = [lo for _, lo, _ in features]
         highs = [hi for _, _, hi in features]
         return np.asarray(lows, dtype=np.float32), np.asarray(highs, dtype=np.float32)
 
     def build(self, signals: Signals, *, r_max: int, last_change: list[float], progress: float,
               budget_trend: float = 0.0) -> dict[str, float]:
-        """Named feature values (unclipped) from one signal reading.
+        """Named feature values (unclipped) from one signal reading, for every layout version.
 
         ``budget_trend`` is the change of the budget since the previous decision as a fraction of the
         reference memory (positive: more memory became available).
@@ -75,6 +94,8 @@ class ObservationLayout:
             "loss/slope_x100": 100.0 * flat.get("loss/slope_rel", 0.0),
             "eval/accuracy": flat.get("eval/accuracy", 0.0),
             "eval/accuracy_delta": flat.get("eval/accuracy_delta", 0.0),
+            "eval/gain": flat.get("eval/gain", 0.0),
+            "eval/gain_delta": flat.get("eval/gain_delta", 0.0),
             "memory/used_frac": flat.get("memory/used_frac", 0.0),
             "memory/headroom_frac": flat.get("memory/headroom_frac", 0.0),
             "budget/ref_frac": flat.get("budget/ref_frac", 1.0),
@@ -98,7 +119,18 @@ class ObservationLayout:
 
     def to_dict(self) -> dict:
         """What is saved with a policy."""
-        return {"num_groups": self.num_groups, "features": self.names}
+        return {"num_groups": self.num_groups, "features": self.names, "version": self.version}
+
+    @classmethod
+    def of(cls, saved: dict) -> ObservationLayout:
+        """The layout a policy was saved with (:meth:`to_dict`): its version, or the one its names match."""
+        num_groups = int(saved.get("num_groups") or 0)
+        if "version" in saved:
+            return cls(num_groups, int(saved["version"]))
+        for version in OBSERVATION_VERSIONS:
+            if list(saved.get("features", [])) == cls(num_groups, version).names:
+                return cls(num_groups, version)
+        return cls(num_groups)
 
     def check(self, saved: dict, source: str = "the policy", made: str = "trained", remedy: str | None = None) -> None:
         """Raise :class:`ObservationMismatchError` unless ``saved`` (from :meth:`to_dict`) matches.

@@ -1,9 +1,11 @@
-"""Register every shipped environment preset as ``rankrl/<name>-v1`` (done on ``import rankrl``).
+"""Register every shipped environment preset as ``rankrl/<name>-v2`` (done on ``import rankrl``).
 
 Version history (Gymnasium's rule: changed semantics, new version): v0 acted on rank deltas only, under a
 fixed wall at the start memory; v1 adds freeze and thaw to the actions, budgets that move during an
-episode, the first decision before the first step, and a reward with the wall as a hard constraint.
-``rankrl/<name>-v0`` is no longer registered; Gymnasium names v1 when it is asked for.
+episode, the first decision before the first step, and a reward with the wall as a hard constraint; v2
+observes the fraction of the starting error closed instead of the accuracy (the same on any number of
+classes), and its presets train on multi-class tasks too. Only the current version is registered;
+Gymnasium names it when an older one is asked for. v1 policies still deploy (same actions).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from rankrl.presets import find_preset, list_presets, read_yaml
 ENTRY_POINT = "rankrl.env.lora_rank_env:LoRARankEnv"
 
 
-ENV_VERSION = 1
+ENV_VERSION = 2
 
 
 def env_id(name: str) -> str:

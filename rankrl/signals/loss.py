@@ -68,6 +68,7 @@ class LossTracker:
         self.eval_accuracy: float | None = None
         self.eval_delta = 0.0
         self.best_eval_accuracy: float | None = None
+        self.first_eval_accuracy: float | None = None
         self.evals = 0
 
     def state_dict(self) -> dict:
@@ -75,7 +76,8 @@ class LossTracker:
         return {"steps": self.steps, "nonfinite": self.nonfinite, "initial": self.initial, "last": self.last,
                 "ema": self._ema, "ema_count": self._ema_count, "recent": list(self._recent),
                 "eval_accuracy": self.eval_accuracy, "eval_delta": self.eval_delta,
-                "best_eval_accuracy": self.best_eval_accuracy, "evals": self.evals}
+                "best_eval_accuracy": self.best_eval_accuracy, "first_eval_accuracy": self.first_eval_accuracy,
+                "evals": self.evals}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`."""
@@ -86,6 +88,8 @@ class LossTracker:
         self._recent.extend(float(v) for v in state["recent"])
         self.eval_accuracy, self.eval_delta = state["eval_accuracy"], float(state["eval_delta"])
         self.best_eval_accuracy, self.evals = state["best_eval_accuracy"], int(state["evals"])
+        # Saved before the run's first accuracy was kept: the best stands in (a gain is then understated).
+        self.first_eval_accuracy = state.get("first_eval_accuracy", self.best_eval_accuracy)
 
     # ------------------------------------------------------------------ updates
     def update(self, loss: float | torch.Tensor) -> None:
@@ -109,6 +113,8 @@ class LossTracker:
         self.eval_accuracy = accuracy
         if self.best_eval_accuracy is None or accuracy > self.best_eval_accuracy:
             self.best_eval_accuracy = accuracy
+        if self.first_eval_accuracy is None:
+            self.first_eval_accuracy = accuracy
         self.evals += 1
 
     # ------------------------------------------------------------------ views
@@ -151,6 +157,24 @@ class LossTracker:
         """:attr:`slope` / initial loss: relative loss change per step."""
         return self.slope / self._scale
 
+    @property
+    def _error_at_start(self) -> float:
+        """``1 - first accuracy``: the error there was to close (floored, so a near-perfect start stays finite)."""
+        first = 0.0 if self.first_eval_accuracy is None else self.first_eval_accuracy
+        return max(1.0 - first, 0.05)
+
+    @property
+    def eval_gain(self) -> float:
+        """Fraction of the first evaluation's error closed since: ``(acc - acc_0) / (1 - acc_0)``.
+
+        Unlike the accuracy itself this does not depend on the number of classes: an untrained head starts
+        near 1/C on a C-class task, and a gain of 0.5 means half the way from there to perfect on any task.
+        0 before the second evaluation.
+        """
+        if self.eval_accuracy is None or self.first_eval_accuracy is None:
+            return 0.0
+        return (self.eval_accuracy - self.first_eval_accuracy) / self._error_at_start
+
     def features(self) -> dict[str, float]:
         """Named features: ``loss/*`` and ``eval/*`` (evaluation figures are 0 before the first evaluation)."""
         return {
@@ -162,6 +186,8 @@ class LossTracker:
             "loss/diverged": float(self.diverged),
             "eval/accuracy": 0.0 if self.eval_accuracy is None else self.eval_accuracy,
             "eval/accuracy_delta": self.eval_delta,
+            "eval/gain": self.eval_gain,
+            "eval/gain_delta": self.eval_delta / self._error_at_start,
             "eval/best_accuracy": 0.0 if self.best_eval_accuracy is None else self.best_eval_accuracy,
             "eval/count": float(self.evals),
         }

@@ -482,15 +482,17 @@ def _close(vec_env) -> None:
 
 def _load_warm_start(init_policy: str | Path, spec_env: LoRARankEnv, trust_policy: bool = False):
     """Load ``init_policy`` for a warm start, checked against the new run's layout and action space."""
+    from rankrl.controllers.learned import check_env_version
     from rankrl.policy import PolicyFileError, load_policy
 
-    loaded = load_policy(init_policy, spec_env.layout, trust_policy=trust_policy)
-    if loaded.action_space != spec_env.action_space:
-        raise PolicyFileError(f"--init-policy {init_policy} acts in {loaded.action_space}, but this "
-                              f"environment's action space is {spec_env.action_space}.")
-    from rankrl.controllers.learned import check_env_version
-
-    check_env_version(loaded.metadata, init_policy)
+    loaded = load_policy(init_policy, None, trust_policy=trust_policy)
+    check_env_version(loaded.metadata, init_policy, exact=True)  # before the layout: the likelier cause
+    if loaded.features:
+        spec_env.layout.check(loaded.features, source=f"--init-policy {init_policy}")
+    if loaded.observation_space != spec_env.observation_space or loaded.action_space != spec_env.action_space:
+        raise PolicyFileError(f"--init-policy {init_policy} observes {loaded.observation_space} and acts in "
+                              f"{loaded.action_space}, but this environment has {spec_env.observation_space} and "
+                              f"{spec_env.action_space}.")
     actions = loaded.metadata.get("actions")
     if actions is not None and list(actions) != spec_env.actions:
         raise PolicyFileError(f"--init-policy {init_policy} was trained with actions {actions}, this "

@@ -11,7 +11,8 @@ import torch
 from stable_baselines3 import PPO
 
 from rankrl.controllers import LearnedController, make_controller
-from rankrl.env import LoRARankEnv, ObservationMismatchError
+from rankrl.env import LoRARankEnv, ObservationLayout, ObservationMismatchError
+from rankrl.env.registration import ENV_VERSION
 from rankrl.policy import (
     FEATURES_FILE,
     METADATA_FILE,
@@ -27,24 +28,36 @@ BIAS = [0.0, 0.0, 3.0, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0, 0.0]
 
 
 def save_policy(directory, num_groups: int = 2, features: bool = True, bias: list[float] | None = None,
-                as_zip: bool = False):
+                as_zip: bool = False, version: int = ENV_VERSION, watch: int | None = None):
     """An untrained PPO on the tiny environment, saved as data (policy.json + policy.safetensors) or, with
-    ``as_zip``, as a bare SB3 zip with features.json and metadata.json."""
+    ``as_zip``, as a bare SB3 zip with features.json and metadata.json, as trained on environment ``version``.
+
+    With ``watch``, group 0 takes ``+step`` exactly when observation feature ``watch`` is positive (else
+    every group takes the first action, ``-step``)."""
     env = LoRARankEnv(preset="tiny", num_groups=num_groups)
     model = PPO("MlpPolicy", env, seed=0, n_steps=8, batch_size=8, policy_kwargs={"net_arch": [8]}, device="cpu")
     if bias is not None:  # a policy with known preferences: zero weights, so the bias alone decides
         with torch.no_grad():
             model.policy.action_net.weight.zero_()
             model.policy.action_net.bias.copy_(torch.tensor(bias))
+    if watch is not None:
+        with torch.no_grad():
+            hidden, head = model.policy.mlp_extractor.policy_net[0], model.policy.action_net
+            for layer in (hidden, head):
+                layer.weight.zero_()
+                layer.bias.zero_()
+            hidden.weight[0, watch] = 5.0
+            head.weight[2, 0] = 10.0
     directory.mkdir(parents=True, exist_ok=True)
+    layout = ObservationLayout(num_groups, version).to_dict()
     metadata = {"algo": "PPO", "num_groups": num_groups, "r_max": env.config.r_max,
-                "rank_step": env.config.rank_step, "actions": env.actions, "env_id": "rankrl/tiny-v1"}
+                "rank_step": env.config.rank_step, "actions": env.actions, "env_id": f"rankrl/tiny-v{version}"}
     if not as_zip:
-        save_policy_data(model, directory, metadata, layout=env.layout.to_dict() if features else None)
+        save_policy_data(model, directory, metadata, layout=layout if features else None)
         return directory
     model.save(directory / POLICY_FILE)
     if features:
-        (directory / FEATURES_FILE).write_text(json.dumps(env.layout.to_dict()))
+        (directory / FEATURES_FILE).write_text(json.dumps(layout))
     (directory / METADATA_FILE).write_text(json.dumps(metadata))
     return directory
 
@@ -179,6 +192,30 @@ def test_freeze_and_thaw_actions_reach_the_decision(make_loop, tmp_path):
     step = loop.run(controller, decisions=1)[0]
     assert step.applied.decision.frozen == [True, True] and step.applied.frozen == [True, True]
     assert loop.session.rl.frozen_groups == [True, True] and step.applied.ranks == step.applied.before
+
+
+def test_a_v1_policy_deploys_on_the_accuracy_where_a_v2_policy_reads_the_gain(make_loop, tmp_path):
+    """Both layouts keep their accuracy feature at index 2 (v1 ``eval/accuracy``, v2 ``eval/gain``). At the
+    first decision there is one evaluation, so the gain is 0 and the accuracy is not: a policy that moves
+    group 0 up only when that feature is positive shows which layout it was given."""
+    assert ObservationLayout(2, 1).names[2] == "eval/accuracy" and ObservationLayout(2, 2).names[2] == "eval/gain"
+    actions = {}
+    for version in (1, 2):
+        loop = make_loop(budget_frac=None)
+        controller = LearnedController(save_policy(tmp_path / f"v{version}", version=version, watch=2))
+        step = loop.run(controller, decisions=1)[0]
+        assert controller.layout == ObservationLayout(2, version)
+        assert step.ctx.features["eval/accuracy"] > 0 and step.ctx.features["eval/gain"] == 0
+        actions[version] = step.applied.decision.action
+    assert actions == {1: [2, 0], 2: [0, 0]}
+
+
+def test_a_v1_policy_cannot_start_training_on_v2(tmp_path):
+    from rankrl.train.trainer import _load_warm_start
+
+    directory = save_policy(tmp_path / "v1", version=1)
+    with pytest.raises(PolicyFileError, match=r"trained on environment v1 .*trains v2.*Retrain it"):
+        _load_warm_start(directory, LoRARankEnv(preset="tiny", num_groups=2))
 
 
 @pytest.mark.parametrize("metadata", [{"env_id": "rankrl/default-v0"}, {"deltas": [-2, 0, 2]}])

@@ -49,6 +49,11 @@ def _count_label(example: dict) -> int:
     return sum(w in ANIMALS for w in _words(example)) - 1
 
 
+def _mix_label(example: dict) -> int:
+    words = _words(example)
+    return 2 * sum(w in ANIMALS for w in words) + int(any(w in FOODS for w in words))
+
+
 def _negation_label(example: dict) -> int:
     words = _words(example)
     adjective = words[-1]  # every form ends with the deciding adjective phrase
@@ -80,6 +85,7 @@ ORACLES = {
     "keyword": _keyword_label,
     "order": _order_label,
     "count": _count_label,
+    "mix": _mix_label,
     "negation": _negation_label,
     "pair": _pair_label,
 }
@@ -88,10 +94,11 @@ ORACLES = {
 # --- registry -------------------------------------------------------------------------------------------
 
 
-def test_registry_has_the_five_skills_with_at_least_two_classes():
+def test_registry_has_every_skill_with_at_least_two_classes():
     assert set(TASK_NAMES) >= set(ORACLES)
     skills = {spec.skill for spec in list_tasks()}
-    assert {"lexical", "compositional", "positional", "counting", "cross-sentence"} <= skills
+    assert {"lexical", "compositional", "positional", "counting", "cross-sentence", "multi-class"} <= skills
+    assert get_task("mix").num_labels == 6
     for spec in list_tasks():
         assert spec.num_labels >= 2
         assert len(set(spec.label_names)) == spec.num_labels

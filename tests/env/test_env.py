@@ -14,7 +14,7 @@ from rankrl.presets import PresetError, list_presets
 
 @pytest.fixture(scope="module")
 def env():
-    environment = gym.make("rankrl/tiny-v1")
+    environment = gym.make("rankrl/tiny-v2")
     yield environment
     environment.close()
 
@@ -190,15 +190,16 @@ def test_budget_below_the_smallest_trainable_configuration_is_refused():
         environment.reset(seed=0)
 
 
-def test_v0_ids_name_v1():
-    with pytest.raises(gym.error.DeprecatedEnv, match="rankrl/tiny-v1"):
-        gym.make("rankrl/tiny-v0")
+@pytest.mark.parametrize("old", ["rankrl/tiny-v0", "rankrl/tiny-v1"])
+def test_old_ids_name_the_current_version(old):
+    with pytest.raises(gym.error.DeprecatedEnv, match="rankrl/tiny-v2"):
+        gym.make(old)
 
 
 def test_vectorised_with_sb3_make_vec_env():
     from stable_baselines3.common.env_util import make_vec_env
 
-    vec = make_vec_env("rankrl/tiny-v1", n_envs=2, seed=0)
+    vec = make_vec_env("rankrl/tiny-v2", n_envs=2, seed=0)
     obs = vec.reset()
     assert obs.shape == (2, vec.observation_space.shape[0])
     obs, rewards, dones, infos = vec.step(np.array([[1, 1], [3, 0]]))
@@ -211,7 +212,7 @@ def test_vectorised_with_sb3_make_vec_env():
 def test_every_shipped_preset_loads_and_is_registered(name):
     config = load_env_config(name)
     assert config.name == name
-    spec = gym.spec(f"rankrl/{name}-v1")
+    spec = gym.spec(f"rankrl/{name}-v2")
     assert spec.max_episode_steps == config.episode_length
     environment = LoRARankEnv(preset=name)  # cheap: builds the spaces only
     assert environment.observation_space.shape == (9 + 9 * config.num_action_groups,)

@@ -24,6 +24,7 @@ def signals(num_groups: int, modules_per_group: int, hidden: int) -> Signals:
                "input_variance_share": 0.25, "rank_utilization": 0.75, "grow_cost_frac": 0.125,
                "freeze_free_frac": 0.0625, "frozen": 0.0} for g in range(num_groups)]
     scalars = {"loss/ema_rel": 0.9, "loss/slope_rel": -0.002, "eval/accuracy": 0.8, "eval/accuracy_delta": 0.05,
+               "eval/gain": 0.6, "eval/gain_delta": 0.1,
                "memory/used_frac": 0.7, "memory/headroom_frac": 0.3, "budget/ref_frac": 0.6}
     return Signals(modules=modules, groups=groups, scalars=scalars)
 
@@ -49,7 +50,8 @@ def test_bounds_follow_the_names():
 def test_build_reads_each_feature_from_the_signals():
     layout = ObservationLayout(2)
     values = layout.build(signals(2, 3, 32), r_max=16, last_change=[0.5, -0.25], progress=0.4, budget_trend=-0.1)
-    assert set(values) == set(layout.names)
+    assert set(values) == set(ObservationLayout(2, 1).names) | set(ObservationLayout(2, 2).names)
+    assert values["eval/gain"] == 0.6 and values["eval/accuracy"] == 0.8
     assert values["loss/slope_x100"] == pytest.approx(-0.2)
     assert values["group0/rank_frac"] == 0.25 and values["group1/rank_frac"] == 0.5
     assert values["group1/last_change"] == -0.25 and values["group0/grow_cost_frac"] == 0.125
@@ -59,14 +61,14 @@ def test_build_reads_each_feature_from_the_signals():
 def test_vector_clips_into_the_bounds_and_replaces_nan():
     layout = ObservationLayout(1)
     values = dict.fromkeys(layout.names, 0.5)
-    values.update({"memory/used_frac": 5.0, "budget/trend": -7.0, "eval/accuracy": math.nan,
+    values.update({"memory/used_frac": 5.0, "budget/trend": -7.0, "eval/gain": math.nan,
                    "loss/ema_rel": math.inf, "group0/last_change": -math.inf})
     vector = layout.vector(values)
     names = layout.names
     assert vector.dtype == np.float32 and vector.shape == (len(names),)
     assert vector[names.index("memory/used_frac")] == 2.0
     assert vector[names.index("budget/trend")] == -1.0
-    assert vector[names.index("eval/accuracy")] == 0.0
+    assert vector[names.index("eval/gain")] == 0.0
     assert vector[names.index("loss/ema_rel")] == 3.0
     assert vector[names.index("group0/last_change")] == -1.0
     assert vector[names.index("group0/rank_frac")] == 0.5
@@ -80,6 +82,20 @@ def test_the_observation_of_a_larger_model_with_the_same_groups_is_the_same_vect
     large = layout.vector(layout.build(signals(2, 24, 1024), r_max=16, last_change=[0.0, 0.0], progress=0.5))
     np.testing.assert_array_equal(small, large)
     assert ObservationLayout(3).vector(dict.fromkeys(ObservationLayout(3).names, 0.0)).shape != small.shape
+
+
+def test_each_environment_version_has_its_layout_and_a_saved_one_names_it():
+    v1, v2 = ObservationLayout(2, 1), ObservationLayout(2, 2)
+    assert ObservationLayout(2) == v2 and len(v1.names) == len(v2.names)
+    assert [n for n in v1.names if n not in v2.names] == ["eval/accuracy", "eval/accuracy_delta"]
+    assert [n for n in v2.names if n not in v1.names] == ["eval/gain", "eval/gain_delta"]
+    assert ObservationLayout.of(v1.to_dict()) == v1 and ObservationLayout.of(v2.to_dict()) == v2
+    unversioned = {"num_groups": 2, "features": v1.names}  # as policies saved before layouts had a version
+    assert ObservationLayout.of(unversioned) == v1
+    with pytest.raises(ObservationMismatchError, match="no observation layout v7; this rankrl knows v1, v2"):
+        ObservationLayout(2, 7)
+    with pytest.raises(ObservationMismatchError, match=r"missing \['eval/gain', 'eval/gain_delta'\]"):
+        v2.check(v1.to_dict())
 
 
 def test_check_accepts_its_own_layout_and_names_the_mismatch():

@@ -66,6 +66,39 @@ def test_eval_accuracy_and_change():
     assert features["eval/best_accuracy"] == pytest.approx(0.75)
 
 
+def test_the_gain_is_the_fraction_of_the_starting_error_closed():
+    tracker = LossTracker()
+    assert tracker.features()["eval/gain"] == 0.0 and tracker.features()["eval/gain_delta"] == 0.0
+    tracker.update_eval(0.2)  # an untrained 6-class head
+    assert tracker.features()["eval/gain"] == 0.0
+    tracker.update_eval(0.6)
+    tracker.update_eval(0.5)
+    features = tracker.features()
+    assert features["eval/gain"] == pytest.approx(0.3 / 0.8)
+    assert features["eval/gain_delta"] == pytest.approx(-0.1 / 0.8)
+    binary = LossTracker()
+    for accuracy in (0.5, 0.8):
+        binary.update_eval(accuracy)
+    assert binary.features()["eval/gain"] == pytest.approx(0.6)  # the same progress reads alike on 2 classes
+    perfect = LossTracker()
+    for accuracy in (1.0, 0.9):
+        perfect.update_eval(accuracy)
+    assert perfect.features()["eval/gain"] == pytest.approx(-2.0)  # error floored at 0.05: finite, clipped later
+
+
+def test_the_first_accuracy_survives_a_state_round_trip():
+    tracker = LossTracker()
+    for accuracy in (0.25, 0.5):
+        tracker.update_eval(accuracy)
+    restored = LossTracker()
+    restored.load_state_dict(tracker.state_dict())
+    assert restored.features() == tracker.features()
+    older = tracker.state_dict()
+    del older["first_eval_accuracy"]  # saved by an earlier rankrl: the best accuracy stands in
+    restored.load_state_dict(older)
+    assert restored.first_eval_accuracy == 0.5
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError):
         LossTracker(beta=1.0)

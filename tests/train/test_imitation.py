@@ -102,9 +102,10 @@ def test_a_teacher_must_be_a_rule_controller():
 
 
 def test_environment_by_preset_id_or_config():
-    assert resolve_env_config("rankrl/tiny-v1") == resolve_env_config("tiny") == load_env_config("tiny")
-    with pytest.raises(ValueError, match="environment v1; use rankrl/tiny-v1"):
-        resolve_env_config("rankrl/tiny-v0")
+    assert resolve_env_config("rankrl/tiny-v2") == resolve_env_config("tiny") == load_env_config("tiny")
+    for old in ("rankrl/tiny-v0", "rankrl/tiny-v1"):
+        with pytest.raises(ValueError, match="environment v2; use rankrl/tiny-v2"):
+            resolve_env_config(old)
 
 
 def test_collection_keeps_the_held_out_seeds_out():
@@ -121,7 +122,7 @@ def test_dataset_holds_every_decision_of_every_episode(dataset):
     assert dataset.observations.shape == (len(dataset), len(env.feature_names))
     assert dataset.actions.shape == (len(dataset), 2) and env.action_space.contains(dataset.actions[0])
     assert np.unique(dataset.episode_ids).tolist() == [0, 1, 2, 3]
-    assert dataset.teacher == TEACHER and dataset.env_id == "rankrl/tiny-v1" and len(dataset.episode_returns) == 4
+    assert dataset.teacher == TEACHER and dataset.env_id == "rankrl/tiny-v2" and len(dataset.episode_returns) == 4
     # Each row keeps the reward of its action; an episode's rewards add up to its return.
     for episode, episode_return in enumerate(dataset.episode_returns):
         assert dataset.rewards[dataset.episode_ids == episode].sum() == pytest.approx(episode_return, abs=1e-5)
@@ -318,7 +319,7 @@ def test_cli_dagger_rounds_label_the_clones_own_states(tmp_path, agent_file):
 def test_bad_cloning_input_creates_no_run_directory(tmp_path, agent_file):
     out = tmp_path / "runs"
     foreign = ImitationDataset(np.zeros((3, len(ObservationLayout(4).names))), np.zeros((3, 4)), np.zeros(3),
-                               np.zeros(3), "rankrl/default-v1", ObservationLayout(4).names,
+                               np.zeros(3), "rankrl/default-v2", ObservationLayout(4).names,
                                ["-4", "+0", "+4", "freeze", "thaw"], "autofreeze")
     foreign.save(tmp_path / "foreign")
     (tmp_path / "half.npz").write_bytes(b"")
