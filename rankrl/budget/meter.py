@@ -67,6 +67,7 @@ class MemoryStatus:
         state_scalar: Scalar optimizer-state bytes per parameter (Adam's ``step``).
         activations_measured: Whether the activation figures come from a measured pass.
         report: The underlying measured report.
+        floor: The lowest budget the run is known to see (a trace's minimum), ``None`` when unknown.
     """
 
     budget: int
@@ -83,6 +84,7 @@ class MemoryStatus:
     state_scalar: float
     activations_measured: bool
     report: MemoryReport = field(repr=False)
+    floor: int | None = None
 
     @property
     def headroom(self) -> int:
@@ -112,6 +114,7 @@ class MemoryStatus:
         }
         if self.reference:
             out["budget/ref_frac"] = self.budget / self.reference
+            out["budget/floor_frac"] = min(self.budget, self.floor or self.budget) / self.reference
             out["memory/used_ref_frac"] = self.used / self.reference
         for g, (grow, free) in enumerate(zip(self.grow_cost, self.shrink_free, strict=True)):
             out[f"group{g}/grow_cost_frac"] = grow / self.budget
@@ -193,7 +196,7 @@ class MemoryBudget:
         used = (report.total if self.scope == "total" else report.adapter_total) + derived
         frozen = self.frozen_now()
         self.last = MemoryStatus(self.budget, used, derived, [], [], self.step, self.rl.ranks, frozen, [],
-                                 self.reference, factor, scalar, report.activations_measured, report)
+                                 self.reference, factor, scalar, report.activations_measured, report, self.floor)
         ranks, groups = self.last.ranks, self.rl.groups
         for g in range(self.rl.num_groups):
             members = [n for n in ranks if groups[n] == g]

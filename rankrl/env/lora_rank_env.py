@@ -66,12 +66,13 @@ class LoRARankEnv(gym.Env):
     order of importance) and reported in ``info["clipped_groups"]``.
 
     ## Observation Space
-    ``Box`` of ``9 + 9 G`` float32 features with fixed bounds (names in :attr:`feature_names`):
+    ``Box`` of ``10 + 9 G`` float32 features with fixed bounds (names in :attr:`feature_names`):
     run level: ``loss/ema_rel``, ``loss/slope_x100``, ``eval/gain`` (the fraction of the starting error
     closed, ``(acc - acc_0) / (1 - acc_0)`` with ``acc_0`` the evaluation at reset), ``eval/gain_delta``
-    (its change since the last decision),
-    ``memory/used_frac`` (of the budget), ``memory/headroom_frac``, ``budget/ref_frac`` (the budget as a
-    fraction of the reference), ``budget/trend`` (its change since the last decision, of the reference),
+    (its change since the last decision), ``memory/used_frac`` (of the budget), ``memory/headroom_frac``,
+    ``budget/ref_frac`` (the budget as a fraction of the reference), ``budget/trend`` (its change since the
+    last decision, of the reference), ``budget/floor_frac`` (the lowest budget of the episode's trace, of
+    the reference: what a rule that chooses once fits, known ahead as a ``--budget-trace`` file is),
     ``progress``; per group: ``rank_frac``, ``importance_share`` (AdaLoRA sensitivity x uncertainty),
     ``grad_norm_share``, ``input_variance_share``, ``rank_utilization`` (spectral), ``grow_cost_frac``
     (bytes of the next +step / budget), ``freeze_free_frac`` (bytes a freeze frees / budget), ``frozen``,
@@ -117,8 +118,10 @@ class LoRARankEnv(gym.Env):
     ## Version History
     * v2: the accuracy features became the gain over the run's start (``eval/gain``, ``eval/gain_delta``):
       an untrained head starts near 1/C on a C-class task, so the raw accuracy told a policy how many
-      classes a task has, not how far its training had come. The presets' task families include a six-class
-      task (``mix``), and the ``minilm`` preset moves rank in steps of 2, up to 4 steps a decision.
+      classes a task has, not how far its training had come. ``budget/floor_frac`` is new: without it a
+      policy cloned from ``static-fit`` could not tell a constant budget from one that will drop. The
+      presets' task families include a six-class task (``mix``), and the ``minilm`` preset moves rank in
+      steps of 2, up to 4 steps a decision.
     * v1: freeze and thaw actions; budgets drawn per episode and moving along a trace, relative to the
       reference memory; the first decision before the first step; the wall as a hard constraint with small
       mean-memory and depth costs; budget and frozen features in the observation.

@@ -6,8 +6,10 @@ them. The layout (G and the ordered names) is saved with every policy and checke
 
 Layouts are versioned with the environment (:data:`OBSERVATION_VERSIONS`). Environment v2 replaced the
 accuracy and its change by the fraction of the run's starting error closed (``eval/gain``,
-``eval/gain_delta``), which reads the same on a 2-class and a 6-class task; v1 policies still deploy,
-because :meth:`ObservationLayout.build` computes the features of every version from the same signals.
+``eval/gain_delta``), which reads the same on a 2-class and a 6-class task, and added the lowest budget
+the run is known to see (``budget/floor_frac``: a known trace's minimum, which rules that choose once
+fit); v1 policies still deploy, because :meth:`ObservationLayout.build` computes the features of every
+version from the same signals.
 """
 
 from __future__ import annotations
@@ -36,12 +38,12 @@ _MEMORY = (
     ("memory/headroom_frac", -1.0, 1.0),
     ("budget/ref_frac", 0.0, 2.0),
     ("budget/trend", -1.0, 1.0),
-    ("progress", 0.0, 1.0),
 )
 # Run-level features per environment version (the group features are the same in both).
 OBSERVATION_VERSIONS: dict[int, tuple[tuple[str, float, float], ...]] = {
-    1: (*_LOSS, ("eval/accuracy", 0.0, 1.0), ("eval/accuracy_delta", -1.0, 1.0), *_MEMORY),
-    2: (*_LOSS, ("eval/gain", -1.0, 1.0), ("eval/gain_delta", -1.0, 1.0), *_MEMORY),
+    1: (*_LOSS, ("eval/accuracy", 0.0, 1.0), ("eval/accuracy_delta", -1.0, 1.0), *_MEMORY, ("progress", 0.0, 1.0)),
+    2: (*_LOSS, ("eval/gain", -1.0, 1.0), ("eval/gain_delta", -1.0, 1.0), *_MEMORY, ("budget/floor_frac", 0.0, 2.0),
+        ("progress", 0.0, 1.0)),
 }
 OBSERVATION_VERSION = max(OBSERVATION_VERSIONS)
 GLOBAL_FEATURES = OBSERVATION_VERSIONS[OBSERVATION_VERSION]
@@ -99,6 +101,7 @@ class ObservationLayout:
             "memory/used_frac": flat.get("memory/used_frac", 0.0),
             "memory/headroom_frac": flat.get("memory/headroom_frac", 0.0),
             "budget/ref_frac": flat.get("budget/ref_frac", 1.0),
+            "budget/floor_frac": flat.get("budget/floor_frac", flat.get("budget/ref_frac", 1.0)),
             "budget/trend": budget_trend,
             "progress": progress,
         }

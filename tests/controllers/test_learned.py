@@ -6,8 +6,11 @@ import json
 import math
 import zipfile
 
+import gymnasium
+import numpy as np
 import pytest
 import torch
+from gymnasium.spaces import Box
 from stable_baselines3 import PPO
 
 from rankrl.controllers import LearnedController, make_controller
@@ -27,6 +30,13 @@ from rankrl.policy import (
 BIAS = [0.0, 0.0, 3.0, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0, 0.0]
 
 
+class _Spaces(gymnasium.Env):
+    """Only the spaces, for building a policy of any layout version (never stepped)."""
+
+    def __init__(self, observation_space, action_space) -> None:
+        self.observation_space, self.action_space = observation_space, action_space
+
+
 def save_policy(directory, num_groups: int = 2, features: bool = True, bias: list[float] | None = None,
                 as_zip: bool = False, version: int = ENV_VERSION, watch: int | None = None):
     """An untrained PPO on the tiny environment, saved as data (policy.json + policy.safetensors) or, with
@@ -35,7 +45,9 @@ def save_policy(directory, num_groups: int = 2, features: bool = True, bias: lis
     With ``watch``, group 0 takes ``+step`` exactly when observation feature ``watch`` is positive (else
     every group takes the first action, ``-step``)."""
     env = LoRARankEnv(preset="tiny", num_groups=num_groups)
-    model = PPO("MlpPolicy", env, seed=0, n_steps=8, batch_size=8, policy_kwargs={"net_arch": [8]}, device="cpu")
+    low, high = ObservationLayout(num_groups, version).bounds
+    spaces = _Spaces(Box(low, high, dtype=np.float32), env.action_space)  # the layout of that version
+    model = PPO("MlpPolicy", spaces, seed=0, n_steps=8, batch_size=8, policy_kwargs={"net_arch": [8]}, device="cpu")
     if bias is not None:  # a policy with known preferences: zero weights, so the bias alone decides
         with torch.no_grad():
             model.policy.action_net.weight.zero_()

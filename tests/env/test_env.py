@@ -139,6 +139,21 @@ def test_the_wall_holds_at_every_optimizer_step_under_every_trace(trace):
     environment.close()
 
 
+@pytest.mark.parametrize("trace", ["constant", "step-down", "step-up"])
+def test_the_observation_holds_the_lowest_budget_of_the_trace(trace):
+    """What ``static-fit`` fits: the trace's minimum, known from the start (a step-down halves the budget)."""
+    environment = LoRARankEnv(preset="tiny", budget_range=[0.8, 0.8], traces=[trace])
+    obs, info = environment.reset(seed=1)
+    names = environment.feature_names
+    floor = obs[names.index("budget/floor_frac")]
+    reference = environment.budget.reference
+    assert floor == pytest.approx(environment.budget.floor / reference, abs=1e-6)
+    assert floor == pytest.approx(min(frac for _, frac in info["trace"]["points"]), abs=1e-3)
+    assert floor == pytest.approx(info["budget_frac"], abs=1e-3) == pytest.approx(0.8, abs=1e-3)
+    assert (obs[names.index("budget/ref_frac")] > floor + 0.01) == (trace == "step-down")  # starts higher
+    environment.close()
+
+
 def test_a_budget_below_the_starting_memory_is_met_by_the_first_action():
     environment = LoRARankEnv(preset="tiny", budget_frac=0.6)
     obs, info = environment.reset(seed=0)
@@ -174,7 +189,7 @@ def test_divergence_terminates_with_the_penalty():
 def test_feature_names_match_the_observation(env):
     obs, _ = env.reset(seed=1)
     names = env.unwrapped.feature_names
-    assert len(names) == obs.shape[0] == 9 + 9 * env.unwrapped.config.num_groups
+    assert len(names) == obs.shape[0] == 10 + 9 * env.unwrapped.config.num_groups
     assert len(set(names)) == len(names) and "group1/importance_share" in names
 
 
@@ -215,7 +230,7 @@ def test_every_shipped_preset_loads_and_is_registered(name):
     spec = gym.spec(f"rankrl/{name}-v2")
     assert spec.max_episode_steps == config.episode_length
     environment = LoRARankEnv(preset=name)  # cheap: builds the spaces only
-    assert environment.observation_space.shape == (9 + 9 * config.num_action_groups,)
+    assert environment.observation_space.shape == (10 + 9 * config.num_action_groups,)
     assert environment.action_space.nvec.tolist() == [config.action_levels + 2] * config.num_action_groups
     assert environment.session is None
 
