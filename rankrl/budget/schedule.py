@@ -17,7 +17,9 @@ run, and anything above it is headroom a closed-loop controller can use:
 * ``spike``: the higher level, with a dip to the fraction for 10-25% of the run (a co-tenant's spike);
 * ``sawtooth``: three or four periods, each falling in eight steps from the higher level to the fraction.
 
-The higher level is the fraction plus a draw from ``[0.15, 0.35]``, at most 1.0.
+The higher level is the fraction plus a draw from ``[0.15, max(0.35, 1 - fraction)]``, at most 1.0: a
+drop takes from 0.15 of the reference up to everything above the fraction (a budget of 1.0 that halves,
+say, which a narrower draw never showed a policy).
 
 :class:`LiveBudget` follows the free memory NVML reports on a CUDA device, minus a safety margin, read at
 each decision; its reader is a plain callable so that tests drive it on a CPU.
@@ -104,7 +106,7 @@ class BudgetTrace:
             raise BudgetTraceError(f"The budget fraction must be positive, got {fraction}.")
         if total_steps < 2:
             raise BudgetTraceError(f"A trace needs a run of at least 2 steps, got {total_steps}.")
-        high = min(1.0, fraction + float(rng.uniform(0.15, 0.35)))
+        high = min(1.0, fraction + float(rng.uniform(0.15, max(0.35, 1.0 - fraction))))
         high = max(high, fraction)
         T = int(total_steps)
         at = max(1, int(T * float(rng.uniform(1 / 3, 2 / 3))))

@@ -7,8 +7,9 @@ the environment builds its observation, lets the controller decide through the m
 model and repairs the optimizer (``RankedLoRA.set_group_ranks``, ``freeze``, ``thaw``), re-measures memory
 and writes one line of ``decisions.jsonl`` plus TensorBoard scalars. When the budget moves (a trace, or the
 free memory of the GPU) and drops below the memory in use, it decides at once, so the memory in force at
-every optimizer step is at or under the wall; a step where it is not counts as a wall violation. A
-hand-written loop::
+every optimizer step is at or under the wall; a step where it is not counts as a wall violation. Its
+set-up and decisions leave torch's random state as they found it, so the training of two controllers that
+set the same ranks is the same run (:func:`off_the_training_stream`). A hand-written loop::
 
     rl = RankedLoRA.attach(model, rank=8, num_groups=4)
     optimizer = torch.optim.AdamW(rl.trainable_parameters(), lr=1e-3)
@@ -28,9 +29,12 @@ The Hugging Face ``Trainer`` wrapper is :class:`rankrl.deploy.RankRLCallback`.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
@@ -57,6 +61,28 @@ MAX_PENDING_SCALARS = 512
 """TensorBoard scalars queued between decisions before they are written anyway (see ``RankControl._scalar``)."""
 STATE_FORMAT = 1
 TB_DIR = "tb"
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def off_the_training_stream(method: _Method) -> _Method:
+    """Run a :class:`RankControl` method on a copy of torch's random state, restored when it returns.
+
+    Set-up and decisions run forward passes of their own (memory reads, a rule's what-if passes, signal
+    probes) whose dropout draws from torch's global generator, and each controller runs different ones.
+    Without this, two arms that set the same ranks would train on different dropout masks, and a comparison
+    paired by seed would measure the controllers' bookkeeping as well as their allocations. With it, the
+    training's random stream depends only on the seed and the allocations, as if no controller had looked.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: RankControl, *args: Any, **kwargs: Any) -> Any:
+        device = next(self.rl.model.parameters()).device
+        devices = [torch.cuda.current_device() if device.index is None else device.index] \
+            if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 class RankControl:
@@ -160,6 +186,7 @@ class RankControl:
         """The memory meter (the budget, or an unbounded one that only measures)."""
         return self.reader.budget
 
+    @off_the_training_stream
     def setup(self, optimizer: torch.optim.Optimizer, batch: dict, *, start: bool = True) -> int | None:
         """Measure the reference memory, run every check, and make the first decision before the first step.
 
@@ -300,6 +327,7 @@ class RankControl:
             return max(self.budget_trace.minimum_bytes(self.reference), 1)
         return self.budget_at(self.step_count)
 
+    @off_the_training_stream
     def decide(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> Applied:
         """Read the signals, decide through the wall, resize, re-measure and log (normally via :meth:`step`)."""
         optimizer = optimizer if optimizer is not None else self.optimizer

@@ -121,7 +121,8 @@ class LoRARankEnv(gym.Env):
       classes a task has, not how far its training had come. ``budget/floor_frac`` is new: without it a
       policy cloned from ``static-fit`` could not tell a constant budget from one that will drop. The
       presets' task families include a six-class task (``mix``), and the ``minilm`` preset moves rank in
-      steps of 2, up to 4 steps a decision.
+      steps of 2, up to 4 steps a decision. A trace's higher level reaches up to 1.0 of the reference
+      (:meth:`~rankrl.budget.BudgetTrace.shape`), so a budget can fall by everything above its floor.
     * v1: freeze and thaw actions; budgets drawn per episode and moving along a trace, relative to the
       reference memory; the first decision before the first step; the wall as a hard constraint with small
       mean-memory and depth costs; budget and frozen features in the observation.

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -206,6 +208,17 @@ def episode_seeds(seed: int, n_episodes: int, avoid: list[int]) -> list[int]:
         if candidate not in avoid and candidate not in seeds:
             seeds.append(candidate)
     return seeds
+
+
+def episode_counter(say: Callable[[str], Any], what: str) -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` that says ``what: done/total`` about ten times over a collection (episodes
+    take seconds to minutes each, and a collection can run for an hour)."""
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % max(1, total // 10) == 0:
+            say(f"  {what}: {done}/{total}")
+
+    return progress
 
 
 def collect_teacher_episodes(env: str | Path | EnvConfig, teacher: str | Teacher, n_episodes: int,
@@ -563,7 +576,8 @@ class CloningPlan:
         ``teacher_episodes`` in the run directory)."""
         if self.dataset is None:
             say(f"behaviour cloning: collecting {self.episodes} episodes of teacher {self.teacher.spec!r}")
-            self.dataset = collect_teacher_episodes(env, self.teacher, self.episodes, seed=self.seed)
+            self.dataset = collect_teacher_episodes(env, self.teacher, self.episodes, seed=self.seed,
+                                                    progress=episode_counter(say, "teacher episodes"))
             self.data = self.dataset.save(self.data if self.data is not None else Path(run_dir) / RUN_DATA)
         return self.dataset
 
@@ -582,7 +596,8 @@ class CloningPlan:
         for k in range(1, self.dagger_rounds + 1):
             used = [s for p in [taught, *visited] for s in p.episode_seeds]
             part = collect_teacher_episodes(env, self.teacher, self.dagger_episodes,
-                                            seed=seed + DAGGER_SEED_OFFSET + k, driver=drive, avoid=used)
+                                            seed=seed + DAGGER_SEED_OFFSET + k, driver=drive, avoid=used,
+                                            progress=episode_counter(say, f"DAgger round {k}: episodes"))
             on_own = action_agreement(model, part)
             visited.append(part)
             rows = merge_datasets([taught, *visited])

@@ -50,7 +50,9 @@ def test_ray_bench_gives_the_local_rows_and_survives_ctrl_c(tmp_path, monkeypatc
 
     config.resume = True
     resumed = run_bench(config, progress=False, backend="ray")
-    assert resumed.skipped == 1 and resumed.ran == 2 and not resumed.failed
+    # A run that finished in its worker between the Ctrl-C and the cancel has no row yet: --resume recovers it
+    # from its directory (skipped), so 1 or 2 runs are skipped and the rest run again.
+    assert 1 <= resumed.skipped <= 2 and resumed.skipped + resumed.ran == 3 and not resumed.failed
     assert _rows(tmp_path / "ray") == _rows(tmp_path / "local")
     assert (tmp_path / "ray" / "report.md").exists() and (tmp_path / "ray" / "pareto.png").exists()
 

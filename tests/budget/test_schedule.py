@@ -63,6 +63,15 @@ def test_every_shape_is_seeded_and_bottoms_out_at_its_fraction(kind):
         assert values == sorted(values)
 
 
+@pytest.mark.parametrize("fraction", [0.35, 0.5, 0.75])
+def test_a_drop_can_take_anything_above_the_floor(fraction):
+    highs = [BudgetTrace.shape("step-down", fraction, 60, np.random.default_rng(seed)).points[0][1]
+             for seed in range(200)]
+    assert min(highs) >= fraction + 0.15 - 1e-6 and max(highs) <= 1.0
+    assert max(highs) >= min(1.0, fraction + 0.35) - 0.02  # the whole way to the reference (or fraction+0.35)
+    assert sum(h >= 0.95 for h in highs) >= (10 if fraction <= 0.5 else 50)  # a budget of ~1.0 that falls
+
+
 def test_shape_errors():
     rng = np.random.default_rng(0)
     with pytest.raises(BudgetTraceError, match="Unknown trace kind 'wobble'; known kinds: constant"):

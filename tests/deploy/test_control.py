@@ -11,6 +11,7 @@ from peft import PeftModel
 from rankrl.budget import BudgetTrace, LiveBudget, WallError
 from rankrl.controllers import BudgetTooSmallError, Decision, DecisionLog, RankController, make_controller
 from rankrl.controllers.base import MIB
+from rankrl.controllers.static import FixedController
 from rankrl.deploy import RankControl
 from rankrl.models import load_model
 from rankrl.session import FineTuneSession
@@ -77,6 +78,33 @@ def test_plain_loop_decides_every_n_within_the_wall(session, tmp_path, spec):
         assert control.peak_used <= int(budget * MIB)
         assert sum(records[-1]["ranks_after"]) > 8  # greedy filled the headroom
     assert (tmp_path / "tb").is_dir() and any((tmp_path / "tb").iterdir())
+
+
+class _Peeking(FixedController):
+    """``fixed:2`` that draws from torch's generator at every decision, as a rule's what-if passes do."""
+
+    def decide(self, ctx):
+        torch.rand(1000)
+        return super().decide(ctx)
+
+
+def test_what_a_controller_draws_does_not_change_the_training(tmp_path):
+    session = FineTuneSession(dataclasses.replace(TINY, lora_dropout=0.3))  # dropout reads torch's generator
+    runs = {}
+    for name, controller in [("plain", FixedController(2)), ("peeking", _Peeking(2))]:
+        session.reset(seed=0)
+        control = RankControl(session.rl, controller, every=EVERY, total_steps=STEPS, r_max=8, rank_step=2)
+        try:
+            hand_loop(session, control, steps=12)
+        finally:
+            control.close()
+        runs[name] = torch.rand(3).tolist()  # the stream the training left behind
+        assert session.rl.group_ranks == [2, 2]
+        runs[name].append(session.evaluate().accuracy)
+        runs[name].append([p.detach().clone() for p in session.rl.trainable_parameters()])
+    plain, peeking = runs["plain"], runs["peeking"]
+    assert plain[:4] == peeking[:4]
+    assert all(torch.equal(a, b) for a, b in zip(plain[4], peeking[4], strict=True))
 
 
 def test_too_small_budget_fails_at_setup_before_training(session, tmp_path):

@@ -18,6 +18,7 @@ from rankrl.train.imitation import (
     ImitationDataset,
     action_agreement,
     collect_teacher_episodes,
+    episode_counter,
     compare_returns,
     episode_seeds,
     fit_behaviour_cloning,
@@ -367,3 +368,15 @@ def test_a_stop_while_collecting_keeps_nothing(tmp_path, agent_file):
     finally:
         interrupt.clear()
     assert not any((tmp_path / "tiny").iterdir())
+
+
+def test_a_collection_says_how_far_it_is_about_ten_times():
+    said: list[str] = []
+    progress = episode_counter(said.append, "teacher episodes")
+    for done in range(1, 41):
+        progress(done, 40)
+    assert said == [f"  teacher episodes: {done}/40" for done in range(4, 41, 4)]
+    said.clear()
+    for done in range(1, 4):
+        progress(done, 3)
+    assert said == ["  teacher episodes: 1/3", "  teacher episodes: 2/3", "  teacher episodes: 3/3"]
