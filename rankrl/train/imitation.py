@@ -215,7 +215,7 @@ def episode_counter(say: Callable[[str], Any], what: str) -> Callable[[int, int]
     take seconds to minutes each, and a collection can run for an hour)."""
 
     def progress(done: int, total: int) -> None:
-        if done == total or done % max(1, total // 10) == 0:
+        if done == total or done % math.ceil(total / 10) == 0:
             say(f"  {what}: {done}/{total}")
 
     return progress

@@ -380,3 +380,7 @@ def test_a_collection_says_how_far_it_is_about_ten_times():
     for done in range(1, 4):
         progress(done, 3)
     assert said == ["  teacher episodes: 1/3", "  teacher episodes: 2/3", "  teacher episodes: 3/3"]
+    said.clear()
+    for done in range(1, 13):
+        progress(done, 12)
+    assert said == [f"  teacher episodes: {done}/12" for done in (2, 4, 6, 8, 10, 12)]
