@@ -77,9 +77,7 @@ def off_the_training_stream(method: _Method) -> _Method:
     @functools.wraps(method)
     def wrapper(self: RankControl, *args: Any, **kwargs: Any) -> Any:
         device = next(self.rl.model.parameters()).device
-        devices = [torch.cuda.current_device() if device.index is None else device.index] \
-            if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # as the meter's what-ifs
             return method(self, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
