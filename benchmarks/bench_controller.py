@@ -48,6 +48,7 @@ from common import minilm_lora, random_batch, train_step  # noqa: E402
 from rankrl.controllers import make_controller  # noqa: E402
 from rankrl.deploy import RankControl  # noqa: E402
 from rankrl.env import LoRARankEnv  # noqa: E402
+from rankrl.env.registration import env_id  # noqa: E402
 from rankrl.policy import save_policy_data  # noqa: E402
 from rankrl.signals.activations import InputVarianceTracker  # noqa: E402
 
@@ -55,16 +56,18 @@ EVERY = 10
 
 
 def hold_policy(directory: Path) -> Path:
-    """An SB3 PPO policy for the `default` layout (4 groups) that always chooses the zero delta."""
+    """An SB3 PPO policy for the `default` layout (4 groups) that always chooses the zero delta and no plan."""
     from stable_baselines3 import PPO
 
     env = LoRARankEnv(preset="default")
     model = PPO("MlpPolicy", env, seed=0, n_steps=8, batch_size=8, device="cpu")
     with torch.no_grad():
         model.policy.action_net.weight.zero_()
-        model.policy.action_net.bias.copy_(torch.tensor([0.0, 5.0, 0.0] * env.layout.num_groups))
+        model.policy.action_net.bias.copy_(torch.as_tensor(
+            [5.0 * (i == level) for level, n in zip(env.hold, env.action_space.nvec, strict=True) for i in range(n)]))
     metadata = {"algo": "PPO", "num_groups": env.layout.num_groups, "r_max": env.config.r_max,
-                "rank_step": env.config.rank_step, "deltas": [int(d) for d in env.deltas]}
+                "rank_step": env.config.rank_step, "actions": env.actions, "plans": env.plans,
+                "env_id": env_id("default")}
     save_policy_data(model, directory, metadata, layout=env.layout.to_dict())
     return directory
 

@@ -54,7 +54,8 @@ def compare(preset: str, policy: str, episodes: int) -> None:
     steps = {False: [], True: []}
     gap, cached = 0.0, 0
     for episode in range(episodes):
-        actions = rng.integers(0, envs[False].action_space.nvec[0], (envs[False].config.episode_length, size))
+        per_group = rng.integers(0, envs[False].action_space.nvec[0], (envs[False].config.episode_length, size))
+        actions = np.column_stack([per_group, np.zeros(len(per_group), dtype=np.int64)])  # and no plan
         order = (False, True) if episode % 2 == 0 else (True, False)
         rewards = {}
         for cache in order:

@@ -21,7 +21,7 @@ def test_tasks_lists_and_previews():
 def test_presets_lists_envs_and_agents():
     result = runner.invoke(app, ["presets"])
     assert result.exit_code == 0
-    assert "rankrl/NAME-v2" in result.output and "tiny" in result.output and "ppo" in result.output
+    assert "rankrl/NAME-v3" in result.output and "tiny" in result.output and "ppo" in result.output
 
 
 def test_train_bad_input_exits_cleanly(tmp_path):

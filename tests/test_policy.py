@@ -78,7 +78,7 @@ def test_data_round_trip_keeps_weights_spaces_and_metadata(tmp_path):
     env = LoRARankEnv(preset="tiny", num_groups=2)
     model = PPO("MlpPolicy", env, seed=0, n_steps=8, batch_size=8, device="cpu",
                 policy_kwargs={"net_arch": {"pi": [8, 4], "vf": [6]}, "activation_fn": torch.nn.ReLU})
-    metadata = {"env_id": "rankrl/tiny-v2", "deltas": [-2, 0, 2], "anything": {"nested": [1, 2]}}
+    metadata = {"env_id": "rankrl/tiny-v3", "deltas": [-2, 0, 2], "anything": {"nested": [1, 2]}}
     spec_path = save_policy_data(model, tmp_path, metadata, layout=env.layout.to_dict())
     loaded = load_policy_data(tmp_path)
     assert loaded.path == spec_path and loaded.metadata == metadata
@@ -112,7 +112,7 @@ def test_convert_needs_trust_and_gives_the_same_policy(tmp_path):
     result = runner.invoke(app, ["policy", "convert", "--trust-policy", str(source), str(tmp_path / "data")])
     assert result.exit_code == 0, result.output
     loaded = load_policy(tmp_path / "data")
-    assert loaded.metadata["env_id"] == "rankrl/tiny-v2" and loaded.features["num_groups"] == 2
+    assert loaded.metadata["env_id"] == "rankrl/tiny-v3" and loaded.features["num_groups"] == 2
     model = PPO.load(source / "policy.zip", device="cpu")
     assert all(torch.equal(v, loaded.policy.state_dict()[k]) for k, v in model.policy.state_dict().items())
     again = runner.invoke(app, ["policy", "convert", "--trust-policy", str(source), str(tmp_path / "data")])

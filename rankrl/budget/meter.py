@@ -103,7 +103,8 @@ class MemoryStatus:
 
     def to_dict(self) -> dict[str, float]:
         """Named features: ``memory/*``, ``budget/*`` and per group ``grow_cost_frac``, ``shrink_free_frac``,
-        ``freeze_free_frac``, ``grow_fits``."""
+        ``freeze_free_frac`` (of the budget), ``grow_cost_ref``, ``freeze_free_ref`` (of the reference, or of
+        the budget when there is none) and ``grow_fits``."""
         out = {
             "memory/used_frac": self.used_frac,
             "memory/headroom_frac": self.headroom_frac,
@@ -120,6 +121,8 @@ class MemoryStatus:
             out[f"group{g}/grow_cost_frac"] = grow / self.budget
             out[f"group{g}/shrink_free_frac"] = free / self.budget
             out[f"group{g}/freeze_free_frac"] = self.freeze_free[g] / self.budget
+            out[f"group{g}/grow_cost_ref"] = grow / (self.reference or self.budget)
+            out[f"group{g}/freeze_free_ref"] = self.freeze_free[g] / (self.reference or self.budget)
             out[f"group{g}/grow_fits"] = float(grow <= self.headroom)
         return out
 

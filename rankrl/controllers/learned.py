@@ -4,10 +4,12 @@ The policy is loaded (and its saved observation layout checked against the live 
 the deployment calls at set-up through :func:`~rankrl.controllers.prepare_controller`, so a policy built for
 another layout or number of groups fails before training starts. Its action is one index per group into the
 actions saved in ``metadata.json`` (``actions``: the rank deltas, then ``freeze`` and ``thaw``, as in
-environment v1 and v2); the decision reports the policy's probability of every action. The observation is
-built in the layout of the environment version the policy was trained on (v1: the accuracy, v2: the gain
-over the run's start), so a v1 policy still deploys. A policy trained on environment v0 (rank deltas only)
-is refused with the command that retrains it.
+environment v1 to v3), then, from v3, one index into its ``plans`` (a whole first allocation,
+:mod:`rankrl.env.plans`), which counts at the run's first decision only. The decision reports the policy's
+probability of every action. The observation is built in the layout of the environment version the policy
+was trained on (v1: the accuracy, v2: the gain over the run's start, v3: costs of the reference), so
+policies of v1 and v2 still deploy. A policy trained on environment v0 (rank deltas only) is refused with
+the command that retrains it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from rankrl.controllers.base import ControllerContext, Decision, RankController
 from rankrl.env.lora_rank_env import FREEZE, THAW
 from rankrl.env.observation import OBSERVATION_VERSIONS, ObservationLayout
+from rankrl.env.plans import NO_PLAN, plan_names, plan_ranks
 from rankrl.env.registration import ENV_VERSION
 from rankrl.policy import (
     METADATA_FILE,
@@ -63,6 +66,7 @@ class LearnedController(RankController):
         self.device = device
         self.policy: LoadedPolicy | None = None
         self.actions: list[str] | None = None
+        self.plans: list[str] = []
         self.layout: ObservationLayout | None = None
 
     def bind(self, *, num_groups: int, split_by_kind: bool, r_max: int, rank_step: int,
@@ -71,11 +75,19 @@ class LearnedController(RankController):
         self.layout = ObservationLayout(num_groups, version)
         self.policy = load_policy(self.path, self.layout, device=self.device, trust_policy=self.trust_policy)
         nvec = np.asarray(getattr(self.policy.action_space, "nvec", []))
-        if nvec.shape != (num_groups,) or len(set(nvec.tolist())) != 1:
-            raise PolicyFileError(f"The policy {self.path} acts on {nvec.tolist()} levels per group, not on "
-                                  f"{num_groups} groups with one set of levels; use a policy from `rankrl train`.")
-        levels = int(nvec[0])
+        planned = version >= 3
+        groups = nvec[:-1] if planned else nvec
+        if groups.shape != (num_groups,) or len(set(groups.tolist())) != 1:
+            raise PolicyFileError(f"The policy {self.path} acts on {nvec.tolist()} levels, not on {num_groups} groups "
+                                  f"with one set of levels{' and a plan' if planned else ''}; use a policy from "
+                                  "`rankrl train`.")
+        levels = int(groups[0])
         metadata = self.policy.metadata
+        if planned:
+            self.plans = [str(p) for p in metadata.get("plans") or plan_names(num_groups, r_max, rank_step)]
+            if len(self.plans) != int(nvec[-1]):
+                raise PolicyFileError(f"{self.path}: its metadata lists {len(self.plans)} plans but the policy has "
+                                      f"{int(nvec[-1])}; re-export it with `rankrl train`.")
         if "actions" in metadata:
             self.actions = [str(a) for a in metadata["actions"]]
         else:  # a bare zip: the environment's actions in this run's rank steps
@@ -92,7 +104,7 @@ class LearnedController(RankController):
                           stacklevel=2)
 
     def probabilities(self, observation: np.ndarray) -> list[list[float]]:
-        """The policy's probability of every action level, per group."""
+        """The policy's probability of every action level, per group (then of every plan, from v3)."""
         policy = self._policy()
         obs, _ = policy.obs_to_tensor(observation)
         with torch.no_grad():
@@ -102,10 +114,19 @@ class LearnedController(RankController):
     def decide(self, ctx: ControllerContext) -> Decision:
         layout = self.layout or ObservationLayout(ctx.num_groups)
         probabilities = self.probabilities(layout.vector(ctx.features))
-        if len(probabilities) != ctx.num_groups:
-            raise ValueError(f"The policy acts on {len(probabilities)} groups but the run has {ctx.num_groups}.")
-        action = [int(np.argmax(p)) for p in probabilities]  # SB3's deterministic action: the mode per group
-        names = [self.actions[a] for a in action]
+        heads = ctx.num_groups + (1 if self.plans else 0)
+        if len(probabilities) != heads:
+            raise ValueError(f"The policy acts on {len(probabilities)} heads but the run needs {heads}.")
+        action = [int(np.argmax(p)) for p in probabilities]  # SB3's deterministic action: the mode per head
+        names = [self.actions[a] for a in action[:ctx.num_groups]]
+        detail = ", ".join(f"g{g} {n} (p={p[a]:.2f})"
+                           for g, (n, a, p) in enumerate(zip(names, action, probabilities, strict=False)))
+        plan = self.plans[action[-1]] if self.plans and ctx.step == 0 else NO_PLAN
+        planned = plan_ranks(plan, ctx.num_groups)
+        if planned is not None:
+            planned = [min(rank, ctx.r_max) for rank in planned]
+            return Decision(planned, f"policy: plan {plan} (p={probabilities[-1][action[-1]]:.2f}); {detail}",
+                            probabilities=probabilities, action=action, frozen=[False] * ctx.num_groups)
         frozen = list(ctx.frozen) if ctx.frozen else [False] * ctx.num_groups
         targets = []
         for g, (rank, name) in enumerate(zip(ctx.group_ranks, names, strict=True)):
@@ -114,8 +135,6 @@ class LearnedController(RankController):
                 frozen[g] = name == FREEZE
             else:
                 targets.append(min(max(rank + int(name), 0), ctx.r_max))
-        detail = ", ".join(f"g{g} {n} (p={p[a]:.2f})"
-                           for g, (n, a, p) in enumerate(zip(names, action, probabilities, strict=True)))
         return Decision(targets, f"policy: {detail}", probabilities=probabilities, action=action, frozen=frozen)
 
     def _policy(self):
@@ -128,9 +147,10 @@ class LearnedController(RankController):
 def check_env_version(metadata: dict, path: Path | str, *, exact: bool = False) -> int:
     """The environment version a policy was trained on, if this rankrl can run it; else a clear error.
 
-    Deployment takes every version whose actions are this one's (v1 and v2 differ only in the observation,
-    which :class:`LearnedController` builds in the policy's layout); ``exact`` (training on from a policy)
-    takes only the current version. A policy that names no version is taken as the current one.
+    Deployment takes every version from v1 (they differ in the observation, which :class:`LearnedController`
+    builds in the policy's layout, and v3 adds the plan head, which it reads when there is one); ``exact``
+    (training on from a policy) takes only the current version. A policy that names no version is taken as
+    the current one.
     """
     env_id = str(metadata.get("env_id") or "")
     version = env_id.rpartition("-v")[2]

@@ -28,7 +28,7 @@ class RewardWeights:
 class EnvConfig:
     """Everything that defines a :class:`~rankrl.env.LoRARankEnv`."""
 
-    name: str = field(default="custom", metadata={"help": "Preset name (registered as rankrl/<name>-v2)."})
+    name: str = field(default="custom", metadata={"help": "Preset name (registered as rankrl/<name>-v3)."})
     description: str = field(default="", metadata={"help": "One line for listings."})
     model: str = field(default="tiny", metadata={"help": "'tiny', 'default' (MiniLM-L6), a directory or hub name."})
     num_hidden_layers: int | None = field(default=None, metadata={"help": "Cut the model to its first N layers."})
@@ -113,7 +113,7 @@ class EnvConfig:
 
 
 def load_env_config(preset: str | Path, **overrides) -> EnvConfig:
-    """Load an environment preset by name, path or Gymnasium id (``rankrl/tiny-v2``); keyword overrides are
+    """Load an environment preset by name, path or Gymnasium id (``rankrl/tiny-v3``); keyword overrides are
     checked like file keys."""
     match = re.fullmatch(r"rankrl/(.+)-v(\d+)", str(preset))
     if match:

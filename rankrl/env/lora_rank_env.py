@@ -20,6 +20,7 @@ from rankrl.budget import (
 from rankrl.data import TaskData, load_task_data
 from rankrl.env.config import EnvConfig, load_env_config
 from rankrl.env.observation import ObservationLayout
+from rankrl.env.plans import NO_PLAN, plan_names, plan_ranks
 from rankrl.lora import RankedLoRA
 from rankrl.lora.allocation import apply_allocation, backward_depth
 from rankrl.session import FineTuneSession, TrainResult
@@ -54,7 +55,7 @@ class LoRARankEnv(gym.Env):
     The first decision comes before the first optimizer step.
 
     ## Action Space
-    ``MultiDiscrete([levels + 2] * G)``: for each of the G groups an index into
+    ``MultiDiscrete([levels + 2] * G + [P])``. The first G entries, one per group, index
     ``action_names(levels, rank_step)``: the rank deltas ``(-(levels-1)/2 .. +(levels-1)/2) * rank_step``
     (with the default 3 levels ``{-step, 0, +step}``), then ``freeze`` and ``thaw``. Ranks stay in
     ``[0, r_max]``; rank 0 removes the group's adapters (their update is dropped, their memory freed).
@@ -62,8 +63,11 @@ class LoRARankEnv(gym.Env):
     once nothing below trains, no saved activations there. ``thaw`` trains a frozen group again; it exists
     because budgets also rise (a ``step-up`` trace), and without it memory freed by a freeze could only be
     spent on rank. Rank deltas on a frozen group shrink or grow its frozen factors (growth adds nothing).
-    Growths and thaws that would cross the wall are cut back (largest growth that fits, groups taken in
-    order of importance) and reported in ``info["clipped_groups"]``.
+    The last entry is the **plan** (:attr:`plans`, :mod:`rankrl.env.plans`): at the first decision, any plan
+    but ``none`` sets a whole allocation, the top ``k`` groups at rank ``r`` and rank 0 below, in place of
+    the per-group entries; at later decisions it is ignored. Growths and thaws that would cross the wall
+    are cut back (largest growth that fits, groups taken in order of importance) and reported in
+    ``info["clipped_groups"]``.
 
     ## Observation Space
     ``Box`` of ``10 + 9 G`` float32 features with fixed bounds (names in :attr:`feature_names`):
@@ -74,9 +78,10 @@ class LoRARankEnv(gym.Env):
     last decision, of the reference), ``budget/floor_frac`` (the lowest budget of the episode's trace, of
     the reference: what a rule that chooses once fits, known ahead as a ``--budget-trace`` file is),
     ``progress``; per group: ``rank_frac``, ``importance_share`` (AdaLoRA sensitivity x uncertainty),
-    ``grad_norm_share``, ``input_variance_share``, ``rank_utilization`` (spectral), ``grow_cost_frac``
-    (bytes of the next +step / budget), ``freeze_free_frac`` (bytes a freeze frees / budget), ``frozen``,
-    ``last_change``. The size depends only on G, so a policy trained on a small model can drive a larger one.
+    ``grad_norm_share``, ``input_variance_share``, ``rank_utilization`` (spectral), ``grow_cost_ref``
+    (bytes of the next +step / reference), ``freeze_free_ref`` (bytes a freeze frees / reference),
+    ``frozen``, ``last_change``. The size depends only on G, so a policy trained on a small model can drive a
+    larger one.
 
     ## Rewards
     ``r_t = w_acc (acc_t - acc_{t-1}) - w_mem mean(used / reference) / T - w_time mean(depth) / T
@@ -103,7 +108,7 @@ class LoRARankEnv(gym.Env):
     early with ``-w_divergence`` when the training loss becomes NaN or infinite.
 
     ## Arguments
-    ``gymnasium.make("rankrl/tiny-v2")`` or ``LoRARankEnv(preset="tiny", **overrides)`` or
+    ``gymnasium.make("rankrl/tiny-v3")`` or ``LoRARankEnv(preset="tiny", **overrides)`` or
     ``LoRARankEnv(config=EnvConfig(...))``. Overrides are preset keys (see :class:`EnvConfig`).
     ``torch_threads`` sets ``torch.set_num_threads`` in the process that builds the environment
     (``rankrl train`` gives each subprocess worker one thread).
@@ -116,6 +121,11 @@ class LoRARankEnv(gym.Env):
     on the state the policy sees (:mod:`rankrl.train.teacher`).
 
     ## Version History
+    * v3: the first allocation is chosen whole, by a plan head over the allocations ``static-fit`` tries
+      (the top ``k`` groups at a uniform rank): independent per-group heads mixed two such allocations near
+      a breakpoint into a third that neither was. The per-group costs are fractions of the reference
+      (``grow_cost_ref``, ``freeze_free_ref``), not of the budget in force, so they read the same whatever
+      the budget is.
     * v2: the accuracy features became the gain over the run's start (``eval/gain``, ``eval/gain_delta``):
       an untrained head starts near 1/C on a C-class task, so the raw accuracy told a policy how many
       classes a task has, not how far its training had come. ``budget/floor_frac`` is new: without it a
@@ -149,7 +159,8 @@ class LoRARankEnv(gym.Env):
         low, high = self.layout.bounds
         self.observation_space = spaces.Box(low=low, high=high, dtype=np.float32)
         self.actions = action_names(config.action_levels, config.rank_step)
-        self.action_space = spaces.MultiDiscrete([len(self.actions)] * config.num_action_groups)
+        self.plans = plan_names(config.num_action_groups, config.r_max, config.rank_step)
+        self.action_space = spaces.MultiDiscrete([len(self.actions)] * config.num_action_groups + [len(self.plans)])
         half = config.action_levels // 2
         self.deltas = np.arange(-half, half + 1) * config.rank_step
         self.session: FineTuneSession | None = None
@@ -169,6 +180,11 @@ class LoRARankEnv(gym.Env):
     def feature_names(self) -> list[str]:
         """Observation feature names, in vector order."""
         return self.layout.names
+
+    @property
+    def hold(self) -> np.ndarray:
+        """The action that changes nothing: the zero delta for every group and no plan."""
+        return np.asarray([self.config.action_levels // 2] * self.layout.num_groups + [0], dtype=np.int64)
 
     @property
     def total_steps(self) -> int:
@@ -285,19 +301,22 @@ class LoRARankEnv(gym.Env):
         started = time.perf_counter()
         config = self.config
         action = np.asarray(action, dtype=np.int64).reshape(-1)
-        if action.shape != (self.layout.num_groups,) or not self.action_space.contains(action):
+        if action.shape != self.action_space.shape or not self.action_space.contains(action):
             raise ValueError(f"Action {action.tolist()} is not in {self.action_space}.")
         before = rl.group_ranks
         frozen_before = list(rl.frozen_groups)
-        requested, wanted = [], []
-        for rank, was_frozen, a in zip(before, frozen_before, action, strict=True):
-            name = self.actions[a]
-            if name in (FREEZE, THAW):
-                requested.append(rank)
-                wanted.append(name == FREEZE and rank > 0)
-            else:
-                requested.append(int(np.clip(rank + self.deltas[a], 0, config.r_max)))
-                wanted.append(was_frozen)
+        plan = self.plans[action[-1]] if session.step == 0 else NO_PLAN
+        requested, wanted = plan_ranks(plan, len(before)), [False] * len(before)
+        if requested is None:
+            requested, wanted = [], []
+            for rank, was_frozen, a in zip(before, frozen_before, action[:-1], strict=True):
+                name = self.actions[a]
+                if name in (FREEZE, THAW):
+                    requested.append(rank)
+                    wanted.append(name == FREEZE and rank > 0)
+                else:
+                    requested.append(int(np.clip(rank + self.deltas[a], 0, config.r_max)))
+                    wanted.append(was_frozen)
         shares = [group.get("importance_share", 0.0) for group in self._read_signals().groups]
         ranks, frozen, clipped = clip_to_budget(meter, before, requested, config.rank_step, shares,
                                                 frozen_before, wanted)
@@ -310,7 +329,7 @@ class LoRARankEnv(gym.Env):
             reader.update_loss(loss)
         self._t += 1
         weights = config.reward
-        base_info = {"ranks": rl.group_ranks, "frozen": list(rl.frozen_groups),
+        base_info = {"ranks": rl.group_ranks, "frozen": list(rl.frozen_groups), "plan": plan,
                      "requested_ranks": requested, "requested_frozen": wanted, "clipped_groups": clipped,
                      "forced_groups": sorted(set(forced) | set(forced_later))}
         if result.diverged:

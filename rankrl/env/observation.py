@@ -8,8 +8,10 @@ Layouts are versioned with the environment (:data:`OBSERVATION_VERSIONS`). Envir
 accuracy and its change by the fraction of the run's starting error closed (``eval/gain``,
 ``eval/gain_delta``), which reads the same on a 2-class and a 6-class task, and added the lowest budget
 the run is known to see (``budget/floor_frac``: a known trace's minimum, which rules that choose once
-fit); v1 policies still deploy, because :meth:`ObservationLayout.build` computes the features of every
-version from the same signals.
+fit). Environment v3 measures the per-group costs against the reference memory (``grow_cost_ref``,
+``freeze_free_ref``) instead of the budget in force: a cost does not move when the budget moves, so the
+features at a budget of 1.0 are the ones seen at 0.5. Policies of every version deploy, because
+:meth:`ObservationLayout.build` computes the features of every version from the same signals.
 """
 
 from __future__ import annotations
@@ -21,17 +23,21 @@ import numpy as np
 from rankrl.signals import Signals
 
 # (name, low, high, source key in Signals.to_dict() / computed here)
-GROUP_FEATURES: tuple[tuple[str, float, float], ...] = (
+_SIGNALS = (
     ("rank_frac", 0.0, 1.0),
     ("importance_share", 0.0, 1.0),
     ("grad_norm_share", 0.0, 1.0),
     ("input_variance_share", 0.0, 1.0),
     ("rank_utilization", 0.0, 1.0),
-    ("grow_cost_frac", 0.0, 1.0),
-    ("freeze_free_frac", 0.0, 1.0),
-    ("frozen", 0.0, 1.0),
-    ("last_change", -1.0, 1.0),
 )
+_STATE = (("frozen", 0.0, 1.0), ("last_change", -1.0, 1.0))
+# Per-group features per environment version: v1 and v2 measure costs against the budget in force, v3
+# against the reference memory.
+GROUP_FEATURE_VERSIONS: dict[int, tuple[tuple[str, float, float], ...]] = {
+    1: (*_SIGNALS, ("grow_cost_frac", 0.0, 1.0), ("freeze_free_frac", 0.0, 1.0), *_STATE),
+    2: (*_SIGNALS, ("grow_cost_frac", 0.0, 1.0), ("freeze_free_frac", 0.0, 1.0), *_STATE),
+    3: (*_SIGNALS, ("grow_cost_ref", 0.0, 1.0), ("freeze_free_ref", 0.0, 1.0), *_STATE),
+}
 _LOSS = (("loss/ema_rel", 0.0, 3.0), ("loss/slope_x100", -1.0, 1.0))
 _MEMORY = (
     ("memory/used_frac", 0.0, 2.0),
@@ -45,8 +51,11 @@ OBSERVATION_VERSIONS: dict[int, tuple[tuple[str, float, float], ...]] = {
     2: (*_LOSS, ("eval/gain", -1.0, 1.0), ("eval/gain_delta", -1.0, 1.0), *_MEMORY, ("budget/floor_frac", 0.0, 2.0),
         ("progress", 0.0, 1.0)),
 }
+OBSERVATION_VERSIONS[3] = OBSERVATION_VERSIONS[2]
 OBSERVATION_VERSION = max(OBSERVATION_VERSIONS)
 GLOBAL_FEATURES = OBSERVATION_VERSIONS[OBSERVATION_VERSION]
+GROUP_FEATURES = GROUP_FEATURE_VERSIONS[OBSERVATION_VERSION]
+_SIGNAL_GROUP_NAMES = sorted({name for features in GROUP_FEATURE_VERSIONS.values() for name, _, _ in features})
 
 
 class ObservationMismatchError(ValueError):
@@ -70,15 +79,19 @@ class ObservationLayout:
         return OBSERVATION_VERSIONS[self.version]
 
     @property
+    def group_features(self) -> tuple[tuple[str, float, float], ...]:
+        return GROUP_FEATURE_VERSIONS[self.version]
+
+    @property
     def names(self) -> list[str]:
         """Feature names in vector order: run-level features, then ``group{g}/<feature>``."""
         return [n for n, _, _ in self.global_features] + [
-            f"group{g}/{n}" for g in range(self.num_groups) for n, _, _ in GROUP_FEATURES
+            f"group{g}/{n}" for g in range(self.num_groups) for n, _, _ in self.group_features
         ]
 
     @property
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        features = list(self.global_features) + list(GROUP_FEATURES) * self.num_groups
+        features = list(self.global_features) + list(self.group_features) * self.num_groups
         lows = [lo for _, lo, _ in features]
         highs = [hi for _, _, hi in features]
         return np.asarray(lows, dtype=np.float32), np.asarray(highs, dtype=np.float32)
@@ -108,7 +121,7 @@ class ObservationLayout:
         for g, group in enumerate(signals.groups):
             values[f"group{g}/rank_frac"] = group["rank"] / r_max
             values[f"group{g}/last_change"] = last_change[g]
-            for name, _, _ in GROUP_FEATURES:
+            for name in _SIGNAL_GROUP_NAMES:
                 if name not in ("rank_frac", "last_change"):
                     values[f"group{g}/{name}"] = group.get(name, 0.0)
         return values

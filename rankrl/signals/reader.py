@@ -21,7 +21,8 @@ Group features (``group{g}/<feature>``) aggregate module features of the group:
 * ``input_variance``: mean over *all* modules of the group (measurable at rank 0 too);
 * ``log_complexity = log(complexity + 1e-12)``, ``rank`` (the group rank), ``live_frac``, ``frozen`` (1 when
   the group has live modules and all of them are frozen);
-* with a budget: ``grow_cost_frac``, ``shrink_free_frac``, ``freeze_free_frac``, ``grow_fits`` (see
+* with a budget: ``grow_cost_frac``, ``shrink_free_frac``, ``freeze_free_frac`` (of the budget),
+  ``grow_cost_ref``, ``freeze_free_ref`` (of the reference memory), ``grow_fits`` (see
   :mod:`rankrl.budget.meter`).
 """
 
@@ -215,7 +216,8 @@ class SignalReader:
         if status is not None:
             memory = status.to_dict()
             for g, features in enumerate(out):
-                for key in ("grow_cost_frac", "shrink_free_frac", "freeze_free_frac", "grow_fits"):
+                for key in ("grow_cost_frac", "shrink_free_frac", "freeze_free_frac", "grow_cost_ref",
+                            "freeze_free_ref", "grow_fits"):
                     features[key] = memory[f"group{g}/{key}"]
         return out
 

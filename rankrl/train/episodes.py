@@ -52,9 +52,9 @@ def run_episode(env: LoRARankEnv, act: Callable[[np.ndarray], np.ndarray], seed:
 
 
 def hold_action(env: LoRARankEnv) -> Callable[[np.ndarray], np.ndarray]:
-    """The fixed-rank baseline: the zero delta for every group (plain LoRA at ``rank_init``)."""
-    middle = np.full(env.layout.num_groups, env.config.action_levels // 2, dtype=np.int64)
-    return lambda _obs: middle
+    """The fixed-rank baseline: the zero delta for every group and no plan (plain LoRA at ``rank_init``)."""
+    hold = env.hold
+    return lambda _obs: hold
 
 
 def held_out_episodes(env_config: EnvConfig, seeds: list[int]) -> list[tuple[int, str]]:

@@ -61,7 +61,8 @@ class ImitationDataset:
 
     Attributes:
         observations: ``(N, D)`` float32, the environment's observations.
-        actions: ``(N, G)`` int64, the teacher's action index per group.
+        actions: ``(N, G + 1)`` int64, the teacher's action index per group, then its plan (``(N, G)`` for a
+            dataset without ``plan_names``).
         episode_ids: ``(N,)`` int64, which collected episode each row belongs to (0-based).
         rewards: ``(N,)`` float32, the environment's reward for each action taken (the teacher's, what
             :mod:`rankrl.train.replay` subtracts from the policy's reward on the same episode; the clone's in
@@ -77,6 +78,7 @@ class ImitationDataset:
         episode_traces: The availability trace kind each episode drew.
         driver: Who took the actions: ``"teacher"``, or ``"clone"`` for DAgger rows (the teacher's labels on the
             clone's states; only the teacher's own episodes can be replayed).
+        plan_names: What each index of the last action column does (:attr:`LoRARankEnv.plans`).
     """
 
     observations: np.ndarray
@@ -93,6 +95,7 @@ class ImitationDataset:
     episode_budgets: list[float] = field(default_factory=list)
     episode_traces: list[str] = field(default_factory=list)
     driver: str = "teacher"
+    plan_names: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.observations = np.asarray(self.observations, dtype=np.float32)
@@ -115,15 +118,16 @@ class ImitationDataset:
     @property
     def num_groups(self) -> int:
         """Number of groups G the actions address."""
-        return int(self.actions.shape[1])
+        return int(self.actions.shape[1]) - (1 if self.plan_names else 0)
 
     @property
     def layout(self) -> dict:
         """The observation layout in the form policies record it (:meth:`ObservationLayout.to_dict`)."""
         return {"num_groups": self.num_groups, "features": list(self.feature_names)}
 
-    def check(self, layout: ObservationLayout, actions: list[str] | None = None, source: str = "the dataset") -> None:
-        """Refuse a dataset collected on another observation layout (or action grid) than ``layout``.
+    def check(self, layout: ObservationLayout, actions: list[str] | None = None, source: str = "the dataset",
+              plans: list[str] | None = None) -> None:
+        """Refuse a dataset collected on another observation layout (or action grid, or plans) than ``layout``.
 
         Raises:
             ObservationMismatchError: another number of groups, other feature names or order, other actions.
@@ -135,6 +139,10 @@ class ImitationDataset:
             raise ObservationMismatchError(
                 f"Imitation dataset {source} was collected with actions {self.action_names}, this environment's are "
                 f"{list(actions)}. {again}")
+        if plans is not None and list(self.plan_names) != list(plans):
+            raise ObservationMismatchError(
+                f"Imitation dataset {source} was collected with {len(self.plan_names)} plans for the first allocation, "
+                f"this environment has {len(plans)}. {again}")
 
     # ------------------------------------------------------------------ files
     @staticmethod
@@ -193,7 +201,8 @@ class ImitationDataset:
         keys = ("env_id", "feature_names", "action_names", "teacher", "seed", "episode_seeds", "episode_returns",
                 "episode_budgets", "episode_traces")
         try:
-            return cls(**values, **{key: meta[key] for key in keys}, driver=str(meta.get("driver", "teacher")))
+            return cls(**values, **{key: meta[key] for key in keys}, driver=str(meta.get("driver", "teacher")),
+                       plan_names=list(meta.get("plan_names", [])))
         except KeyError as err:
             raise ValueError(f"Imitation dataset {description} lacks {err}.") from None
 
@@ -268,7 +277,8 @@ def collect_teacher_episodes(env: str | Path | EnvConfig, teacher: str | Teacher
     return ImitationDataset(np.stack(observations), np.stack(actions), np.asarray(ids), np.asarray(rewards),
                             env_id(config.name), environment.feature_names, list(environment.actions), teacher.spec,
                             seed, seeds, [e.episode_return for e in episodes], [e.budget_frac for e in episodes],
-                            [e.trace for e in episodes], "teacher" if driver is None else "clone")
+                            [e.trace for e in episodes], "teacher" if driver is None else "clone",
+                            list(environment.plans))
 
 
 def merge_datasets(parts: list[ImitationDataset]) -> ImitationDataset:
@@ -282,8 +292,8 @@ def merge_datasets(parts: list[ImitationDataset]) -> ImitationDataset:
         raise ValueError("Nothing to merge.")
     first = parts[0]
     for part in parts[1:]:
-        if (part.feature_names, part.action_names, part.teacher) != (first.feature_names, first.action_names,
-                                                                      first.teacher):
+        if ((part.feature_names, part.action_names, part.plan_names, part.teacher)
+                != (first.feature_names, first.action_names, first.plan_names, first.teacher)):
             raise ValueError(f"Cannot merge imitation datasets of other layouts, actions or teachers ({first.teacher!r}"
                              f" on {first.env_id} and {part.teacher!r} on {part.env_id}).")
     offsets = np.cumsum([0] + [int(p.episode_ids.max(initial=-1)) + 1 for p in parts[:-1]])
@@ -294,7 +304,8 @@ def merge_datasets(parts: list[ImitationDataset]) -> ImitationDataset:
         np.concatenate([p.rewards for p in parts]), first.env_id, list(first.feature_names), list(first.action_names),
         first.teacher, first.seed, [s for p in parts for s in p.episode_seeds],
         [r for p in parts for r in p.episode_returns], [b for p in parts for b in p.episode_budgets],
-        [t for p in parts for t in p.episode_traces], drivers.pop() if len(drivers) == 1 else "mixed")
+        [t for p in parts for t in p.episode_traces], drivers.pop() if len(drivers) == 1 else "mixed",
+        list(first.plan_names))
 
 
 # ---------------------------------------------------------------------- cloning
@@ -337,9 +348,11 @@ def fit_behaviour_cloning(model, dataset: ImitationDataset, epochs: int = 100, b
         raise ValueError("The imitation dataset is empty.")
     policy = model.policy
     nvec = getattr(model.action_space, "nvec", None)
-    if nvec is None or len(nvec) != dataset.num_groups or int(dataset.actions.max()) >= int(min(nvec)):
+    if (nvec is None or len(nvec) != dataset.actions.shape[1]
+            or bool((dataset.actions >= np.asarray(nvec)).any())):
         raise ValueError(f"The dataset's actions ({dataset.num_groups} groups, {len(dataset.action_names)} actions "
-                         f"each) do not fit the policy's action space {model.action_space}.")
+                         f"each, {len(dataset.plan_names)} plans) do not fit the policy's action space "
+                         f"{model.action_space}.")
     observations = torch.as_tensor(dataset.observations, device=policy.device)
     actions = torch.as_tensor(dataset.actions, device=policy.device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
@@ -372,7 +385,8 @@ class Agreement:
     """How often a policy's deterministic action is the teacher's.
 
     Attributes:
-        groups: Fraction of (decision, group) pairs where the action index matches.
+        groups: Fraction of (decision, head) pairs where the action index matches (a head per group, and
+            the plan head).
         decisions: Fraction of decisions where every group's action matches.
         rows: Decisions compared.
     """
@@ -546,7 +560,7 @@ class CloningPlan:
                                  f"{files[1].name}. Remove it or give another name.")
             if present:
                 dataset = ImitationDataset.load(data)
-                dataset.check(env.layout, env.actions, source=str(data))
+                dataset.check(env.layout, env.actions, source=str(data), plans=env.plans)
                 if chosen is not None and dataset.teacher != chosen.spec:
                     raise ValueError(f"--bc-data {data} holds episodes of teacher {dataset.teacher!r}, not "
                                      f"{chosen.spec!r}. Drop --teacher to clone {dataset.teacher!r}, or give another "

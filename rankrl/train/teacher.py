@@ -7,7 +7,9 @@ controller decides (``decide``, not ``apply``: the environment puts every action
 wall), and its requested allocation is mapped to the nearest action of the environment's grid, group by
 group (:func:`nearest_action`). The environment moves a rank at most ``(levels-1)/2 * rank_step`` per
 decision, so a controller that asks for a larger jump gets there over several decisions; it asks again at
-each one.
+each one. At the first decision, an allocation that is one of the environment's plans
+(:mod:`rankrl.env.plans`: the top ``k`` groups at rank ``r``, as ``static-fit`` chooses) is taken by the
+plan head in one action, with every group holding.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from rankrl.controllers import (
 )
 from rankrl.env import LoRARankEnv
 from rankrl.env.lora_rank_env import FREEZE, THAW
+from rankrl.env.plans import plan_index
 
 TEACHERS: list[str] = [name for name in CONTROLLERS if name != "learned"]
 """Controller names a teacher can be (with their options, e.g. ``importance:target_rank=2``)."""
@@ -114,13 +117,18 @@ class Teacher:
                            total_steps=env.total_steps)
 
     def action(self, env: LoRARankEnv) -> np.ndarray:
-        """The teacher's action at the environment's current decision (a new controller at an episode's first)."""
+        """The teacher's action at the environment's current decision (a new controller at an episode's first):
+        one index per group, then the plan."""
         ctx = self.context(env)
         if self.controller is None or ctx.step == 0:
             self.start(env)
         decision = self.controller.decide(ctx)
-        return nearest_action(env.actions, env.deltas, env.config.r_max, ctx.group_ranks,
-                              ctx.frozen or [False] * ctx.num_groups, decision.target_ranks, decision.frozen)
+        plan = plan_index(env.plans, decision.target_ranks, decision.frozen) if ctx.step == 0 else 0
+        if plan:
+            return np.asarray([*env.hold[:-1], plan], dtype=np.int64)
+        per_group = nearest_action(env.actions, env.deltas, env.config.r_max, ctx.group_ranks,
+                                   ctx.frozen or [False] * ctx.num_groups, decision.target_ranks, decision.frozen)
+        return np.asarray([*per_group, 0], dtype=np.int64)
 
     def __repr__(self) -> str:
         return f"Teacher({self.spec!r})"

@@ -497,6 +497,10 @@ def _load_warm_start(init_policy: str | Path, spec_env: LoRARankEnv, trust_polic
     if actions is not None and list(actions) != spec_env.actions:
         raise PolicyFileError(f"--init-policy {init_policy} was trained with actions {actions}, this "
                               f"environment uses {spec_env.actions}.")
+    plans = loaded.metadata.get("plans")
+    if plans is not None and list(plans) != spec_env.plans:
+        raise PolicyFileError(f"--init-policy {init_policy} was trained with {len(plans)} plans for the first "
+                              f"allocation, this environment has {len(spec_env.plans)}.")
     return loaded.policy
 
 
@@ -515,7 +519,7 @@ def _metadata(env_config, spec_env: LoRARankEnv, agent_config) -> dict:
     high = env_config.budget_range[1] if env_config.budget_range else env_config.budget_frac
     return {
         "algo": agent_config.algo, "env": env_config.name, "env_id": env_id(env_config.name),
-        "actions": spec_env.actions,
+        "actions": spec_env.actions, "plans": spec_env.plans,
         "num_groups": env_config.num_action_groups, "split_by_kind": env_config.split_by_kind,
         "r_max": env_config.r_max, "rank_init": env_config.rank_init, "rank_step": env_config.rank_step,
         "deltas": [int(d) for d in spec_env.deltas], "memory_scope": env_config.memory_scope,

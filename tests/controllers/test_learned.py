@@ -10,7 +10,7 @@ import gymnasium
 import numpy as np
 import pytest
 import torch
-from gymnasium.spaces import Box
+from gymnasium.spaces import Box, MultiDiscrete
 from stable_baselines3 import PPO
 
 from rankrl.controllers import LearnedController, make_controller
@@ -46,7 +46,10 @@ def save_policy(directory, num_groups: int = 2, features: bool = True, bias: lis
     every group takes the first action, ``-step``)."""
     env = LoRARankEnv(preset="tiny", num_groups=num_groups)
     low, high = ObservationLayout(num_groups, version).bounds
-    spaces = _Spaces(Box(low, high, dtype=np.float32), env.action_space)  # the layout of that version
+    nvec = env.action_space.nvec if version >= 3 else env.action_space.nvec[:-1]  # v3 added the plan head
+    spaces = _Spaces(Box(low, high, dtype=np.float32), MultiDiscrete(nvec))  # the layout of that version
+    if bias is not None and len(bias) == sum(nvec[:num_groups]) < sum(nvec):
+        bias = [*bias, *[0.0] * int(nvec[-1])]  # no preference among plans: the first, "none", is the mode
     model = PPO("MlpPolicy", spaces, seed=0, n_steps=8, batch_size=8, policy_kwargs={"net_arch": [8]}, device="cpu")
     if bias is not None:  # a policy with known preferences: zero weights, so the bias alone decides
         with torch.no_grad():
@@ -64,6 +67,8 @@ def save_policy(directory, num_groups: int = 2, features: bool = True, bias: lis
     layout = ObservationLayout(num_groups, version).to_dict()
     metadata = {"algo": "PPO", "num_groups": num_groups, "r_max": env.config.r_max,
                 "rank_step": env.config.rank_step, "actions": env.actions, "env_id": f"rankrl/tiny-v{version}"}
+    if version >= 3:
+        metadata["plans"] = env.plans
     if not as_zip:
         save_policy_data(model, directory, metadata, layout=layout if features else None)
         return directory
@@ -86,8 +91,8 @@ def test_learned_acts_deterministically_and_reports_probabilities(make_loop, pol
     top = math.exp(3) / (4 + math.exp(3))
     for s in steps:
         decision = s.applied.decision
-        assert decision.action == [2, 0]
-        assert [sum(p) for p in decision.probabilities] == pytest.approx([1.0, 1.0])
+        assert decision.action == [2, 0, 0]
+        assert [sum(p) for p in decision.probabilities] == pytest.approx([1.0, 1.0, 1.0])
         rest = (1 - top) / 4
         assert decision.probabilities[0] == pytest.approx([rest, rest, top, rest, rest], rel=1e-5)
         before = s.applied.before
@@ -222,12 +227,35 @@ def test_a_v1_policy_deploys_on_the_accuracy_where_a_v2_policy_reads_the_gain(ma
     assert actions == {1: [2, 0], 2: [0, 0]}
 
 
-def test_a_v1_policy_cannot_start_training_on_v2(tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_policy_cannot_start_training_on_v3(tmp_path, version):
     from rankrl.train.trainer import _load_warm_start
 
-    directory = save_policy(tmp_path / "v1", version=1)
-    with pytest.raises(PolicyFileError, match=r"trained on environment v1 .*trains v2.*Retrain it"):
+    directory = save_policy(tmp_path / f"v{version}", version=version)
+    with pytest.raises(PolicyFileError, match=rf"trained on environment v{version} .*trains v3.*Retrain it"):
         _load_warm_start(directory, LoRARankEnv(preset="tiny", num_groups=2))
+
+
+def test_the_plan_head_sets_the_first_allocation_and_the_groups_act_after_it(make_loop, tmp_path):
+    env = LoRARankEnv(preset="tiny", num_groups=2)
+    plan = [0.0] * len(env.plans)
+    plan[env.plans.index("top1@2")] = 3.0
+    hold = [0.0, 3.0, 0.0, 0.0, 0.0] * 2
+    directory = save_policy(tmp_path / "planner", bias=hold + plan)
+    loop = make_loop(budget_frac=None)
+    controller = LearnedController(directory)
+    loop.prepare(controller)
+    first = controller.decide(loop.context())  # before the first step, where deployment decides first
+    assert first.action == [1, 1, env.plans.index("top1@2")]
+    assert first.target_ranks == [0, 2] and first.frozen == [False, False] and "plan top1@2" in first.reason
+    later = loop.decide(controller)  # after steps: the same preference, read as "hold"
+    assert later.applied.decision.action == first.action and later.applied.requested == later.applied.before
+    grow = [0.0, 0.0, 3.0, 0.0, 0.0] * 2  # the plan head's mode is "none": the groups act at the start too
+    loop = make_loop(budget_frac=None)
+    controller = LearnedController(save_policy(tmp_path / "grower", bias=grow))
+    loop.prepare(controller)
+    decision = controller.decide(loop.context())
+    assert decision.action == [2, 2, 0] and decision.target_ranks == [6, 6]
 
 
 @pytest.mark.parametrize("metadata", [{"env_id": "rankrl/default-v0"}, {"deltas": [-2, 0, 2]}])

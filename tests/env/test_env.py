@@ -8,13 +8,14 @@ import pytest
 import torch
 
 import rankrl  # noqa: F401  (registers the presets)
-from rankrl.env import LoRARankEnv, load_env_config
+from rankrl.env import LoRARankEnv, ObservationLayout, load_env_config
+from rankrl.env.plans import plan_names
 from rankrl.presets import PresetError, list_presets
 
 
 @pytest.fixture(scope="module")
 def env():
-    environment = gym.make("rankrl/tiny-v2")
+    environment = gym.make("rankrl/tiny-v3")
     yield environment
     environment.close()
 
@@ -40,7 +41,7 @@ def test_same_seed_same_actions_same_trajectory():
         environment = LoRARankEnv(preset="tiny")
         obs, _ = environment.reset(seed=seed)
         observations, rewards = [obs], []
-        for action in ([2, 0], [3, 2], [0, 4]):
+        for action in ([2, 0, 0], [3, 2, 0], [0, 4, 0]):
             obs, reward, *_ = environment.step(np.array(action))
             observations.append(obs)
             rewards.append(reward)
@@ -59,7 +60,7 @@ def test_episode_truncates_at_preset_length_and_reward_parts_add_up(env):
     steps, total, parts = 0, 0.0, 0.0
     first_accuracy = info["accuracy"]
     while True:
-        obs, reward, terminated, truncated, info = env.step(np.ones(config.num_groups, dtype=np.int64))
+        obs, reward, terminated, truncated, info = env.step(np.asarray([1] * config.num_groups + [0]))
         assert env.observation_space.contains(obs)
         steps, total = steps + 1, total + reward
         parts += info["reward/accuracy"] + info["reward/memory"] + info["reward/time"] + info["reward/wall"]
@@ -75,12 +76,12 @@ def test_episode_truncates_at_preset_length_and_reward_parts_add_up(env):
 def test_growth_is_clipped_at_the_memory_wall():
     environment = LoRARankEnv(preset="tiny", budget_frac=1.0)
     environment.reset(seed=0)
-    _, _, _, _, info = environment.step(np.array([2, 2]))  # +step everywhere from the budget-defining ranks
+    _, _, _, _, info = environment.step(np.array([2, 2, 0]))  # +step everywhere from the budget-defining ranks
     assert info["wall_hit"] and info["clipped_groups"]
     assert info["reward/wall"] < 0
     assert info["memory_used_bytes"] <= info["budget_bytes"]
     assert all(a <= r for a, r in zip(info["ranks"], info["requested_ranks"], strict=True))
-    _, _, _, _, info = environment.step(np.array([0, 0]))  # shrinking is always allowed
+    _, _, _, _, info = environment.step(np.array([0, 0, 0]))  # shrinking is always allowed
     assert not info["wall_hit"] and info["ranks"] == [2, 2]
     environment.close()
 
@@ -89,25 +90,25 @@ def test_memory_is_read_on_the_reference_batch_so_it_moves_with_the_ranks_only()
     environment = LoRARankEnv(preset="tiny", budget_frac=1.0)
     environment.reset(seed=0, options={"task": environment.config.tasks[0]})
     fractions = [environment.step(np.array(action))[4]["memory_used_frac"]
-                 for action in ([1, 1], [1, 1], [0, 0], [2, 2], [1, 1])]
+                 for action in ([1, 1, 0], [1, 1, 0], [0, 0, 0], [2, 2, 0], [1, 1, 0])]
     # Training batches differ in padded length; the readings do not, and the start ranks read 1.0 exactly.
     assert fractions[0] == fractions[1] == fractions[3] == fractions[4] == 1.0
     assert fractions[2] < 1.0
     # A later episode on the same task reads the same figures from the shared cache.
     environment.reset(seed=5, options={"task": environment.config.tasks[0]})
-    assert environment.step(np.array([0, 0]))[4]["memory_used_frac"] == fractions[2]
+    assert environment.step(np.array([0, 0, 0]))[4]["memory_used_frac"] == fractions[2]
     environment.close()
 
 
 def test_freeze_keeps_the_rank_frees_memory_and_thaw_restores_training():
     environment = LoRARankEnv(preset="tiny", budget_frac=1.0)
     environment.reset(seed=0)
-    environment.step(np.array([1, 1]))
+    environment.step(np.array([1, 1, 0]))
     used = environment.reader.budget.last.used
-    _, _, _, _, info = environment.step(np.array([3, 1]))  # freeze the bottom group
+    _, _, _, _, info = environment.step(np.array([3, 1, 0]))  # freeze the bottom group
     assert info["frozen"] == [True, False] and info["ranks"] == [4, 4]
     assert info["memory_used_bytes"] < used and info["backward_depth"] == 0.5
-    obs, _, _, _, info = environment.step(np.array([4, 1]))  # thaw it
+    obs, _, _, _, info = environment.step(np.array([4, 1, 0]))  # thaw it
     assert info["frozen"] == [False, False] and info["backward_depth"] == 1.0
     names = environment.feature_names
     assert obs[names.index("group0/frozen")] == 0.0
@@ -158,7 +159,7 @@ def test_a_budget_below_the_starting_memory_is_met_by_the_first_action():
     environment = LoRARankEnv(preset="tiny", budget_frac=0.6)
     obs, info = environment.reset(seed=0)
     assert obs[environment.feature_names.index("memory/used_frac")] > 1.0  # the start does not fit
-    _, _, _, _, info = environment.step(np.array([1, 1]))  # hold: the wall drops groups before step one
+    _, _, _, _, info = environment.step(np.array([1, 1, 0]))  # hold: the wall drops groups before step one
     assert info["forced_groups"] and info["memory_used_bytes"] <= info["budget_bytes"]
     assert 0 in info["ranks"] and not any(info["frozen"])  # nothing learned yet: dropped, not frozen
     environment.close()
@@ -168,7 +169,7 @@ def test_rank_bounds_and_zero():
     environment = LoRARankEnv(preset="tiny", budget_frac=3.0)
     environment.reset(seed=0)
     for _ in range(3):
-        _, _, _, _, info = environment.step(np.array([0, 2]))
+        _, _, _, _, info = environment.step(np.array([0, 2, 0]))
     assert info["ranks"] == [0, 8]  # clipped into [0, r_max]
     assert environment.session.rl.lora_layer(environment.session.rl.group_modules(0)[0]) is None
     environment.close()
@@ -180,7 +181,7 @@ def test_divergence_terminates_with_the_penalty():
     head = environment.session.rl.model.base_model.model.classifier.modules_to_save["default"]
     with torch.no_grad():
         head.weight.fill_(float("nan"))
-    _, reward, terminated, truncated, info = environment.step(np.array([1, 1]))
+    _, reward, terminated, truncated, info = environment.step(np.array([1, 1, 0]))
     assert terminated and not truncated and info["diverged"]
     assert reward == -environment.config.reward.divergence
     environment.close()
@@ -196,7 +197,7 @@ def test_feature_names_match_the_observation(env):
 def test_invalid_action_is_refused(env):
     env.reset(seed=0)
     with pytest.raises(ValueError, match="not in MultiDiscrete"):
-        env.unwrapped.step(np.array([7, 0]))
+        env.unwrapped.step(np.array([7, 0, 0]))
 
 
 def test_budget_below_the_smallest_trainable_configuration_is_refused():
@@ -205,19 +206,19 @@ def test_budget_below_the_smallest_trainable_configuration_is_refused():
         environment.reset(seed=0)
 
 
-@pytest.mark.parametrize("old", ["rankrl/tiny-v0", "rankrl/tiny-v1"])
+@pytest.mark.parametrize("old", ["rankrl/tiny-v0", "rankrl/tiny-v1", "rankrl/tiny-v2"])
 def test_old_ids_name_the_current_version(old):
-    with pytest.raises(gym.error.DeprecatedEnv, match="rankrl/tiny-v2"):
+    with pytest.raises(gym.error.DeprecatedEnv, match="rankrl/tiny-v3"):
         gym.make(old)
 
 
 def test_vectorised_with_sb3_make_vec_env():
     from stable_baselines3.common.env_util import make_vec_env
 
-    vec = make_vec_env("rankrl/tiny-v2", n_envs=2, seed=0)
+    vec = make_vec_env("rankrl/tiny-v3", n_envs=2, seed=0)
     obs = vec.reset()
     assert obs.shape == (2, vec.observation_space.shape[0])
-    obs, rewards, dones, infos = vec.step(np.array([[1, 1], [3, 0]]))
+    obs, rewards, dones, infos = vec.step(np.array([[1, 1, 0], [3, 0, 0]]))
     assert rewards.shape == (2,) and len(infos) == 2
     vec.close()
 
@@ -227,11 +228,14 @@ def test_vectorised_with_sb3_make_vec_env():
 def test_every_shipped_preset_loads_and_is_registered(name):
     config = load_env_config(name)
     assert config.name == name
-    spec = gym.spec(f"rankrl/{name}-v2")
+    spec = gym.spec(f"rankrl/{name}-v3")
     assert spec.max_episode_steps == config.episode_length
     environment = LoRARankEnv(preset=name)  # cheap: builds the spaces only
     assert environment.observation_space.shape == (10 + 9 * config.num_action_groups,)
-    assert environment.action_space.nvec.tolist() == [config.action_levels + 2] * config.num_action_groups
+    plans = plan_names(config.num_action_groups, config.r_max, config.rank_step)
+    levels = [config.action_levels + 2] * config.num_action_groups
+    assert environment.action_space.nvec.tolist() == levels + [len(plans)]
+    assert environment.plans == plans
     assert environment.session is None
 
 
@@ -260,8 +264,39 @@ def test_a_drop_inside_the_k_steps_of_a_decision_is_met_before_the_next_optimize
     environment.reset(seed=0)
     environment.trace = BudgetTrace(((0, 1.0), (6, 0.6)), "frac", "drop at 6")  # inside the second decision
     environment.reader.budget.budget = environment._budget_at(0)
-    infos = [environment.step(np.array([1, 1]))[4] for _ in range(3)]  # hold: only the wall moves anything
+    infos = [environment.step(np.array([1, 1, 0]))[4] for _ in range(3)]  # hold: only the wall moves anything
     assert not infos[0]["forced_groups"] and infos[1]["forced_groups"] == [0] and not infos[2]["forced_groups"]
     assert infos[1]["frozen"] == [True, False] and infos[1]["ranks"] == [4, 4]  # frozen, its update kept
     assert infos[1]["memory_used_bytes"] <= infos[1]["budget_bytes"] and infos[1]["reward/wall"] < 0
     environment.close()
+
+
+# ---------------------------------------------------------------- v3: the plan head, costs of the reference
+def test_a_plan_sets_the_whole_first_allocation_and_is_ignored_later():
+    environment = LoRARankEnv(preset="tiny", budget_frac=1.0, traces=["constant"])
+    environment.reset(seed=0)
+    plan = environment.plans.index("top1@2")
+    grow_everywhere = [2] * environment.layout.num_groups  # +step, which the plan overrides
+    _, _, _, _, info = environment.step(np.asarray([*grow_everywhere, plan]))
+    assert info["plan"] == "top1@2" and info["ranks"] == [0, 2] and info["requested_ranks"] == [0, 2]
+    _, _, _, _, info = environment.step(np.asarray([1, 1, environment.plans.index("top2@8")]))  # held: no plan
+    assert info["plan"] == "none" and info["ranks"] == [0, 2]
+    environment.reset(seed=0)
+    _, _, _, _, info = environment.step(environment.hold)  # plan 0 leaves the first decision to the groups
+    assert info["plan"] == "none" and info["ranks"] == [environment.config.rank_init] * 2
+    environment.close()
+
+
+def test_the_cost_features_of_v3_do_not_move_with_the_budget():
+    def costs(fraction: float) -> dict[str, float]:
+        environment = LoRARankEnv(preset="tiny", traces=["constant"])
+        environment.reset(seed=0, options={"budget_frac": fraction})
+        environment.close()
+        return {name: environment.last_features[name] for name in environment.feature_names
+                if "_cost_" in name or "_free_" in name}
+
+    low, high = costs(0.6), costs(1.0)
+    assert set(low) == {f"group{g}/{n}" for g in range(2) for n in ("grow_cost_ref", "freeze_free_ref")}
+    assert all(value > 0 for value in low.values()) and low == high
+    v2 = ObservationLayout(2, 2)  # v2 measured them against the budget in force: they halve as it doubles
+    assert "group0/grow_cost_frac" in v2.names and "group0/grow_cost_frac" not in low

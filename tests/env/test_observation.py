@@ -22,7 +22,8 @@ def signals(num_groups: int, modules_per_group: int, hidden: int) -> Signals:
                for i in range(num_groups * modules_per_group)}
     groups = [{"rank": 4.0 * (g + 1), "importance_share": 1.0 / num_groups, "grad_norm_share": 0.5,
                "input_variance_share": 0.25, "rank_utilization": 0.75, "grow_cost_frac": 0.125,
-               "freeze_free_frac": 0.0625, "frozen": 0.0} for g in range(num_groups)]
+               "freeze_free_frac": 0.0625, "grow_cost_ref": 0.075, "freeze_free_ref": 0.0375,
+               "frozen": 0.0} for g in range(num_groups)]
     scalars = {"loss/ema_rel": 0.9, "loss/slope_rel": -0.002, "eval/accuracy": 0.8, "eval/accuracy_delta": 0.05,
                "eval/gain": 0.6, "eval/gain_delta": 0.1,
                "memory/used_frac": 0.7, "memory/headroom_frac": 0.3, "budget/ref_frac": 0.6, "budget/floor_frac": 0.4}
@@ -50,11 +51,12 @@ def test_bounds_follow_the_names():
 def test_build_reads_each_feature_from_the_signals():
     layout = ObservationLayout(2)
     values = layout.build(signals(2, 3, 32), r_max=16, last_change=[0.5, -0.25], progress=0.4, budget_trend=-0.1)
-    assert set(values) == set(ObservationLayout(2, 1).names) | set(ObservationLayout(2, 2).names)
+    assert set(values) == {n for version in (1, 2, 3) for n in ObservationLayout(2, version).names}
     assert values["eval/gain"] == 0.6 and values["eval/accuracy"] == 0.8 and values["budget/floor_frac"] == 0.4
     assert values["loss/slope_x100"] == pytest.approx(-0.2)
     assert values["group0/rank_frac"] == 0.25 and values["group1/rank_frac"] == 0.5
     assert values["group1/last_change"] == -0.25 and values["group0/grow_cost_frac"] == 0.125
+    assert values["group0/grow_cost_ref"] == 0.075 and values["group1/freeze_free_ref"] == 0.0375
     assert values["budget/trend"] == -0.1 and values["progress"] == 0.4
 
 
@@ -85,14 +87,15 @@ def test_the_observation_of_a_larger_model_with_the_same_groups_is_the_same_vect
 
 
 def test_each_environment_version_has_its_layout_and_a_saved_one_names_it():
-    v1, v2 = ObservationLayout(2, 1), ObservationLayout(2, 2)
-    assert ObservationLayout(2) == v2 and len(v2.names) == len(v1.names) + 1
+    v1, v2, v3 = ObservationLayout(2, 1), ObservationLayout(2, 2), ObservationLayout(2, 3)
+    assert ObservationLayout(2) == v3 and len(v2.names) == len(v1.names) + 1 and len(v3.names) == len(v2.names)
     assert [n for n in v1.names if n not in v2.names] == ["eval/accuracy", "eval/accuracy_delta"]
     assert [n for n in v2.names if n not in v1.names] == ["eval/gain", "eval/gain_delta", "budget/floor_frac"]
-    assert ObservationLayout.of(v1.to_dict()) == v1 and ObservationLayout.of(v2.to_dict()) == v2
+    assert [n for n in v3.names if n not in v2.names][:2] == ["group0/grow_cost_ref", "group0/freeze_free_ref"]
+    assert all(ObservationLayout.of(v.to_dict()) == v for v in (v1, v2, v3))
     unversioned = {"num_groups": 2, "features": v1.names}  # as policies saved before layouts had a version
     assert ObservationLayout.of(unversioned) == v1
-    with pytest.raises(ObservationMismatchError, match="no observation layout v7; this rankrl knows v1, v2"):
+    with pytest.raises(ObservationMismatchError, match="no observation layout v7; this rankrl knows v1, v2, v3"):
         ObservationLayout(2, 7)
     missing = r"missing \['budget/floor_frac', 'eval/gain', 'eval/gain_delta'\]"
     with pytest.raises(ObservationMismatchError, match=missing):

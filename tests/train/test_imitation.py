@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from rankrl.cli import app
 from rankrl.env import LoRARankEnv, ObservationLayout, ObservationMismatchError, load_env_config
+from rankrl.env.plans import NO_PLAN, plan_ranks
 from rankrl.policy import load_policy
 from rankrl.train import train_policy
 from rankrl.train.imitation import (
@@ -93,6 +94,19 @@ def test_nearest_action_maps_an_allocation_to_the_action_grid():
     assert near([0, 4], [False, False], [0, 4], [True, False]) == [1, 1]  # nothing to freeze at rank 0
 
 
+def test_a_teacher_takes_a_first_allocation_of_the_grid_by_its_plan():
+    env = LoRARankEnv(preset="tiny", budget_frac=0.6, traces=["constant"])
+    env.reset(seed=0)
+    teacher = Teacher("static-fit")
+    action = teacher.action(env)
+    plan = env.plans[action[-1]]
+    assert plan != NO_PLAN and action[:-1].tolist() == env.hold[:-1].tolist()  # the groups hold
+    _, _, _, _, info = env.step(action)
+    assert info["ranks"] == plan_ranks(plan, 2) and not info["wall_hit"]
+    assert teacher.action(env).tolist() == env.hold.tolist()  # after the start: holds, and no plan
+    env.close()
+
+
 def test_a_teacher_must_be_a_rule_controller():
     for spec in ("nope", "learned", "learned:default", "importance:no_such_option=1"):
         with pytest.raises(TeacherError, match="Known teachers: .*greedy-memory, static-fit, autofreeze") as err:
@@ -103,9 +117,9 @@ def test_a_teacher_must_be_a_rule_controller():
 
 
 def test_environment_by_preset_id_or_config():
-    assert resolve_env_config("rankrl/tiny-v2") == resolve_env_config("tiny") == load_env_config("tiny")
-    for old in ("rankrl/tiny-v0", "rankrl/tiny-v1"):
-        with pytest.raises(ValueError, match="environment v2; use rankrl/tiny-v2"):
+    assert resolve_env_config("rankrl/tiny-v3") == resolve_env_config("tiny") == load_env_config("tiny")
+    for old in ("rankrl/tiny-v0", "rankrl/tiny-v1", "rankrl/tiny-v2"):
+        with pytest.raises(ValueError, match="environment v3; use rankrl/tiny-v3"):
             resolve_env_config(old)
 
 
@@ -121,9 +135,10 @@ def test_dataset_holds_every_decision_of_every_episode(dataset):
     env = LoRARankEnv(config=moving_budget())
     assert len(dataset) == 4 * env.config.episode_length
     assert dataset.observations.shape == (len(dataset), len(env.feature_names))
-    assert dataset.actions.shape == (len(dataset), 2) and env.action_space.contains(dataset.actions[0])
+    assert dataset.actions.shape == (len(dataset), 3) and env.action_space.contains(dataset.actions[0])
+    assert dataset.plan_names == env.plans and dataset.num_groups == 2
     assert np.unique(dataset.episode_ids).tolist() == [0, 1, 2, 3]
-    assert dataset.teacher == TEACHER and dataset.env_id == "rankrl/tiny-v2" and len(dataset.episode_returns) == 4
+    assert dataset.teacher == TEACHER and dataset.env_id == "rankrl/tiny-v3" and len(dataset.episode_returns) == 4
     # Each row keeps the reward of its action; an episode's rewards add up to its return.
     for episode, episode_return in enumerate(dataset.episode_returns):
         assert dataset.rewards[dataset.episode_ids == episode].sum() == pytest.approx(episode_return, abs=1e-5)
@@ -131,7 +146,7 @@ def test_dataset_holds_every_decision_of_every_episode(dataset):
     assert all(0.7 <= b <= 1.0 for b in dataset.episode_budgets)
     assert set(dataset.episode_traces) <= {"constant", "step-down"}
     assert len(np.unique(dataset.actions)) > 1, "the teacher should do more than hold on binding budgets"
-    dataset.check(env.layout, env.actions)
+    dataset.check(env.layout, env.actions, plans=env.plans)
 
 
 def test_dataset_round_trip_without_pickle(dataset, tmp_path):
@@ -143,7 +158,7 @@ def test_dataset_round_trip_without_pickle(dataset, tmp_path):
     for name in ("observations", "actions", "episode_ids", "rewards"):
         assert np.array_equal(getattr(loaded, name), getattr(dataset, name))
     for name in ("env_id", "feature_names", "action_names", "teacher", "seed", "episode_seeds", "episode_returns",
-                 "episode_budgets", "episode_traces", "driver"):
+                 "episode_budgets", "episode_traces", "driver", "plan_names"):
         assert getattr(loaded, name) == getattr(dataset, name), name
     meta = json.loads((tmp_path / "teacher.json").read_text())
     (tmp_path / "teacher.json").write_text(json.dumps({**meta, "format": 1}))
@@ -161,17 +176,20 @@ def test_dataset_from_another_layout_is_refused(dataset):
         dataset.check(ObservationLayout(4))
     shuffled = ImitationDataset(dataset.observations, dataset.actions, dataset.episode_ids, dataset.rewards,
                                 dataset.env_id,
-                                list(reversed(dataset.feature_names)), dataset.action_names, dataset.teacher)
+                                list(reversed(dataset.feature_names)), dataset.action_names, dataset.teacher,
+                                plan_names=dataset.plan_names)
     with pytest.raises(ObservationMismatchError, match="same features in another order"):
         shuffled.check(ObservationLayout(2))
     with pytest.raises(ObservationMismatchError, match="actions"):
         dataset.check(ObservationLayout(2), ["-4", "+0", "+4", "freeze", "thaw"])
+    with pytest.raises(ObservationMismatchError, match="collected with 9 plans .* has 5. Collect it again"):
+        dataset.check(ObservationLayout(2), dataset.action_names, plans=dataset.plan_names[:5])
 
 
 # ---------------------------------------------------------------------- DAgger
 def cut_everything(env: LoRARankEnv):
     """A driver that cuts every group by one rank step at every decision (the teacher never does this)."""
-    return lambda _obs: np.zeros(env.layout.num_groups, dtype=np.int64)
+    return lambda _obs: np.zeros(env.layout.num_groups + 1, dtype=np.int64)  # -step everywhere, no plan
 
 
 def test_a_dagger_round_labels_the_states_the_driver_reaches(dataset):
@@ -191,7 +209,7 @@ def test_a_dagger_round_labels_the_states_the_driver_reaches(dataset):
     for row in range(config.episode_length):
         assert np.allclose(obs, first[row])
         assert np.array_equal(teacher.action(env), taught.actions[row])
-        obs, *_ = env.step(np.zeros(env.layout.num_groups, dtype=np.int64))
+        obs, *_ = env.step(np.zeros(env.layout.num_groups + 1, dtype=np.int64))
     # Rewards are the driver's: an episode's rewards add up to its return.
     assert taught.rewards[taught.episode_ids == 1].sum() == pytest.approx(taught.episode_returns[1], abs=1e-5)
 
@@ -200,14 +218,15 @@ def test_merging_datasets_renumbers_episodes_and_names_mixed_drivers(dataset):
     clone_rows = ImitationDataset(dataset.observations[:5], dataset.actions[:5], np.zeros(5), dataset.rewards[:5],
                                   dataset.env_id, dataset.feature_names, dataset.action_names, dataset.teacher,
                                   episode_seeds=[7], episode_returns=[0.1], episode_budgets=[0.8],
-                                  episode_traces=["constant"], driver="clone")
+                                  episode_traces=["constant"], driver="clone", plan_names=dataset.plan_names)
     merged = merge_datasets([dataset, clone_rows])
     assert len(merged) == len(dataset) + 5 and merged.driver == "mixed"
     assert np.unique(merged.episode_ids).tolist() == [0, 1, 2, 3, 4]
     assert merged.episode_seeds == dataset.episode_seeds + [7]
     assert merge_datasets([dataset]).driver == "teacher"
     other = ImitationDataset(dataset.observations, dataset.actions, dataset.episode_ids, dataset.rewards,
-                             dataset.env_id, dataset.feature_names, dataset.action_names, "autofreeze")
+                             dataset.env_id, dataset.feature_names, dataset.action_names, "autofreeze",
+                             plan_names=dataset.plan_names)
     with pytest.raises(ValueError, match="Cannot merge"):
         merge_datasets([dataset, other])
     with pytest.raises(ValueError, match="Nothing to merge"):
@@ -233,7 +252,7 @@ def test_cloning_raises_agreement_far_above_the_untrained_policy(dataset):
 def test_cloning_refuses_a_dataset_for_another_action_space(dataset):
     wide = ImitationDataset(dataset.observations, dataset.actions + 5, dataset.episode_ids, dataset.rewards,
                             dataset.env_id,
-                            dataset.feature_names, dataset.action_names, dataset.teacher)
+                            dataset.feature_names, dataset.action_names, dataset.teacher, plan_names=dataset.plan_names)
     with pytest.raises(ValueError, match="do not fit the policy's action space"):
         fit_behaviour_cloning(untrained_model(), wide, epochs=1)
 

@@ -63,7 +63,7 @@ def test_replaying_the_teachers_actions_earns_exactly_the_teachers_rewards(datas
     assert len(drawn) > 1
     absolute = TeacherReplay(LoRARankEnv(config=moving_budget()), ReplayPlan.from_dataset(dataset, relative=False))
     absolute.reset(seed=0)
-    _, reward, *_, info = absolute.step(np.full(2, 1))
+    _, reward, *_, info = absolute.step(np.asarray([1, 1, 0]))
     assert reward == info["reward/environment"]
 
 

@@ -141,6 +141,6 @@ def test_a_run_trained_on_environment_v0_is_refused_and_left_as_it_was(tmp_path)
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     result = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["train", "--resume", str(run_dir)])
     assert result.exit_code == 2
-    assert "was trained on rankrl/tiny-v0; this rankrl trains environment v2" in result.output
+    assert "was trained on rankrl/tiny-v0; this rankrl trains environment v3" in result.output
     assert "Start a new run: rankrl train --env tiny" in result.output and "Traceback" not in result.output
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
