@@ -3,7 +3,8 @@
 A decision log (``decisions.jsonl`` of ``rankrl finetune`` or a ``bench`` run) holds the observation each
 decision saw. This replays one of them through the policy, as :class:`~rankrl.controllers.LearnedController`
 deploys it (the policy's own observation layout, the mode of each group), with one feature set to each of
-``--values`` in turn, and prints the actions per group with their probabilities. ``--scale`` multiplies
+``--values`` in turn, and prints the actions per group with their probabilities (and, for a policy of
+environment v3, its plan: what it sets at a run's first decision). ``--scale`` multiplies
 every feature whose name ends with one of the given suffixes first: for example the per-group memory costs,
 which are fractions of the budget in force and so halve when the budget doubles.
 
@@ -60,8 +61,12 @@ def main() -> None:
           + (f", scaled {args.scale}" if args.scale else ""))
     for value in (float(v) for v in args.values.split(",")):
         probabilities = controller.probabilities(controller.layout.vector({**features, args.feature: value}))
-        cells = [f"{controller.actions[int(np.argmax(p))]} ({max(p):.2f})" for p in probabilities]
-        print(f"  {args.feature} = {value:<6g} " + "  ".join(f"g{g} {c:<12}" for g, c in enumerate(cells)))
+        cells = [f"g{g} {controller.actions[int(np.argmax(p))]} ({max(p):.2f})"
+                 for g, p in enumerate(probabilities[:groups])]
+        if controller.plans:
+            plan = probabilities[groups]
+            cells.append(f"plan {controller.plans[int(np.argmax(plan))]} ({max(plan):.2f})")
+        print(f"  {args.feature} = {value:<6g} " + "  ".join(f"{c:<16}" for c in cells))
 
 
 if __name__ == "__main__":

@@ -84,7 +84,8 @@ class LearnedController(RankController):
         levels = int(groups[0])
         metadata = self.policy.metadata
         if planned:
-            self.plans = [str(p) for p in metadata.get("plans") or plan_names(num_groups, r_max, rank_step)]
+            trained = int(metadata.get("r_max") or r_max), int(metadata.get("rank_step") or rank_step)
+            self.plans = [str(p) for p in metadata.get("plans") or plan_names(num_groups, *trained)]
             if len(self.plans) != int(nvec[-1]):
                 raise PolicyFileError(f"{self.path}: its metadata lists {len(self.plans)} plans but the policy has "
                                       f"{int(nvec[-1])}; re-export it with `rankrl train`.")
