@@ -89,6 +89,11 @@ class LearnedController(RankController):
             if len(self.plans) != int(nvec[-1]):
                 raise PolicyFileError(f"{self.path}: its metadata lists {len(self.plans)} plans but the policy has "
                                       f"{int(nvec[-1])}; re-export it with `rankrl train`.")
+            try:
+                for plan in self.plans:
+                    plan_ranks(plan, num_groups)
+            except ValueError as err:
+                raise PolicyFileError(f"{self.path}: {err} Re-export it with `rankrl train`.") from None
         if "actions" in metadata:
             self.actions = [str(a) for a in metadata["actions"]]
         else:  # a bare zip: the environment's actions in this run's rank steps

@@ -253,6 +253,11 @@ def test_the_plan_head_sets_the_first_allocation_and_the_groups_act_after_it(mak
     grow = [0.0, 0.0, 3.0, 0.0, 0.0] * 2  # the plan head's mode is "none": the groups act at the start too
     loop = make_loop(budget_frac=None)
     controller = LearnedController(save_policy(tmp_path / "grower", bias=grow))
+    spec = json.loads((directory / SPEC_FILE).read_text())
+    spec["metadata"]["plans"][1] = "bottom2@8"  # damaged metadata: refused at set-up, not at the first decision
+    (directory / SPEC_FILE).write_text(json.dumps(spec))
+    with pytest.raises(PolicyFileError, match="'bottom2@8' is not a plan for 2 groups.*Re-export it"):
+        loop.prepare(LearnedController(directory))
     loop.prepare(controller)
     decision = controller.decide(loop.context())
     assert decision.action == [2, 2, 0] and decision.target_ranks == [6, 6]
