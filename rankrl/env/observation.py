@@ -33,9 +33,10 @@ _SIGNALS = (
 _STATE = (("frozen", 0.0, 1.0), ("last_change", -1.0, 1.0))
 # Per-group features per environment version: v1 and v2 measure costs against the budget in force, v3
 # against the reference memory.
+_OF_BUDGET = (*_SIGNALS, ("grow_cost_frac", 0.0, 1.0), ("freeze_free_frac", 0.0, 1.0), *_STATE)
 GROUP_FEATURE_VERSIONS: dict[int, tuple[tuple[str, float, float], ...]] = {
-    1: (*_SIGNALS, ("grow_cost_frac", 0.0, 1.0), ("freeze_free_frac", 0.0, 1.0), *_STATE),
-    2: (*_SIGNALS, ("grow_cost_frac", 0.0, 1.0), ("freeze_free_frac", 0.0, 1.0), *_STATE),
+    1: _OF_BUDGET,
+    2: _OF_BUDGET,
     3: (*_SIGNALS, ("grow_cost_ref", 0.0, 1.0), ("freeze_free_ref", 0.0, 1.0), *_STATE),
 }
 _LOSS = (("loss/ema_rel", 0.0, 3.0), ("loss/slope_x100", -1.0, 1.0))
@@ -51,7 +52,7 @@ OBSERVATION_VERSIONS: dict[int, tuple[tuple[str, float, float], ...]] = {
     2: (*_LOSS, ("eval/gain", -1.0, 1.0), ("eval/gain_delta", -1.0, 1.0), *_MEMORY, ("budget/floor_frac", 0.0, 2.0),
         ("progress", 0.0, 1.0)),
 }
-OBSERVATION_VERSIONS[3] = OBSERVATION_VERSIONS[2]
+OBSERVATION_VERSIONS[3] = OBSERVATION_VERSIONS[2]  # v3 changed the group features only
 OBSERVATION_VERSION = max(OBSERVATION_VERSIONS)
 GLOBAL_FEATURES = OBSERVATION_VERSIONS[OBSERVATION_VERSION]
 GROUP_FEATURES = GROUP_FEATURE_VERSIONS[OBSERVATION_VERSION]
